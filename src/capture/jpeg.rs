@@ -1,0 +1,148 @@
+//! JPEG and PNG decoding into packed RGB8.
+//!
+//! JPEG goes through `zune-jpeg` directly (the same decoder `image` uses internally, called
+//! without `image`'s extra copy into a `DynamicImage`), with width/height limits checked
+//! from the header *before* any pixel buffer is sized. PNG goes through `image`.
+//! `cargo bench --bench capture` compares the two JPEG paths.
+
+use super::{FrameSize, MAX_DIM};
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
+
+/// Decode one JPEG into `rgb` (resized to `w*h*3`; its capacity is reused). Grayscale and CMYK
+/// JPEGs are converted to RGB. Errors are one line, fit for a log.
+pub fn decode_jpeg_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
+    let opts = DecoderOptions::default()
+        .set_max_width(MAX_DIM as usize)
+        .set_max_height(MAX_DIM as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut dec = JpegDecoder::new_with_options(ZCursor::new(data), opts);
+    dec.decode_headers()
+        .map_err(|e| format!("JPEG header: {e:?}"))?;
+    let info = dec.info().ok_or("JPEG header: no image info")?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w == 0 || h == 0 {
+        return Err(format!("JPEG has an empty size {w}x{h}"));
+    }
+    let need = dec
+        .output_buffer_size()
+        .ok_or("JPEG header: no output size")?;
+    if need != w as usize * h as usize * 3 {
+        return Err(format!("JPEG decodes to {need} bytes, not RGB {w}x{h}"));
+    }
+    rgb.resize(need, 0);
+    dec.decode_into(rgb)
+        .map_err(|e| format!("JPEG data: {e:?}"))?;
+    Ok(FrameSize {
+        width: w,
+        height: h,
+    })
+}
+
+/// Decode a PNG (any bit depth / colour type) into packed RGB8. Alpha is dropped.
+pub fn decode_png_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(data), image::ImageFormat::Png);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DIM);
+    limits.max_image_height = Some(MAX_DIM);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| format!("PNG: {e}"))?;
+    let img = img.into_rgb8();
+    let (w, h) = img.dimensions();
+    rgb.clear();
+    rgb.extend_from_slice(img.as_raw());
+    Ok(FrameSize {
+        width: w,
+        height: h,
+    })
+}
+
+/// Decode a still image, choosing the decoder by its magic bytes (not its file name).
+pub fn decode_image_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
+    if data.starts_with(&[0xFF, 0xD8]) {
+        decode_jpeg_into(data, rgb)
+    } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png_into(data, rgb)
+    } else {
+        Err("not a JPEG or PNG image (unknown magic bytes)".into())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A real JPEG made by `image`'s encoder from a smooth gradient.
+    pub fn encode_test_jpeg(w: u32, h: u32, quality: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, 128])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_roundtrip_is_close() {
+        let data = encode_test_jpeg(64, 48, 95);
+        let mut rgb = Vec::new();
+        let s = decode_jpeg_into(&data, &mut rgb).unwrap();
+        assert_eq!((s.width, s.height), (64, 48));
+        assert_eq!(rgb.len(), 64 * 48 * 3);
+        // pixel (32, 24) was (127, 127, 128) before lossy coding
+        let p = &rgb[(24 * 64 + 32) * 3..][..3];
+        for (got, want) in p.iter().zip([127u8, 127, 128]) {
+            assert!((*got as i32 - want as i32).abs() <= 6, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn grayscale_jpeg_becomes_rgb() {
+        let img = image::GrayImage::from_fn(16, 8, |x, _| image::Luma([(x * 16) as u8]));
+        let mut data = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut data, 95)
+            .encode_image(&img)
+            .unwrap();
+        let mut rgb = Vec::new();
+        let s = decode_jpeg_into(&data, &mut rgb).unwrap();
+        assert_eq!(rgb.len(), (s.width * s.height * 3) as usize);
+        assert!(rgb.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    }
+
+    #[test]
+    fn corrupt_and_truncated_jpegs_are_errors_not_panics() {
+        let data = encode_test_jpeg(64, 48, 80);
+        let mut rgb = Vec::new();
+        for cut in [2, 10, 100, data.len() / 2, data.len() - 3] {
+            let _ = decode_jpeg_into(&data[..cut], &mut rgb); // must not panic
+        }
+        assert!(decode_jpeg_into(&data[..20], &mut rgb).is_err());
+        let mut bad = data.clone();
+        for b in bad.iter_mut().skip(2).take(200) {
+            *b = 0xAA;
+        }
+        assert!(decode_jpeg_into(&bad, &mut rgb).is_err());
+        assert!(decode_image_into(b"GIF89a....", &mut rgb).is_err());
+    }
+
+    #[test]
+    fn png_decodes_with_alpha_dropped() {
+        let img = image::RgbaImage::from_fn(5, 3, |x, y| image::Rgba([x as u8, y as u8, 9, 200]));
+        let mut data = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut data),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        let mut rgb = Vec::new();
+        let s = decode_image_into(&data, &mut rgb).unwrap();
+        assert_eq!((s.width, s.height), (5, 3));
+        assert_eq!(&rgb[(2 * 5 + 4) * 3..][..3], &[4, 2, 9]);
+    }
+}

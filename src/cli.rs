@@ -1,0 +1,392 @@
+//! Command line: argument parsing and the glue that builds a pipeline from flags. `main.rs`
+//! only calls [`main`]. Must not contain pipeline logic: it wires sources, stages and the
+//! publisher together and maps outcomes to exit codes.
+
+use crate::board::Board;
+use crate::capture::v4l2::{list_cameras, CameraConfig, PixelChoice};
+use crate::capture::{open_input, still, InputSpec, Source};
+use crate::daemon::{self, DaemonConfig, Exit};
+use crate::kernels::{cpu_features, KernelPath};
+use crate::publish::{LineFormat, Publisher, RunInfo};
+use crate::vision::{Passthrough, VisionStage};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "expllm",
+    version,
+    about = "Facial expressions with a faithful chain of thought, on a Raspberry Pi or Jetson.",
+    long_about = "Reads a camera, a video stream or still images, finds faces, and publishes each face's \
+expression label, its facial action units (AUs) and a short chain of thought as MQTT-style lines on stdout \
+(`TOPIC JSON`, like `mosquitto_sub -v`). Pipe it into a broker client:\n\n  \
+expllm run --payload-only | mosquitto_pub -l -t expllm/cam0/events\n\n\
+Logs go to stderr (-v for more, RUST_LOG for fine control)."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon on a camera, a Y4M/MJPEG stream (file or stdin) or images, until the input
+    /// ends or SIGTERM/SIGINT.
+    #[command(
+        long_about = "Run the daemon: capture → faces → AUs → label (published at once) → chain of thought \
+(published when ready; it may skip frames, the label never waits for it).\n\n\
+Inputs (--input):\n  /dev/videoN        a V4L2 camera (MJPEG or YUYV, mmap streaming)\n  \
+clip.y4m           a Y4M file; `-` reads Y4M or concatenated MJPEG from stdin:\n                     \
+ffmpeg -i clip.mp4 -f yuv4mpegpipe - | expllm run --input -\n  \
+clip.mjpeg         concatenated JPEGs (what `ffmpeg -f mjpeg` and many IP cameras send)\n  \
+photo.jpg, dir/    still images (JPEG/PNG) or a folder of them\n\n\
+A camera or stdin is live: when the vision stage falls behind, the oldest queued frame is dropped \
+(counted in `frames_dropped`). Files are read losslessly.\n\n\
+Output: `expllm/<camera>/status` (online, heartbeats, offline), `.../frame` (one per frame), \
+`.../expression` (one per face), `.../cot` (chain of thought). README.md documents every field.\n\n\
+Exit status: 0 at end of input, on SIGTERM/SIGINT or when the stdout reader goes away; 1 when the input \
+cannot be opened or fails for good."
+    )]
+    Run(RunArgs),
+    /// One pass over still images (JPEG/PNG files or folders): same output lines as `run`, no
+    /// status lines. Exits 1 if any image could not be read (the others are still processed).
+    Infer(InferArgs),
+    /// [not yet implemented: issue #7] Latency benchmark per stage on a camera or the bundled input.
+    Bench(StubArgs),
+    /// [not yet implemented: issue #6] Evaluate labels and chains of thought on labelled images.
+    Eval(StubArgs),
+    /// [not yet implemented: issues #3/#4] Fetch, verify (sha256) and list the model files.
+    Models(StubArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct OutputArgs {
+    /// Camera name used in topics: `<prefix>/<camera>/<kind>`.
+    #[arg(long, default_value = "cam0", value_parser = topic_level)]
+    camera_name: String,
+    /// Topic prefix.
+    #[arg(long, default_value = "expllm", value_parser = topic_level_path)]
+    topic_prefix: String,
+    /// Print only the JSON payload (for `mosquitto_pub -l -t TOPIC`).
+    #[arg(long)]
+    payload_only: bool,
+    /// Do not publish the per-frame `frame` topic (expression/cot/status only).
+    #[arg(long)]
+    no_frame_topic: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// What to read: /dev/videoN, a .y4m/.mjpeg file, an image or folder, or `-` for stdin.
+    /// Default: the board's camera, else /dev/video0.
+    #[arg(short, long)]
+    input: Option<String>,
+    /// List V4L2 cameras with their formats, sizes and frame rates, then exit.
+    #[arg(long)]
+    list_cameras: bool,
+    /// Board defaults (threads, camera) from a built-in board file: rpi4, rpi5, jetson-nano,
+    /// jetson-orin-nano.
+    #[arg(long, conflicts_with = "board_file")]
+    board: Option<String>,
+    /// Board defaults from a TOML file (same fields as boards/*.toml).
+    #[arg(long)]
+    board_file: Option<PathBuf>,
+    /// Camera frame width (default: board's, else 640).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Camera frame height (default: board's, else 480).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Camera frame rate (default: board's, else 30).
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Camera pixel format: auto (YUYV if offered at the size, else MJPEG), mjpeg, yuyv.
+    #[arg(long)]
+    format: Option<String>,
+    /// Never drop frames from a live source: capture waits for the vision stage.
+    #[arg(long)]
+    lossless: bool,
+    /// Stop after reading this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Seconds between `status` heartbeats (0 = none).
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat: f64,
+    /// Frames queued between capture and vision.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    frame_queue: u64,
+    /// Chain-of-thought jobs queued between vision and the CoT stage.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    cot_queue: u64,
+    /// Worker threads for the models (default: board's, else all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct InferArgs {
+    /// Image files (JPEG, PNG) and folders of them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct StubArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+fn topic_level(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['/', '+', '#', ' ', '\n']) {
+        Err("must be a non-empty MQTT topic level without '/', '+', '#' or spaces".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn topic_level_path(s: &str) -> Result<String, String> {
+    s.trim_end_matches('/')
+        .split('/')
+        .try_for_each(|l| topic_level(l).map(drop))?;
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// Entry point; returns the process exit code. Errors are one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Run(a) => run(a),
+        Command::Infer(a) => infer(a),
+        Command::Bench(_) => stub("bench", "#7 (on-device benchmark)"),
+        Command::Eval(_) => stub("eval", "#6 (Exp-CoT)"),
+        Command::Models(_) => stub("models", "#3 (vision models) and #4 (GGUF runtime)"),
+    }
+}
+
+fn stub(name: &str, issue: &str) -> Result<ExitCode> {
+    eprintln!("error: `expllm {name}` is not implemented yet; it lands with issue {issue}. Nothing was run.");
+    Ok(ExitCode::from(2))
+}
+
+fn publisher(out: &OutputArgs) -> Publisher {
+    let fmt = if out.payload_only {
+        LineFormat::PayloadOnly
+    } else {
+        LineFormat::TopicPayload
+    };
+    let mut p = Publisher::stdout(&out.topic_prefix, &out.camera_name, fmt);
+    p.set_frame_topic(!out.no_frame_topic);
+    p
+}
+
+/// The kernel path: detected, or forced by `EXPLLM_KERNEL` (refused if this CPU lacks it).
+fn kernel_path() -> Result<KernelPath> {
+    match std::env::var("EXPLLM_KERNEL") {
+        Ok(name) => {
+            let p = KernelPath::parse(&name)
+                .with_context(|| format!("EXPLLM_KERNEL={name:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, neon-i8mm)"))?;
+            if !p.supported() {
+                bail!(
+                    "EXPLLM_KERNEL={name}: this CPU lacks it (features: {})",
+                    cpu_features().join(" ")
+                );
+            }
+            Ok(p)
+        }
+        Err(_) => Ok(KernelPath::detect()),
+    }
+}
+
+fn vision_stage() -> Box<dyn VisionStage> {
+    log::warn!(
+        "vision models are not integrated yet (issue #3): frames pass through with no faces"
+    );
+    Box::new(Passthrough)
+}
+
+fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while we are stopping exits at once with status 1.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .context("installing signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn run(a: RunArgs) -> Result<ExitCode> {
+    if a.list_cameras {
+        let cams = list_cameras();
+        if cams.is_empty() {
+            println!("no V4L2 cameras found (no /dev/video* devices on this machine)");
+        }
+        for c in cams {
+            println!("{c}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let board = match (&a.board, &a.board_file) {
+        (Some(name), _) => Some(Board::builtin(name)?),
+        (_, Some(path)) => Some(Board::from_file(path)?),
+        _ => None,
+    };
+    let cam_defaults = board.as_ref().map(|b| b.camera.clone());
+    let camera = CameraConfig {
+        device: PathBuf::from(
+            cam_defaults
+                .as_ref()
+                .map_or("/dev/video0", |c| c.device.as_str()),
+        ),
+        width: a
+            .width
+            .or(cam_defaults.as_ref().map(|c| c.width))
+            .unwrap_or(640),
+        height: a
+            .height
+            .or(cam_defaults.as_ref().map(|c| c.height))
+            .unwrap_or(480),
+        fps: a.fps.or(cam_defaults.as_ref().map(|c| c.fps)).unwrap_or(30),
+        format: PixelChoice::parse(
+            a.format
+                .as_deref()
+                .or(cam_defaults.as_ref().map(|c| c.format.as_str()))
+                .unwrap_or("auto"),
+        )?,
+    };
+    if camera.width == 0
+        || camera.height == 0
+        || camera.width > crate::capture::MAX_DIM
+        || camera.height > crate::capture::MAX_DIM
+    {
+        bail!("--width/--height must be 1..={}", crate::capture::MAX_DIM);
+    }
+    if !a.heartbeat.is_finite() || a.heartbeat < 0.0 || a.heartbeat > 86400.0 {
+        bail!("--heartbeat must be 0..=86400 seconds");
+    }
+    let spec = match &a.input {
+        Some(s) => InputSpec::parse(s),
+        None => InputSpec::Camera(camera.device.clone()),
+    };
+    let kernel = kernel_path()?;
+    let (source, _kind) = open_input(&spec, &camera)?;
+    let threads = a
+        .threads
+        .map(|t| t as usize)
+        .or(board.as_ref().map(|b| b.threads))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let vision = vision_stage();
+    let info = RunInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        source: source.describe(),
+        board: board.as_ref().map(|b| b.name.clone()),
+        threads,
+        kernel_path: kernel.as_str(),
+        cpu_features: cpu_features(),
+        vision: vision.name(),
+        cot: "off",
+        live: source.is_live(),
+    };
+    log::info!(
+        "reading {} ({} threads, kernels {})",
+        info.source,
+        threads,
+        info.kernel_path
+    );
+    let cfg = DaemonConfig {
+        camera: a.out.camera_name.clone(),
+        frame_queue: a.frame_queue as usize,
+        cot_queue: a.cot_queue as usize,
+        lossless: a.lossless,
+        heartbeat: Duration::from_secs_f64(a.heartbeat),
+        max_frames: a.frames,
+        status: true,
+        info,
+    };
+    let stop = install_signal_handlers()?;
+    let summary = daemon::run(source, vision, None, Arc::new(publisher(&a.out)), cfg, stop);
+    log::info!("stopped ({}): {:?}", summary.exit.reason(), summary.counts);
+    Ok(match summary.exit {
+        Exit::SourceFailed(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn infer(a: InferArgs) -> Result<ExitCode> {
+    let files = still::expand_inputs(&a.inputs)?;
+    let n = files.len();
+    let source = Box::new(still::StillSource::new(files));
+    let vision = vision_stage();
+    let cfg = DaemonConfig {
+        camera: a.out.camera_name.clone(),
+        frame_queue: 2,
+        cot_queue: 4,
+        lossless: true,
+        heartbeat: Duration::ZERO,
+        max_frames: None,
+        status: false,
+        info: RunInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            source: source.describe(),
+            board: None,
+            threads: 1,
+            kernel_path: kernel_path()?.as_str(),
+            cpu_features: cpu_features(),
+            vision: vision.name(),
+            cot: "off",
+            live: false,
+        },
+    };
+    let stop = install_signal_handlers()?;
+    let s = daemon::run(source, vision, None, Arc::new(publisher(&a.out)), cfg, stop);
+    if s.counts.decode_errors > 0 {
+        eprintln!(
+            "error: {} of {n} images could not be read (see the warnings above)",
+            s.counts.decode_errors
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

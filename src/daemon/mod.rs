@@ -1,0 +1,482 @@
+//! The daemon's pipeline: capture thread → bounded frame queue → vision stage → label
+//! published at once → CoT stage behind its own bounded queue.
+//!
+//! ```text
+//!  capture thread ──frames──▶ [queue, drop-oldest when live] ──▶ vision (this thread)
+//!                                                                  │ publish frame + expression
+//!                                                                  ▼
+//!                                   [CoT queue, drop-oldest] ──▶ CoT thread ──▶ publish cot
+//!  heartbeat thread ──▶ publish status every `heartbeat`
+//! ```
+//!
+//! Owns threads, queues, counters, shutdown and the status messages. Must not decode, run
+//! models or format lines itself: sources, stages and the publisher do that.
+
+pub mod queue;
+
+use crate::capture::{CaptureError, Source};
+use crate::cot::{CotJob, CotStage};
+use crate::frame::{now_ms, Frame, FramePool};
+use crate::publish::{
+    AuValue, CotLatency, CotMsg, Counts, ExpressionMsg, FrameLatency, FrameMsg, PublishError,
+    Publisher, RunInfo, StatusMsg, Topic, LABELS, SCHEMA_VERSION,
+};
+use crate::vision::{FaceObservation, VisionStage};
+use queue::{BoundedQueue, Pop};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often blocked stages look at the shutdown flag.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Camera name used in topics and `status`.
+    pub camera: String,
+    /// Frames held between capture and vision (≥ 1).
+    pub frame_queue: usize,
+    /// CoT jobs held between vision and the CoT stage (≥ 1).
+    pub cot_queue: usize,
+    /// Never drop frames: capture waits for the vision stage (default for files).
+    pub lossless: bool,
+    /// Period of `status` heartbeats; zero turns them off.
+    pub heartbeat: Duration,
+    /// Stop after this many frames read.
+    pub max_frames: Option<u64>,
+    /// Publish `status` lines (online/heartbeat/offline). `infer` turns them off.
+    pub status: bool,
+    pub info: RunInfo,
+}
+
+/// Monotonic counters shared by the pipeline threads.
+#[derive(Default)]
+pub struct Counters {
+    pub frames_read: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub frames_processed: AtomicU64,
+    pub faces: AtomicU64,
+    pub errors: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub cot_published: AtomicU64,
+    pub cot_dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            frames_read: self.frames_read.load(Relaxed),
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            frames_processed: self.frames_processed.load(Relaxed),
+            faces: self.faces.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            cot_published: self.cot_published.load(Relaxed),
+            cot_dropped: self.cot_dropped.load(Relaxed),
+        }
+    }
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The input ended (or `max_frames` was reached).
+    EndOfInput,
+    /// SIGTERM / SIGINT.
+    Signal,
+    /// The stdout reader went away (EPIPE).
+    ReaderClosed,
+    /// The source failed for good.
+    SourceFailed(String),
+}
+
+impl Exit {
+    /// The `reason` published in the `offline` status.
+    pub fn reason(&self) -> &str {
+        match self {
+            Exit::EndOfInput => "end of input",
+            Exit::Signal => "signal",
+            Exit::ReaderClosed => "stdout closed",
+            Exit::SourceFailed(m) => m,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub exit: Exit,
+    pub counts: Counts,
+}
+
+/// State shared by the threads of one run.
+struct Shared {
+    publisher: Arc<Publisher>,
+    counters: Counters,
+    shutdown: Arc<AtomicBool>,
+    reader_closed: AtomicBool,
+    cfg: DaemonConfig,
+    started: Instant,
+}
+
+impl Shared {
+    /// Publish; EPIPE stops the whole pipeline. Other write errors are counted and logged.
+    fn publish<T: serde::Serialize>(&self, topic: Topic, msg: &T) {
+        match self.publisher.publish(topic, msg) {
+            Ok(()) => {}
+            Err(PublishError::Closed) => {
+                if !self.reader_closed.swap(true, Relaxed) {
+                    log::info!("stdout reader went away; stopping");
+                }
+                self.shutdown.store(true, Relaxed);
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Relaxed);
+                log::error!("{e}");
+            }
+        }
+    }
+
+    fn status(&self, state: &str, reason: Option<&str>, fps: f64, with_info: bool) {
+        if !self.cfg.status {
+            return;
+        }
+        let msg = StatusMsg {
+            v: SCHEMA_VERSION,
+            state,
+            ts: now_ms(),
+            camera: &self.cfg.camera,
+            reason,
+            info: with_info.then_some(&self.cfg.info),
+            uptime_s: (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            fps: (fps * 100.0).round() / 100.0,
+            counters: self.counters.snapshot(),
+        };
+        self.publish(Topic::Status, &msg);
+    }
+}
+
+/// Milliseconds, rounded to the microsecond (what the output carries).
+fn ms(d: Duration) -> f32 {
+    ((d.as_secs_f64() * 1e6).round() / 1e3) as f32
+}
+
+/// Run the pipeline until the input ends, a signal sets `shutdown`, or stdout closes.
+pub fn run(
+    mut source: Box<dyn Source>,
+    mut vision: Box<dyn VisionStage>,
+    cot: Option<Box<dyn CotStage>>,
+    publisher: Arc<Publisher>,
+    cfg: DaemonConfig,
+    shutdown: Arc<AtomicBool>,
+) -> Summary {
+    let sh = Arc::new(Shared {
+        publisher,
+        counters: Counters::default(),
+        shutdown,
+        reader_closed: AtomicBool::new(false),
+        cfg,
+        started: Instant::now(),
+    });
+    sh.status("online", None, 0.0, true);
+
+    let frames: Arc<BoundedQueue<Frame>> = Arc::new(BoundedQueue::new(sh.cfg.frame_queue));
+    let source_error: Arc<Mutex<Option<String>>> = Arc::default();
+
+    // Capture thread. Not joined on signal: it may be blocked in a read of stdin.
+    {
+        let (sh, frames, source_error) = (sh.clone(), frames.clone(), source_error.clone());
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || capture_loop(&mut *source, &sh, &frames, &source_error))
+            .expect("spawn capture thread");
+    }
+
+    // Heartbeat thread.
+    let hb_stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let heartbeat = (sh.cfg.status && !sh.cfg.heartbeat.is_zero()).then(|| {
+        let (sh, hb_stop) = (sh.clone(), hb_stop.clone());
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || heartbeat_loop(&sh, &hb_stop))
+            .expect("spawn heartbeat thread")
+    });
+
+    // CoT thread.
+    let cot_jobs: Arc<BoundedQueue<CotJob>> = Arc::new(BoundedQueue::new(sh.cfg.cot_queue));
+    let cot_thread = cot.map(|mut stage| {
+        let (sh, jobs) = (sh.clone(), cot_jobs.clone());
+        std::thread::Builder::new()
+            .name("cot".into())
+            .spawn(move || cot_loop(&mut *stage, &sh, &jobs))
+            .expect("spawn CoT thread")
+    });
+    let want_cot = cot_thread.is_some();
+
+    // Vision loop on this thread.
+    let mut faces: Vec<FaceObservation> = Vec::with_capacity(8);
+    while !sh.shutdown.load(Relaxed) {
+        let frame = match frames.pop_timeout(POLL) {
+            Pop::Item(f) => f,
+            Pop::Timeout => continue,
+            Pop::Closed => break,
+        };
+        process_frame(
+            &sh,
+            &mut *vision,
+            &frame,
+            &mut faces,
+            want_cot.then_some(&*cot_jobs),
+        );
+    }
+
+    let by_signal = sh.shutdown.load(Relaxed);
+    frames.close();
+    if by_signal {
+        frames.clear();
+        cot_jobs.clear();
+    }
+    cot_jobs.close();
+    if let Some(t) = cot_thread {
+        if !by_signal {
+            let _ = t.join(); // drain pending CoTs at end of input
+        }
+    }
+    {
+        let (lock, cv) = &*hb_stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+    if let Some(t) = heartbeat {
+        let _ = t.join();
+    }
+
+    let exit = if sh.reader_closed.load(Relaxed) {
+        Exit::ReaderClosed
+    } else if by_signal {
+        Exit::Signal
+    } else if let Some(e) = source_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        Exit::SourceFailed(e)
+    } else {
+        Exit::EndOfInput
+    };
+    let fps = sh.counters.frames_processed.load(Relaxed) as f64
+        / sh.started.elapsed().as_secs_f64().max(1e-9);
+    sh.status("offline", Some(exit.reason()), fps, false);
+    // Nothing may follow `offline`: a CoT thread still running after a signal is cut off.
+    sh.publisher.seal();
+    Summary {
+        exit,
+        counts: sh.counters.snapshot(),
+    }
+}
+
+fn capture_loop(
+    source: &mut dyn Source,
+    sh: &Shared,
+    frames: &BoundedQueue<Frame>,
+    error: &Mutex<Option<String>>,
+) {
+    let pool = FramePool::new(sh.cfg.frame_queue + 3);
+    let lossless = sh.cfg.lossless || !source.is_live();
+    let mut seq = 0u64;
+    while !sh.shutdown.load(Relaxed) {
+        if sh.cfg.max_frames.is_some_and(|m| seq >= m) {
+            break;
+        }
+        let mut buf = pool.take();
+        let t0 = Instant::now();
+        match source.read_frame(&mut buf) {
+            Ok(Some(size)) => {
+                let mut f = Frame::new(size.width, size.height, buf).with_pool(&pool);
+                f.seq = seq;
+                f.captured = t0;
+                f.capture_ms = ms(t0.elapsed());
+                f.file = source.current_file().map(str::to_owned);
+                seq += 1;
+                sh.counters.frames_read.fetch_add(1, Relaxed);
+                if lossless {
+                    if frames.push_wait(f).is_err() {
+                        break;
+                    }
+                } else if frames.push_drop_oldest(f).is_some() {
+                    sh.counters.frames_dropped.fetch_add(1, Relaxed);
+                }
+            }
+            Ok(None) => break,
+            Err(CaptureError::Corrupt(m)) => {
+                seq += 1; // the unreadable frame still had a place in the stream
+                sh.counters.decode_errors.fetch_add(1, Relaxed);
+                log::warn!("skipped {m}");
+            }
+            Err(CaptureError::Fatal(e)) => {
+                sh.counters.errors.fetch_add(1, Relaxed);
+                log::error!("{e:#}");
+                *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    frames.close();
+}
+
+fn process_frame(
+    sh: &Shared,
+    vision: &mut dyn VisionStage,
+    frame: &Frame,
+    faces: &mut Vec<FaceObservation>,
+    cot_jobs: Option<&BoundedQueue<CotJob>>,
+) {
+    let t_pop = Instant::now();
+    faces.clear();
+    let ok = match vision.process(frame, faces) {
+        Ok(()) => true,
+        Err(e) => {
+            sh.counters.errors.fetch_add(1, Relaxed);
+            log::warn!("vision failed on frame {}: {e:#}", frame.seq);
+            false
+        }
+    };
+    let t_done = Instant::now();
+    let lat = FrameLatency {
+        capture: frame.capture_ms,
+        queue: (ms(t_pop.saturating_duration_since(frame.captured)) - frame.capture_ms).max(0.0),
+        vision: ms(t_done - t_pop),
+        total: ms(t_done - frame.captured),
+    };
+    sh.counters.frames_processed.fetch_add(1, Relaxed);
+    if !ok {
+        return;
+    }
+    sh.counters.faces.fetch_add(faces.len() as u64, Relaxed);
+    let file = frame.file.as_deref();
+    if sh.publisher.frame_topic() {
+        let msg = FrameMsg {
+            v: SCHEMA_VERSION,
+            seq: frame.seq,
+            ts: frame.ts_ms,
+            width: frame.width,
+            height: frame.height,
+            faces: faces.len(),
+            file,
+            latency_ms: lat,
+        };
+        sh.publish(Topic::Frame, &msg);
+    }
+    for face in faces.iter() {
+        let label = LABELS.get(face.label).copied().unwrap_or("neutral");
+        let msg = ExpressionMsg {
+            v: SCHEMA_VERSION,
+            seq: frame.seq,
+            ts: frame.ts_ms,
+            face_id: face.face_id,
+            label,
+            score: face.scores.get(face.label).copied().unwrap_or(0.0),
+            scores: LABELS.iter().copied().zip(face.scores).collect(),
+            bbox: face.bbox,
+            aus: crate::au::AUS
+                .iter()
+                .zip(face.aus)
+                .map(|(au, i)| {
+                    (
+                        au.key(),
+                        AuValue {
+                            i,
+                            letter: crate::au::facs_letter(i),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            file,
+            latency_ms: lat,
+        };
+        sh.publish(Topic::Expression, &msg);
+        if let Some(q) = cot_jobs {
+            let job = CotJob {
+                seq: frame.seq,
+                ts_ms: frame.ts_ms,
+                face_id: face.face_id,
+                label: face.label,
+                scores: face.scores,
+                aus: face.aus,
+                captured: frame.captured,
+                queued: Instant::now(),
+            };
+            if q.push_drop_oldest(job).is_some() {
+                sh.counters.cot_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn cot_loop(stage: &mut dyn CotStage, sh: &Shared, jobs: &BoundedQueue<CotJob>) {
+    loop {
+        let job = match jobs.pop_timeout(POLL) {
+            Pop::Item(j) => j,
+            Pop::Timeout if sh.shutdown.load(Relaxed) => return,
+            Pop::Timeout => continue,
+            Pop::Closed => return,
+        };
+        let t0 = Instant::now();
+        match stage.explain(&job) {
+            Ok(cot) => {
+                let msg = CotMsg {
+                    v: SCHEMA_VERSION,
+                    seq: job.seq,
+                    ts: job.ts_ms,
+                    face_id: job.face_id,
+                    label: LABELS.get(cot.label).copied().unwrap_or("neutral"),
+                    text: &cot.text,
+                    source: cot.source.as_str(),
+                    faithful: cot.faithful,
+                    latency_ms: CotLatency {
+                        queue: ms(t0.saturating_duration_since(job.queued)),
+                        cot: ms(t0.elapsed()),
+                        total: ms(job.captured.elapsed()),
+                    },
+                };
+                sh.publish(Topic::Cot, &msg);
+                sh.counters.cot_published.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                sh.counters.errors.fetch_add(1, Relaxed);
+                log::warn!(
+                    "CoT failed for face {} frame {}: {e:#}",
+                    job.face_id,
+                    job.seq
+                );
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(sh: &Shared, stop: &(Mutex<bool>, Condvar)) {
+    let (lock, cv) = stop;
+    let mut last = (Instant::now(), 0u64);
+    let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let deadline = Instant::now() + sh.cfg.heartbeat;
+        while !*stopped && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            stopped = cv
+                .wait_timeout(stopped, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        if *stopped || sh.shutdown.load(Relaxed) {
+            return;
+        }
+        let n = sh.counters.frames_processed.load(Relaxed);
+        let fps = (n - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+        last = (Instant::now(), n);
+        sh.status("running", None, fps, false);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,413 @@
+//! Pipeline tests with fake sources and stages: real threads, queues and publisher, no models.
+
+use super::*;
+use crate::capture::FrameSize;
+use crate::cot::{Cot, CotSource};
+use crate::publish::LineFormat;
+use std::io::{self, Write};
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+impl Sink {
+    fn lines(&self) -> Vec<(String, serde_json::Value)> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.split_terminator('\n')
+            .map(|l| {
+                let (t, j) = l
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("no topic in {l:?}"));
+                (
+                    t.to_string(),
+                    serde_json::from_str(j).unwrap_or_else(|e| panic!("bad JSON {j:?}: {e}")),
+                )
+            })
+            .collect()
+    }
+    fn count(&self, topic: &str) -> usize {
+        self.lines().iter().filter(|(t, _)| t == topic).count()
+    }
+}
+
+struct Broken;
+impl Write for Broken {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Synthetic frames; `None` items are corrupt frames; `limit: None` never ends.
+struct FakeSource {
+    n: u64,
+    limit: Option<u64>,
+    corrupt_every: Option<u64>,
+    fatal_at: Option<u64>,
+    live: bool,
+    delay: Duration,
+}
+impl FakeSource {
+    fn new(limit: Option<u64>, live: bool) -> Self {
+        FakeSource {
+            n: 0,
+            limit,
+            corrupt_every: None,
+            fatal_at: None,
+            live,
+            delay: Duration::ZERO,
+        }
+    }
+}
+impl Source for FakeSource {
+    fn read_frame(&mut self, rgb: &mut Vec<u8>) -> Result<Option<FrameSize>, CaptureError> {
+        std::thread::sleep(self.delay);
+        if self.limit.is_some_and(|l| self.n >= l) {
+            return Ok(None);
+        }
+        self.n += 1;
+        if self.fatal_at == Some(self.n) {
+            return Err(CaptureError::Fatal(anyhow::anyhow!("camera unplugged")));
+        }
+        if self.corrupt_every.is_some_and(|k| self.n.is_multiple_of(k)) {
+            return Err(CaptureError::Corrupt("bad frame".into()));
+        }
+        rgb.resize(4 * 2 * 3, self.n as u8);
+        Ok(Some(FrameSize {
+            width: 4,
+            height: 2,
+        }))
+    }
+    fn is_live(&self) -> bool {
+        self.live
+    }
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+}
+
+/// One face per frame, label cycling; optional per-frame delay.
+struct OneFace(Duration);
+impl VisionStage for OneFace {
+    fn process(&mut self, frame: &Frame, faces: &mut Vec<FaceObservation>) -> anyhow::Result<()> {
+        std::thread::sleep(self.0);
+        let label = (frame.seq % 7) as usize;
+        let mut scores = [0.0; 7];
+        scores[label] = 0.9;
+        faces.push(FaceObservation {
+            face_id: 1,
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            label,
+            scores,
+            aus: [0.5; crate::au::N_AUS],
+        });
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "one-face"
+    }
+}
+
+/// Blocks each explanation until the sink holds `wait_for` expression lines (or 10 s pass).
+struct GatedCot {
+    sink: Sink,
+    wait_for: usize,
+}
+impl CotStage for GatedCot {
+    fn explain(&mut self, job: &CotJob) -> anyhow::Result<Cot> {
+        let t0 = Instant::now();
+        while self.sink.count("expllm/cam0/expression") < self.wait_for {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "labels waited for the CoT stage"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(Cot {
+            label: job.label,
+            text: format!("AU12 C → {}", LABELS[job.label]),
+            source: CotSource::Engine,
+            faithful: true,
+        })
+    }
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+}
+
+fn cfg(lossless: bool) -> DaemonConfig {
+    DaemonConfig {
+        camera: "cam0".into(),
+        frame_queue: 2,
+        cot_queue: 2,
+        lossless,
+        heartbeat: Duration::ZERO,
+        max_frames: None,
+        status: true,
+        info: RunInfo {
+            version: "test",
+            source: "fake".into(),
+            board: None,
+            threads: 1,
+            kernel_path: "scalar",
+            cpu_features: vec![],
+            vision: "test",
+            cot: "off",
+            live: false,
+        },
+    }
+}
+
+fn publisher(sink: &Sink) -> Arc<Publisher> {
+    Arc::new(Publisher::new(
+        Box::new(sink.clone()),
+        "expllm",
+        "cam0",
+        LineFormat::TopicPayload,
+    ))
+}
+
+#[test]
+fn file_input_is_lossless_and_brackets_frames_with_online_and_offline() {
+    let sink = Sink::default();
+    let mut src = FakeSource::new(Some(30), false);
+    src.corrupt_every = Some(10);
+    let s = run(
+        Box::new(src),
+        Box::new(OneFace(Duration::from_millis(1))),
+        None,
+        publisher(&sink),
+        cfg(false),
+        Arc::default(),
+    );
+    assert_eq!(s.exit, Exit::EndOfInput);
+    assert_eq!(
+        (
+            s.counts.frames_read,
+            s.counts.decode_errors,
+            s.counts.frames_dropped
+        ),
+        (27, 3, 0)
+    );
+    assert_eq!(s.counts.frames_processed, 27);
+    let lines = sink.lines();
+    assert_eq!(lines.first().unwrap().1["state"], "online");
+    assert_eq!(lines.first().unwrap().1["info"]["source"], "fake");
+    let (t, last) = lines.last().unwrap();
+    assert_eq!(
+        (t.as_str(), last["state"].as_str()),
+        ("expllm/cam0/status", Some("offline"))
+    );
+    assert_eq!(last["counters"]["frames_processed"], 27);
+    assert_eq!(last["reason"], "end of input");
+    assert_eq!(sink.count("expllm/cam0/frame"), 27);
+    let exprs: Vec<_> = lines
+        .iter()
+        .filter(|(t, _)| t == "expllm/cam0/expression")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(exprs.len(), 27);
+    // seq counts corrupt frames too, so frame 10, 20, 30 (seq 9, 19, 29) are missing
+    let seqs: Vec<u64> = exprs.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!(!seqs.contains(&9) && seqs.contains(&10) && seqs.windows(2).all(|w| w[0] < w[1]));
+    let e = &exprs[3];
+    assert_eq!(e["v"], 1);
+    assert_eq!(e["label"], LABELS[3]);
+    assert_eq!(e["scores"][LABELS[3]].as_f64().unwrap() as f32, 0.9);
+    assert_eq!(e["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
+    assert_eq!(e["aus"]["AU12"]["letter"], "C");
+}
+
+#[test]
+fn live_input_drops_the_oldest_frames_when_vision_is_slow() {
+    let sink = Sink::default();
+    let mut src = FakeSource::new(Some(200), true);
+    src.delay = Duration::from_micros(200);
+    let s = run(
+        Box::new(src),
+        Box::new(OneFace(Duration::from_millis(3))),
+        None,
+        publisher(&sink),
+        cfg(false),
+        Arc::default(),
+    );
+    assert_eq!(s.counts.frames_read, 200);
+    assert!(s.counts.frames_dropped > 0, "{:?}", s.counts);
+    assert_eq!(s.counts.frames_processed + s.counts.frames_dropped, 200);
+    // the last frame read is never the one dropped: drop-oldest keeps the newest
+    let last_seq = sink
+        .lines()
+        .iter()
+        .filter(|(t, _)| t.ends_with("/frame"))
+        .map(|(_, v)| v["seq"].as_u64().unwrap())
+        .max();
+    assert_eq!(last_seq, Some(199));
+}
+
+#[test]
+fn labels_never_wait_for_the_cot_stage_and_cot_drops_are_counted() {
+    let sink = Sink::default();
+    let cot = GatedCot {
+        sink: sink.clone(),
+        wait_for: 20,
+    };
+    let s = run(
+        Box::new(FakeSource::new(Some(20), false)),
+        Box::new(OneFace(Duration::ZERO)),
+        Some(Box::new(cot)),
+        publisher(&sink),
+        cfg(false),
+        Arc::default(),
+    );
+    assert_eq!(
+        s.counts.errors, 0,
+        "the CoT stage timed out: labels waited for it"
+    );
+    assert_eq!(sink.count("expllm/cam0/expression"), 20);
+    let cots = sink.count("expllm/cam0/cot") as u64;
+    assert_eq!(cots, s.counts.cot_published);
+    assert!(s.counts.cot_dropped > 0);
+    assert_eq!(cots + s.counts.cot_dropped, 20, "{:?}", s.counts);
+    // the newest job survives (drop-oldest), and every CoT line comes after its label
+    let lines = sink.lines();
+    let last_cot = lines
+        .iter()
+        .rev()
+        .find(|(t, _)| t.ends_with("/cot"))
+        .unwrap();
+    assert_eq!(last_cot.1["seq"], 19);
+    assert_eq!(last_cot.1["source"], "engine");
+    assert_eq!(lines.last().unwrap().1["state"], "offline");
+}
+
+#[test]
+fn closed_stdout_stops_an_endless_live_source() {
+    let s = run(
+        Box::new(FakeSource::new(None, true)),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        Arc::new(Publisher::new(
+            Box::new(Broken),
+            "expllm",
+            "cam0",
+            LineFormat::TopicPayload,
+        )),
+        cfg(false),
+        Arc::default(),
+    );
+    assert_eq!(s.exit, Exit::ReaderClosed);
+}
+
+#[test]
+fn shutdown_flag_ends_an_endless_source_with_offline_last() {
+    let sink = Sink::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let (stop, sink) = (stop.clone(), sink.clone());
+        std::thread::spawn(move || {
+            while sink.count("expllm/cam0/frame") < 5 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, Relaxed);
+        })
+    };
+    let mut src = FakeSource::new(None, true);
+    src.delay = Duration::from_millis(1);
+    let mut c = cfg(false);
+    c.heartbeat = Duration::from_millis(5);
+    let s = run(
+        Box::new(src),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        c,
+        stop,
+    );
+    stopper.join().unwrap();
+    assert_eq!(s.exit, Exit::Signal);
+    let lines = sink.lines();
+    assert_eq!(lines.last().unwrap().1["state"], "offline");
+    assert_eq!(lines.last().unwrap().1["reason"], "signal");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|(_, v)| v["state"] == "offline")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn heartbeats_carry_counters() {
+    let sink = Sink::default();
+    let mut src = FakeSource::new(Some(40), true);
+    src.delay = Duration::from_millis(2);
+    let mut c = cfg(false);
+    c.heartbeat = Duration::from_millis(10);
+    run(
+        Box::new(src),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        c,
+        Arc::default(),
+    );
+    let beats: Vec<_> = sink
+        .lines()
+        .into_iter()
+        .filter(|(_, v)| v["state"] == "running")
+        .collect();
+    assert!(!beats.is_empty());
+    let last = &beats.last().unwrap().1;
+    assert!(last["counters"]["frames_read"].as_u64().unwrap() > 0);
+    assert!(last["fps"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn fatal_source_error_is_the_offline_reason() {
+    let sink = Sink::default();
+    let mut src = FakeSource::new(Some(10), true);
+    src.fatal_at = Some(4);
+    let s = run(
+        Box::new(src),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        cfg(false),
+        Arc::default(),
+    );
+    assert_eq!(s.exit, Exit::SourceFailed("camera unplugged".into()));
+    assert_eq!(s.counts.frames_read, 3);
+    assert_eq!(sink.lines().last().unwrap().1["reason"], "camera unplugged");
+}
+
+#[test]
+fn max_frames_stops_reading() {
+    let sink = Sink::default();
+    let mut c = cfg(false);
+    c.max_frames = Some(7);
+    c.status = false;
+    let s = run(
+        Box::new(FakeSource::new(None, false)),
+        Box::new(crate::vision::Passthrough),
+        None,
+        publisher(&sink),
+        c,
+        Arc::default(),
+    );
+    assert_eq!((s.exit, s.counts.frames_read), (Exit::EndOfInput, 7));
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 7, "status off: only frame lines");
+    assert!(lines
+        .iter()
+        .all(|(t, v)| t == "expllm/cam0/frame" && v["faces"] == 0));
+}

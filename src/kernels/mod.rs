@@ -1,0 +1,145 @@
+//! Compute kernels: quantized dot products and matmuls (scalar reference, AVX2, NEON,
+//! NEON+dotprod, NEON+i8mm), chosen once at start-up by runtime feature detection.
+//!
+//! Owns every `unsafe` SIMD block in the crate. The kernels issue fills in the dot products;
+//! the CPU detection below is what picks the path. Must not know about models or files.
+
+/// Which kernel path this CPU runs, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    Scalar,
+    Avx2,
+    Neon,
+    NeonDotprod,
+    NeonI8mm,
+}
+
+impl KernelPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Neon => "neon",
+            KernelPath::NeonDotprod => "neon-dotprod",
+            KernelPath::NeonI8mm => "neon-i8mm",
+        }
+    }
+
+    /// Parse a name as given to `EXPLLM_KERNEL` / `--kernel`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Scalar,
+            Self::Avx2,
+            Self::Neon,
+            Self::NeonDotprod,
+            Self::NeonI8mm,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+
+    /// The best path this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return KernelPath::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("i8mm")
+                && std::arch::is_aarch64_feature_detected!("dotprod")
+            {
+                return KernelPath::NeonI8mm;
+            }
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return KernelPath::NeonDotprod;
+            }
+            return KernelPath::Neon;
+        }
+        #[allow(unreachable_code)]
+        KernelPath::Scalar
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn supported(self) -> bool {
+        self == KernelPath::Scalar || cpu_features().iter().any(|f| *f == self.required_feature())
+    }
+
+    fn required_feature(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Neon => "neon",
+            KernelPath::NeonDotprod => "dotprod",
+            KernelPath::NeonI8mm => "i8mm",
+        }
+    }
+}
+
+/// The SIMD features of this CPU that our kernels care about.
+pub fn cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        for (name, on) in [
+            ("sse4.1", has!("sse4.1")),
+            ("avx", has!("avx")),
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("f16c", has!("f16c")),
+            ("avx512f", has!("avx512f")),
+            ("avx512vnni", has!("avx512vnni")),
+        ] {
+            if on {
+                f.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        for (name, on) in [
+            ("neon", has!("neon")),
+            ("fp16", has!("fp16")),
+            ("dotprod", has!("dotprod")),
+            ("i8mm", has!("i8mm")),
+        ] {
+            if on {
+                f.push(name);
+            }
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detected_path_is_supported_and_names_round_trip() {
+        let p = KernelPath::detect();
+        assert!(
+            p.supported(),
+            "{p:?} detected but not supported: {:?}",
+            cpu_features()
+        );
+        assert_eq!(KernelPath::parse(p.as_str()), Some(p));
+        assert!(KernelPath::Scalar.supported());
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert!(cpu_features().contains(&"neon"));
+            // Under qemu the test runner's -cpu decides; EXPLLM_EXPECT_KERNEL pins it in CI so a
+            // wrong detection fails instead of silently testing another path.
+        }
+        if let Ok(want) = std::env::var("EXPLLM_EXPECT_KERNEL") {
+            assert_eq!(p.as_str(), want, "features: {:?}", cpu_features());
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! End-to-end tests of the `expllm` binary: real inputs (the bundled samples in tests/data,
+//! JPEG/PNG written here), real stdout lines, exit codes, EPIPE and SIGTERM.
+//!
+//! Under qemu (aarch64 CI) the test binary cannot exec an aarch64 binary directly (no
+//! binfmt_misc), so `EXPLLM_TEST_WRAPPER` (e.g. `qemu-aarch64-static -cpu cortex-a76 -L /`)
+//! is put in front of it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn expllm() -> Command {
+    let bin = env!("CARGO_BIN_EXE_expllm");
+    match std::env::var("EXPLLM_TEST_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap());
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Out {
+    let o = expllm()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn expllm");
+    Out {
+        status: o.status,
+        stdout: String::from_utf8(o.stdout).unwrap(),
+        stderr: String::from_utf8(o.stderr).unwrap(),
+    }
+}
+
+/// Every stdout line must be `topic JSON`; returns them parsed.
+fn parse_lines(stdout: &str) -> Vec<(String, serde_json::Value)> {
+    assert!(
+        !stdout.contains("\n\n") && !stdout.starts_with('\n'),
+        "blank line in output"
+    );
+    stdout
+        .split_terminator('\n')
+        .map(|l| {
+            let (t, j) = l
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no topic: {l:?}"));
+            assert!(
+                t.starts_with("expllm/") && !t.contains(char::is_whitespace),
+                "topic {t:?}"
+            );
+            (
+                t.to_string(),
+                serde_json::from_str(j).unwrap_or_else(|e| panic!("bad JSON {j:?}: {e}")),
+            )
+        })
+        .collect()
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("expllm did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_one_error_line(o: &Out) {
+    assert!(
+        !o.status.success(),
+        "expected failure, stdout: {}",
+        o.stdout
+    );
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one stderr line, got: {:?}", o.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+    assert!(!o.stderr.contains("panicked"));
+}
+
+fn y4m_frame_bytes(w: usize, h: usize, shade: u8) -> Vec<u8> {
+    let mut f = b"FRAME\n".to_vec();
+    f.extend(std::iter::repeat_n(shade, w * h));
+    f.extend(std::iter::repeat_n(
+        128u8,
+        2 * w.div_ceil(2) * h.div_ceil(2),
+    ));
+    f
+}
+
+#[test]
+fn run_on_the_bundled_mjpeg_prints_status_and_one_line_per_frame() {
+    let o = run(&[
+        "run",
+        "--input",
+        data("sample-320x240.mjpeg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    assert_eq!(lines[0].0, "expllm/cam0/status");
+    assert_eq!(lines[0].1["state"], "online");
+    assert_eq!(lines[0].1["v"], 1);
+    assert!(lines[0].1["info"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("mjpeg:"));
+    let frames: Vec<_> = lines
+        .iter()
+        .filter(|(t, _)| t == "expllm/cam0/frame")
+        .collect();
+    assert_eq!(frames.len(), 30);
+    assert!(frames
+        .iter()
+        .enumerate()
+        .all(|(i, (_, v))| v["seq"] == i as u64 && v["width"] == 320 && v["height"] == 240));
+    let last = &lines.last().unwrap().1;
+    assert_eq!(last["state"], "offline");
+    assert_eq!(last["counters"]["frames_read"], 30);
+    assert_eq!(last["counters"]["frames_dropped"], 0);
+}
+
+#[test]
+fn run_reads_y4m_from_a_file_and_from_stdin() {
+    let path = data("sample-160x120.y4m");
+    let o = run(&[
+        "run",
+        "--input",
+        path.to_str().unwrap(),
+        "--camera-name",
+        "door",
+    ]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let n = parse_lines(&o.stdout)
+        .iter()
+        .filter(|(t, _)| t == "expllm/door/frame")
+        .count();
+    assert_eq!(n, 10);
+
+    let mut child = expllm()
+        .args(["run", "--input", "-", "--lossless", "--payload-only"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&bytes));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(wait_timeout(&mut child, Duration::from_secs(60)).success());
+    let payloads: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        payloads
+            .iter()
+            .filter(|v| v.get("seq").is_some() && v.get("faces").is_some())
+            .count(),
+        10
+    );
+    assert!(payloads[0]["info"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("y4m:stdin"));
+}
+
+#[test]
+fn infer_reads_jpeg_png_and_folders_and_fails_on_a_bad_image_after_the_rest() {
+    let dir = std::env::temp_dir().join(format!("expllm-cli-infer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 100]));
+    img.save(dir.join("a.jpg")).unwrap();
+    img.save(dir.join("b.png")).unwrap();
+    let o = run(&["infer", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    assert_eq!(lines.len(), 2, "infer prints no status lines: {}", o.stdout);
+    assert!(lines[0].1["file"].as_str().unwrap().ends_with("a.jpg"));
+    assert!(lines[1].1["file"].as_str().unwrap().ends_with("b.png"));
+    assert_eq!(
+        (lines[1].1["width"].as_u64(), lines[1].1["height"].as_u64()),
+        (Some(40), Some(30))
+    );
+
+    std::fs::write(dir.join("c.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    let o = run(&[
+        "infer",
+        dir.join("c.jpg").to_str().unwrap(),
+        dir.join("b.png").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        parse_lines(&o.stdout).len(),
+        1,
+        "the good image is still processed"
+    );
+    assert!(
+        o.stderr.contains("c.jpg") && o.stderr.contains("1 of 2 images"),
+        "{}",
+        o.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_line_and_nonzero_exit() {
+    let dir = std::env::temp_dir().join(format!("expllm-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"hello, not a video").unwrap();
+    std::fs::write(dir.join("bad.y4m"), b"YUV4MPEG2 W0 H10\n").unwrap();
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    for args in [
+        vec!["run".to_string(), "--input".into(), d("missing.y4m")],
+        vec!["run".into(), "--input".into(), d("empty")],
+        vec!["run".into(), "--input".into(), d("notes.txt")],
+        vec!["run".into(), "--input".into(), d("bad.y4m")],
+        vec!["run".into(), "--input".into(), "/dev/video99".into()],
+        vec!["run".into(), "--board".into(), "pi9".into()],
+        vec![
+            "run".into(),
+            "--input".into(),
+            data("sample-160x120.y4m").to_str().unwrap().into(),
+            "--format".into(),
+            "h264".into(),
+        ],
+        vec!["infer".into(), d("missing.jpg")],
+    ] {
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_one_error_line(&o);
+        assert!(o.stdout.is_empty(), "{args:?} printed {}", o.stdout);
+    }
+    // clap's own errors (bad values) also exit non-zero without a panic
+    let o = run(&["run", "--width", "zero"]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn list_cameras_without_a_camera_is_a_clear_message_and_exit_0() {
+    let o = run(&["run", "--list-cameras"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let has_video = std::fs::read_dir("/dev").unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("video")
+    });
+    if !has_video {
+        assert_eq!(
+            o.stdout.trim(),
+            "no V4L2 cameras found (no /dev/video* devices on this machine)"
+        );
+    }
+}
+
+#[test]
+fn unimplemented_commands_say_so_and_fail() {
+    for cmd in ["bench", "eval", "models"] {
+        let o = run(&[cmd]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        assert!(o.stdout.is_empty());
+        assert!(o.stderr.contains("not implemented yet"), "{}", o.stderr);
+    }
+}
+
+/// Spawn `run --input -` and feed it small Y4M frames forever (until it stops reading).
+fn spawn_live(extra: &[&str]) -> (Child, std::thread::JoinHandle<()>) {
+    let mut child = expllm()
+        .args(["run", "--input", "-", "--heartbeat", "0.2"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        if stdin
+            .write_all(b"YUV4MPEG2 W32 H24 F30:1 C420jpeg\n")
+            .is_err()
+        {
+            return;
+        }
+        for i in 0u32.. {
+            if stdin
+                .write_all(&y4m_frame_bytes(32, 24, (i % 200) as u8))
+                .is_err()
+            {
+                return; // the daemon exited
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            if i > 20_000 {
+                return;
+            }
+        }
+    });
+    (child, feeder)
+}
+
+#[test]
+fn closed_stdout_reader_is_a_clean_exit_0() {
+    let (mut child, feeder) = spawn_live(&[]);
+    {
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.starts_with("expllm/cam0/status "), "{first}");
+    } // reader dropped: the next write gets EPIPE
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}, stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    feeder.join().unwrap();
+}
+
+#[test]
+fn sigterm_publishes_offline_and_exits_0() {
+    let (mut child, feeder) = spawn_live(&[]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut frames = 0;
+    while frames < 3 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "stdout ended early");
+        if line.starts_with("expllm/cam0/frame ") {
+            frames += 1;
+        }
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?}");
+    let lines = parse_lines(&rest);
+    let (topic, last) = lines.last().expect("an offline line after SIGTERM");
+    assert_eq!(topic, "expllm/cam0/status");
+    assert_eq!(last["state"], "offline");
+    assert_eq!(last["reason"], "signal");
+    feeder.join().unwrap();
+}

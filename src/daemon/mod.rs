@@ -345,7 +345,10 @@ fn process_frame(
     let t_done = Instant::now();
     let lat = FrameLatency {
         capture: frame.capture_ms,
-        queue: (ms(t_pop.saturating_duration_since(frame.captured)) - frame.capture_ms).max(0.0),
+        queue: ((ms(t_pop.saturating_duration_since(frame.captured)) - frame.capture_ms).max(0.0)
+            * 1e3)
+            .round()
+            / 1e3,
         vision: ms(t_done - t_pop),
         total: ms(t_done - frame.captured),
     };

@@ -4,6 +4,10 @@
 //! Owns every `unsafe` SIMD block in the crate. The kernels issue fills in the dot products;
 //! the CPU detection below is what picks the path. Must not know about models or files.
 
+pub mod ggml_type;
+pub mod quants;
+pub use ggml_type::GgmlType;
+
 /// Which kernel path this CPU runs, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {

@@ -1,0 +1,530 @@
+//! Scalar reference quantization: the block layouts of the GGUF tensor types we read, their
+//! dequantizers, the activation quantizers and the quantized dot products — a port of ggml's
+//! reference C (`ggml-quants.c` `*_ref` quantizers and `dequantize_row_*`, and the `*_generic`
+//! dot products of `ggml-cpu/quants.c`), float for float.
+//!
+//! This is the oracle the SIMD kernels are tested against, so it is written for clarity and
+//! has no `unsafe`: every block struct is `#[repr(C)]` over byte arrays (alignment 1), so a row
+//! of any type is viewed in place at any offset with `bytemuck` (GGUF rows are only 2-byte
+//! aligned for 18-byte Q4_0 blocks).
+//!
+//! | weight type | block | activations (`vec_dot_type`) | dot |
+//! | --- | --- | --- | --- |
+//! | F32, F16, BF16 | [`F32Le`], [`F16Le`], [`Bf16Le`] | F32 (`f32`) | f32 products, f64 sum |
+//! | Q8_0 | [`BlockQ8_0`] | Q8_0 | [`q8::vec_dot_q8_0_q8_0`] |
+//! | Q4_0 | [`BlockQ4_0`] | Q8_0 | [`q4_0::vec_dot_q4_0_q8_0`] |
+//! | Q4_1 | [`BlockQ4_1`] | Q8_1 ([`BlockQ8_1`]) | [`q4_1::vec_dot_q4_1_q8_1`] |
+//! | Q4_K | [`BlockQ4K`] | Q8_K ([`BlockQ8K`]) | [`k_quants::vec_dot_q4k_q8k`] |
+//! | Q6_K | [`BlockQ6K`] | Q8_K | [`k_quants::vec_dot_q6k_q8k`] |
+//!
+//! Quantized dots accumulate each block's integer products exactly in i32 and only then scale
+//! by the two blocks' f32 scales, in ggml's order of f32 operations. The byte layout of each
+//! block is documented on its struct.
+//!
+//! The model code uses the dynamic API ([`dequantize_row`], [`quantize_row`],
+//! [`QuantizedActs`], [`vec_dot`], [`matvec`], [`get_row`]), which checks every length and
+//! returns a [`QuantError`] instead of panicking; the typed per-type functions behind it
+//! (e.g. [`q4_0::vec_dot_q4_0_q8_0`]) assert their lengths.
+
+use std::fmt;
+
+use bytemuck::Pod;
+
+use crate::kernels::GgmlType;
+
+pub mod float;
+pub mod k_quants;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q8;
+
+#[cfg(test)]
+mod tests;
+
+pub use float::{Bf16Le, F16Le, F32Le, I16Le};
+pub use k_quants::{BlockQ4K, BlockQ6K};
+pub use q4_0::BlockQ4_0;
+pub use q4_1::BlockQ4_1;
+pub use q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+
+/// One block of a tensor type, viewed in place from the file's bytes.
+pub trait GgmlBlock: Pod {
+    const TYPE: GgmlType;
+    /// Elements per block (`TYPE.block_size()`); `size_of::<Self>()` is `TYPE.block_bytes()`.
+    const BLOCK_SIZE: usize;
+    /// `dst.len()` must be `src.len() · BLOCK_SIZE` (panics otherwise).
+    fn dequantize(src: &[Self], dst: &mut [f32]);
+}
+
+/// A block type we can quantize to (bit-exact with ggml's `quantize_row_*_ref`).
+pub trait QuantizeBlock: GgmlBlock {
+    /// `src.len()` must be `dst.len() · BLOCK_SIZE` (panics otherwise).
+    fn quantize(src: &[f32], dst: &mut [Self]);
+}
+
+/// A weight block type: its dot product with a row of activations quantized to `VecDot`.
+pub trait WeightBlock: GgmlBlock {
+    /// The activation block type (`vec_dot_type(Self::TYPE)`).
+    type VecDot: QuantizeBlock;
+    /// `row` and `acts` cover the same number of elements (panics otherwise).
+    fn vec_dot(row: &[Self], acts: &[Self::VecDot]) -> f32;
+}
+
+/// Why a quantization call was refused. Every message is one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuantError {
+    /// `n` elements are not a whole number of `ty`'s blocks.
+    NotWholeBlocks { ty: GgmlType, n: usize },
+    /// A row of `n` elements of `ty` is `expected` bytes but the buffer has `got`.
+    RowBytes {
+        ty: GgmlType,
+        n: usize,
+        expected: usize,
+        got: usize,
+    },
+    /// A weight matrix of `n_rows × n_cols` is `expected` bytes but the buffer has `got`.
+    MatrixBytes {
+        ty: GgmlType,
+        n_rows: usize,
+        n_cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    /// An embedding table is not a whole number of rows.
+    NotWholeRows {
+        ty: GgmlType,
+        n_cols: usize,
+        row_bytes: usize,
+        got: usize,
+    },
+    /// A size computation overflowed `usize`.
+    TooLarge {
+        ty: GgmlType,
+        n_rows: usize,
+        n_cols: usize,
+    },
+    /// An output (or input) buffer has the wrong number of elements.
+    Len {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// The activations were quantized for a different weight type.
+    ActsType {
+        weight: GgmlType,
+        expected: GgmlType,
+        got: GgmlType,
+    },
+    /// Quantizing to `ty` is not implemented.
+    CannotQuantize { ty: GgmlType },
+    /// `ty` is an activation type: it has no dot product with activations.
+    NotAWeightType { ty: GgmlType },
+    /// `get_row` of a row past the end of the table.
+    RowOutOfRange { row: usize, n_rows: usize },
+}
+
+impl fmt::Display for QuantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            QuantError::NotWholeBlocks { ty, n } => write!(
+                f,
+                "{} row of {n} elements is not a whole number of {}-element blocks",
+                ty.name(),
+                ty.block_size()
+            ),
+            QuantError::RowBytes {
+                ty,
+                n,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{} row of {n} elements is {expected} bytes, got {got}",
+                ty.name()
+            ),
+            QuantError::MatrixBytes {
+                ty,
+                n_rows,
+                n_cols,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{} matrix of {n_rows} rows × {n_cols} columns is {expected} bytes, got {got}",
+                ty.name()
+            ),
+            QuantError::NotWholeRows {
+                ty,
+                n_cols,
+                row_bytes,
+                got,
+            } => write!(
+                f,
+                "{} table of {got} bytes is not a whole number of {n_cols}-element rows ({row_bytes} bytes each)",
+                ty.name()
+            ),
+            QuantError::TooLarge { ty, n_rows, n_cols } => write!(
+                f,
+                "{} matrix of {n_rows} rows × {n_cols} columns is too large to address",
+                ty.name()
+            ),
+            QuantError::Len {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what} has {got} elements, expected {expected}"),
+            QuantError::ActsType {
+                weight,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{} weights take {} activations, got {} (quantize the activations for this weight type)",
+                weight.name(),
+                expected.name(),
+                got.name()
+            ),
+            QuantError::CannotQuantize { ty } => write!(
+                f,
+                "quantizing to {} is not supported (supported: F32, F16, BF16, Q8_0, Q8_1, Q8_K, Q4_0, Q4_1)",
+                ty.name()
+            ),
+            QuantError::NotAWeightType { ty } => write!(
+                f,
+                "{} is an activation type, not a weight type (weights: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
+                ty.name()
+            ),
+            QuantError::RowOutOfRange { row, n_rows } => {
+                write!(f, "row {row} is out of range (the table has {n_rows} rows)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for QuantError {}
+
+/// The activation type a weight type's dot product takes: Q4_0, Q8_0 → Q8_0; Q4_1 → Q8_1;
+/// Q4_K, Q6_K → Q8_K; F32, F16, BF16 → F32 (f32 activations). The activation types Q8_1 and
+/// Q8_K map to themselves (they have no dot product; [`vec_dot`] refuses them).
+pub fn vec_dot_type(weight: GgmlType) -> GgmlType {
+    match weight {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
+        GgmlType::Q4_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+        GgmlType::Q4_1 => GgmlType::Q8_1,
+        GgmlType::Q4K | GgmlType::Q6K => GgmlType::Q8K,
+        GgmlType::Q8_1 => GgmlType::Q8_1,
+        GgmlType::Q8K => GgmlType::Q8K,
+    }
+}
+
+/// Bytes of a row of `n` elements of `ty`.
+fn row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
+    if !n.is_multiple_of(ty.block_size()) {
+        return Err(QuantError::NotWholeBlocks { ty, n });
+    }
+    (n / ty.block_size())
+        .checked_mul(ty.block_bytes())
+        .ok_or(QuantError::TooLarge {
+            ty,
+            n_rows: 1,
+            n_cols: n,
+        })
+}
+
+/// View `bytes` (already checked to be whole blocks) as blocks.
+fn blocks<B: Pod>(bytes: &[u8]) -> &[B] {
+    // Block types have alignment 1 and the lengths were checked, so this cannot fail; the
+    // native-f32 activations come from our own `Vec<f32>`.
+    bytemuck::cast_slice(bytes)
+}
+
+fn blocks_mut<B: Pod>(bytes: &mut [u8]) -> &mut [B] {
+    bytemuck::cast_slice_mut(bytes)
+}
+
+/// Dequantize one row of `dst.len()` elements of type `ty`; `src` must be exactly the row's
+/// bytes.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    let n = dst.len();
+    let expected = row_bytes(ty, n)?;
+    if src.len() != expected {
+        return Err(QuantError::RowBytes {
+            ty,
+            n,
+            expected,
+            got: src.len(),
+        });
+    }
+    fn go<B: GgmlBlock>(src: &[u8], dst: &mut [f32]) {
+        B::dequantize(blocks::<B>(src), dst)
+    }
+    match ty {
+        GgmlType::F32 => go::<F32Le>(src, dst),
+        GgmlType::F16 => go::<F16Le>(src, dst),
+        GgmlType::BF16 => go::<Bf16Le>(src, dst),
+        GgmlType::Q4_0 => go::<BlockQ4_0>(src, dst),
+        GgmlType::Q4_1 => go::<BlockQ4_1>(src, dst),
+        GgmlType::Q8_0 => go::<BlockQ8_0>(src, dst),
+        GgmlType::Q8_1 => go::<BlockQ8_1>(src, dst),
+        GgmlType::Q4K => go::<BlockQ4K>(src, dst),
+        GgmlType::Q6K => go::<BlockQ6K>(src, dst),
+        GgmlType::Q8K => go::<BlockQ8K>(src, dst),
+    }
+    Ok(())
+}
+
+/// Quantize `src` to one row of type `ty` in `dst` (exactly the row's bytes), bit-exact with
+/// ggml's `quantize_row_*_ref`. Supported: F32, F16, BF16, Q8_0, Q8_1, Q8_K, Q4_0, Q4_1.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    let n = src.len();
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+        return Err(QuantError::CannotQuantize { ty });
+    }
+    let expected = row_bytes(ty, n)?;
+    if dst.len() != expected {
+        return Err(QuantError::RowBytes {
+            ty,
+            n,
+            expected,
+            got: dst.len(),
+        });
+    }
+    fn go<B: QuantizeBlock>(src: &[f32], dst: &mut [u8]) {
+        B::quantize(src, blocks_mut::<B>(dst))
+    }
+    match ty {
+        GgmlType::F32 => go::<F32Le>(src, dst),
+        GgmlType::F16 => go::<F16Le>(src, dst),
+        GgmlType::BF16 => go::<Bf16Le>(src, dst),
+        GgmlType::Q4_0 => go::<BlockQ4_0>(src, dst),
+        GgmlType::Q4_1 => go::<BlockQ4_1>(src, dst),
+        GgmlType::Q8_0 => go::<BlockQ8_0>(src, dst),
+        GgmlType::Q8_1 => go::<BlockQ8_1>(src, dst),
+        GgmlType::Q8K => go::<BlockQ8K>(src, dst),
+        GgmlType::Q4K | GgmlType::Q6K => unreachable!("refused above"),
+    }
+    Ok(())
+}
+
+/// Activations quantized once per matmul input in the layout the weight type's vec_dot needs
+/// (Q8_0, Q8_1, Q8_K blocks, or plain f32 for float weights). The buffers are reused: no
+/// allocation after the first call with a given length.
+#[derive(Debug, Clone)]
+pub struct QuantizedActs {
+    ty: GgmlType,
+    len: usize,
+    /// The blocks, for quantized activation types.
+    bytes: Vec<u8>,
+    /// The values, for F32.
+    f32s: Vec<f32>,
+}
+
+impl Default for QuantizedActs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QuantizedActs {
+    /// Empty F32 activations.
+    pub fn new() -> Self {
+        Self {
+            ty: GgmlType::F32,
+            len: 0,
+            bytes: Vec::new(),
+            f32s: Vec::new(),
+        }
+    }
+
+    /// Quantize `x` to `vec_dot_type(weight)`. On error the activations are left empty.
+    pub fn quantize_for(&mut self, weight: GgmlType, x: &[f32]) -> Result<(), QuantError> {
+        let ty = vec_dot_type(weight);
+        self.len = 0;
+        self.ty = ty;
+        self.bytes.clear();
+        self.f32s.clear();
+        let nbytes = row_bytes(ty, x.len())?;
+        if ty == GgmlType::F32 {
+            self.f32s.extend_from_slice(x);
+        } else {
+            self.bytes.resize(nbytes, 0);
+            quantize_row(ty, x, &mut self.bytes)?;
+        }
+        self.len = x.len();
+        Ok(())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The activation type (`vec_dot_type` of the weight type they were quantized for).
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// The quantized blocks in the GGUF layout of [`ty`](Self::ty); for F32 the f32 values'
+    /// native-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        if self.ty == GgmlType::F32 {
+            bytemuck::cast_slice(&self.f32s)
+        } else {
+            &self.bytes
+        }
+    }
+
+    /// The values, for F32 activations (empty otherwise).
+    pub fn f32s(&self) -> &[f32] {
+        &self.f32s
+    }
+
+    /// The activations as blocks of `B` (`f32` for F32), or `None` if `B` is not their type.
+    pub fn blocks<B: GgmlBlock>(&self) -> Option<&[B]> {
+        if B::TYPE != self.ty {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes()).ok()
+    }
+}
+
+/// Check that `acts` suit a `weight` row of `n_cols` elements.
+fn check_acts(weight: GgmlType, acts: &QuantizedActs, n_cols: usize) -> Result<(), QuantError> {
+    if matches!(weight, GgmlType::Q8_1 | GgmlType::Q8K) {
+        return Err(QuantError::NotAWeightType { ty: weight });
+    }
+    let expected = vec_dot_type(weight);
+    if acts.ty() != expected {
+        return Err(QuantError::ActsType {
+            weight,
+            expected,
+            got: acts.ty(),
+        });
+    }
+    if acts.len() != n_cols {
+        return Err(QuantError::Len {
+            what: "activations",
+            expected: n_cols,
+            got: acts.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Rows `w` (each `row_bytes` long) dotted with `acts` into `out`.
+fn matvec_as<W: WeightBlock>(w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    let y = blocks::<W::VecDot>(acts.bytes());
+    if row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = W::vec_dot(blocks::<W>(row), y);
+    }
+}
+
+fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    match weight {
+        GgmlType::F32 => matvec_as::<F32Le>(w, row_bytes, acts, out),
+        GgmlType::F16 => matvec_as::<F16Le>(w, row_bytes, acts, out),
+        GgmlType::BF16 => matvec_as::<Bf16Le>(w, row_bytes, acts, out),
+        GgmlType::Q4_0 => matvec_as::<BlockQ4_0>(w, row_bytes, acts, out),
+        GgmlType::Q4_1 => matvec_as::<BlockQ4_1>(w, row_bytes, acts, out),
+        GgmlType::Q8_0 => matvec_as::<BlockQ8_0>(w, row_bytes, acts, out),
+        GgmlType::Q4K => matvec_as::<BlockQ4K>(w, row_bytes, acts, out),
+        GgmlType::Q6K => matvec_as::<BlockQ6K>(w, row_bytes, acts, out),
+        GgmlType::Q8_1 | GgmlType::Q8K => unreachable!("refused by check_acts"),
+    }
+}
+
+/// Dot product of one `weight` row (exactly its bytes) with `acts` (quantized for `weight`):
+/// the scalar reference, integer accumulation per block as ggml does.
+pub fn vec_dot(weight: GgmlType, row: &[u8], acts: &QuantizedActs) -> Result<f32, QuantError> {
+    check_acts(weight, acts, acts.len())?;
+    let n = acts.len();
+    let expected = row_bytes(weight, n)?;
+    if row.len() != expected {
+        return Err(QuantError::RowBytes {
+            ty: weight,
+            n,
+            expected,
+            got: row.len(),
+        });
+    }
+    let mut out = [0f32];
+    matvec_dyn(weight, row, expected, acts, &mut out);
+    Ok(out[0])
+}
+
+/// `out[r] = dot(row r of w, acts)` for a row-major `n_rows × n_cols` weight matrix `w` of
+/// type `weight` (rows contiguous, `w` exactly the matrix's bytes).
+pub fn matvec(
+    weight: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    n_cols: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    check_acts(weight, acts, n_cols)?;
+    let rb = row_bytes(weight, n_cols)?;
+    let expected = rb.checked_mul(n_rows).ok_or(QuantError::TooLarge {
+        ty: weight,
+        n_rows,
+        n_cols,
+    })?;
+    if w.len() != expected {
+        return Err(QuantError::MatrixBytes {
+            ty: weight,
+            n_rows,
+            n_cols,
+            expected,
+            got: w.len(),
+        });
+    }
+    if out.len() != n_rows {
+        return Err(QuantError::Len {
+            what: "matvec output",
+            expected: n_rows,
+            got: out.len(),
+        });
+    }
+    matvec_dyn(weight, w, rb, acts, out);
+    Ok(())
+}
+
+/// Embedding lookup: dequantize row `row` of the table `w` (whole rows of `n_cols` elements of
+/// type `ty`) into `out` (`n_cols` elements).
+pub fn get_row(
+    ty: GgmlType,
+    w: &[u8],
+    n_cols: usize,
+    row: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    if out.len() != n_cols {
+        return Err(QuantError::Len {
+            what: "get_row output",
+            expected: n_cols,
+            got: out.len(),
+        });
+    }
+    let rb = row_bytes(ty, n_cols)?;
+    let n_rows = w.len().checked_div(rb).unwrap_or(0);
+    if rb != 0 && !w.len().is_multiple_of(rb) {
+        return Err(QuantError::NotWholeRows {
+            ty,
+            n_cols,
+            row_bytes: rb,
+            got: w.len(),
+        });
+    }
+    if row >= n_rows {
+        return Err(QuantError::RowOutOfRange { row, n_rows });
+    }
+    dequantize_row(ty, &w[row * rb..(row + 1) * rb], out)
+}

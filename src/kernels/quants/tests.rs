@@ -1,0 +1,893 @@
+//! Tests of the scalar quantization layer.
+//!
+//! Goldens (tests/golden/quants/, made by tests/golden/make_quant_goldens.py from gguf-py's
+//! numpy reference): quantized bytes and dequantized floats must be identical; dot products
+//! must be within a stated tolerance of the float64 reference. The generator also checked every
+//! quantized byte and dequantized float against ggml's own C functions (llama-cpp-python's
+//! libggml) and recorded ggml's C dot products, which must be within the same tolerance (ggml's
+//! build fuses multiply-adds, so they are not bit-identical to this unfused port).
+//!
+//! **Dot tolerance.** The integer part of each block's dot is exact (i32), so the only errors
+//! are the f32 roundings of the scale products (`dw·da`, then `·sumi`, each ≤ ε/2 relative),
+//! of the running f32 sums across blocks (and ggml's 8 partial sums for the k-quants), and of
+//! the dequantized values the float64 reference itself starts from. Each of these is relative
+//! to a term whose magnitude is at most `mag = Σ|a|·(|w| + |offset|)` (offset = the min term of
+//! Q4_1/Q4_K, which the dot adds separately and which can cancel against `d·q`), so
+//! `|ours − ref| ≤ (blocks + 10)·ε_f32·mag` — the standard bound for a sum of that many f32
+//! additions, with room for the 8 lanes. Q4_1 adds one more, structural, term: ggml adds
+//! `m·s` with `s = f16(d·Σqa)`, so against the dot of the dequantized vectors we also allow
+//! `Σ |m|·|s − d·Σqa|` (computed exactly from the blocks).
+//!
+//! Property tests use a tiny xorshift PRNG with fixed seeds.
+
+use super::k_quants::{get_scale_min_k4, BlockQ4K, BlockQ6K};
+use super::q8::QK_K;
+use super::*;
+use bytemuck::Zeroable;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Goldens
+
+const MANIFEST: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/quants/manifest.json"
+));
+
+macro_rules! golden_bins {
+    ($($name:literal),*) => {
+        fn golden_bin(name: &str) -> &'static [u8] {
+            match name {
+                $($name => include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/golden/quants/",
+                    $name,
+                    ".bin"
+                )),)*
+                _ => panic!("no golden file {name}.bin"),
+            }
+        }
+    };
+}
+golden_bins!("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k");
+
+struct Case {
+    name: String,
+    ty: GgmlType,
+    act_ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    bin: &'static [u8],
+    sections: Value,
+    dot_exact: Vec<f64>,
+    dot_ggml: Vec<f64>,
+    /// ggml's own `ggml_vec_dot_*_generic` (compiled with FMA contraction), when the
+    /// generator could run it.
+    dot_ggml_c: Option<Vec<f64>>,
+    mag: Vec<f64>,
+}
+
+impl Case {
+    fn section(&self, key: &str) -> &'static [u8] {
+        let s = &self.sections[key];
+        let (off, len) = (
+            s[0].as_u64().unwrap() as usize,
+            s[1].as_u64().unwrap() as usize,
+        );
+        &self.bin[off..off + len]
+    }
+    fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols as u64).unwrap() as usize
+    }
+    fn q_row(&self, r: usize) -> &'static [u8] {
+        let rb = self.row_bytes();
+        &self.section("q")[r * rb..(r + 1) * rb]
+    }
+}
+
+fn type_by_name(name: &str) -> GgmlType {
+    GgmlType::ALL
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"))
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn cases() -> Vec<Case> {
+    let m: Value = serde_json::from_str(MANIFEST).unwrap();
+    let cases: Vec<Case> = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap().to_string();
+            Case {
+                bin: golden_bin(&name),
+                name,
+                ty: type_by_name(c["type"].as_str().unwrap()),
+                act_ty: type_by_name(c["act_type"].as_str().unwrap()),
+                rows: c["rows"].as_u64().unwrap() as usize,
+                cols: c["cols"].as_u64().unwrap() as usize,
+                sections: c["sections"].clone(),
+                dot_exact: f64s(&c["dot_exact"]),
+                dot_ggml: f64s(&c["dot_ggml"]),
+                dot_ggml_c: (!c["dot_ggml_c"].is_null()).then(|| f64s(&c["dot_ggml_c"])),
+                mag: f64s(&c["mag"]),
+            }
+        })
+        .collect();
+    assert_eq!(cases.len(), 8, "one golden case per weight type");
+    cases
+}
+
+fn assert_same_f32(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}: element {i}: got {g:e} ({:#010x}), want {w:e} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+#[test]
+fn golden_quantize_row_is_bit_exact_with_gguf() {
+    let mut checked = 0;
+    for c in cases() {
+        let src = f32s(c.section("src"));
+        if src.is_empty() {
+            assert!(matches!(c.ty, GgmlType::Q4K | GgmlType::Q6K), "{}", c.name);
+            continue;
+        }
+        let mut buf = vec![0u8; c.row_bytes()];
+        for r in 0..c.rows {
+            quantize_row(c.ty, &src[r * c.cols..(r + 1) * c.cols], &mut buf).unwrap();
+            if let Some(i) = (0..buf.len()).find(|&i| buf[i] != c.q_row(r)[i]) {
+                panic!(
+                    "{} row {r}: byte {i} (block {}) differs: got {:#04x}, want {:#04x}",
+                    c.name,
+                    i / c.ty.block_bytes(),
+                    buf[i],
+                    c.q_row(r)[i]
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6 * 3, "F32, F16, BF16, Q8_0, Q4_0, Q4_1 × 3 rows");
+}
+
+#[test]
+fn golden_dequantize_is_bit_exact_with_gguf() {
+    for c in cases() {
+        let deq = f32s(c.section("deq"));
+        let mut out = vec![f32::NAN; c.cols];
+        for r in 0..c.rows {
+            dequantize_row(c.ty, c.q_row(r), &mut out).unwrap();
+            assert_same_f32(
+                &format!("{} row {r}", c.name),
+                &out,
+                &deq[r * c.cols..(r + 1) * c.cols],
+            );
+            // The embedding lookup is the same dequantization.
+            let mut e = vec![f32::NAN; c.cols];
+            get_row(c.ty, c.section("q"), c.cols, r, &mut e).unwrap();
+            assert_same_f32(&format!("{} get_row {r}", c.name), &e, &out);
+        }
+    }
+}
+
+#[test]
+fn golden_activation_quantization_is_bit_exact() {
+    for c in cases() {
+        let x = f32s(c.section("act_src"));
+        let mut acts = QuantizedActs::new();
+        acts.quantize_for(c.ty, &x).unwrap();
+        assert_eq!(acts.ty(), c.act_ty, "{}", c.name);
+        assert_eq!(acts.len(), c.cols);
+        let want = c.section("act_q");
+        if let Some(i) = (0..want.len()).find(|&i| acts.bytes()[i] != want[i]) {
+            panic!(
+                "{} activations ({}): byte {i} differs: got {:#04x}, want {:#04x}",
+                c.name,
+                c.act_ty.name(),
+                acts.bytes()[i],
+                want[i]
+            );
+        }
+        assert_eq!(acts.bytes().len(), want.len(), "{}", c.name);
+        if c.act_ty == GgmlType::F32 {
+            assert_same_f32(&c.name, acts.f32s(), &x);
+        } else {
+            let mut out = vec![f32::NAN; c.cols];
+            dequantize_row(c.act_ty, want, &mut out).unwrap();
+            assert_same_f32(
+                &format!("{} activations dequantized", c.name),
+                &out,
+                &f32s(c.section("act_deq")),
+            );
+        }
+    }
+}
+
+/// `Σ |m|·|s − d·Σqa|` over the blocks of a Q4_1 row and its Q8_1 activations: how far ggml's
+/// Q4_1 dot may be from the dot of the dequantized vectors because `s` is stored as f16.
+fn q4_1_s_slack(row: &[u8], acts: &QuantizedActs) -> f64 {
+    let w: &[BlockQ4_1] = bytemuck::cast_slice(row);
+    let a: &[BlockQ8_1] = acts.blocks().unwrap();
+    w.iter()
+        .zip(a)
+        .map(|(w, a)| {
+            let sum: i32 = a.qs.iter().map(|&q| q as i32).sum();
+            let exact = a.d.get() as f64 * sum as f64;
+            (w.m.get() as f64).abs() * (a.s.get() as f64 - exact).abs()
+        })
+        .sum()
+}
+
+fn dot_tolerance(ty: GgmlType, n: usize, mag: f64) -> f64 {
+    let blocks = n / ty.block_size().max(1);
+    (blocks as f64 + 10.0) * f32::EPSILON as f64 * mag
+}
+
+#[test]
+fn golden_vec_dot_within_tolerance_of_float64_reference() {
+    for c in cases() {
+        let x = f32s(c.section("act_src"));
+        let mut acts = QuantizedActs::new();
+        acts.quantize_for(c.ty, &x).unwrap();
+        let mut mv = vec![f32::NAN; c.rows];
+        matvec(c.ty, c.section("q"), c.rows, c.cols, &acts, &mut mv).unwrap();
+        for r in 0..c.rows {
+            let got = vec_dot(c.ty, c.q_row(r), &acts).unwrap();
+            assert_eq!(got.to_bits(), mv[r].to_bits(), "{} row {r}: matvec", c.name);
+            let tol = dot_tolerance(c.ty, c.cols, c.mag[r]);
+            let err = (got as f64 - c.dot_ggml[r]).abs();
+            assert!(
+                err <= tol,
+                "{} row {r}: vec_dot {got:e}, ggml formula in f64 {:e}: error {err:e} > tolerance {tol:e}",
+                c.name,
+                c.dot_ggml[r]
+            );
+            if let Some(g) = &c.dot_ggml_c {
+                let err = (got as f64 - g[r]).abs();
+                assert!(
+                    err <= tol,
+                    "{} row {r}: vec_dot {got:e}, ggml's C {:e}: error {err:e} > tolerance {tol:e}",
+                    c.name,
+                    g[r]
+                );
+            }
+            let slack = if c.ty == GgmlType::Q4_1 {
+                q4_1_s_slack(c.q_row(r), &acts)
+            } else {
+                0.0
+            };
+            let err = (got as f64 - c.dot_exact[r]).abs();
+            assert!(
+                err <= tol + slack,
+                "{} row {r}: vec_dot {got:e}, exact {:e}: error {err:e} > {tol:e} + {slack:e}",
+                c.name,
+                c.dot_exact[r]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout unit tests: hand-made blocks with known values (these catch self-consistent mistakes
+// such as a swapped nibble order that a round trip would not).
+
+#[test]
+fn q4_0_layout_low_nibble_is_first_half() {
+    let mut b = BlockQ4_0::zeroed();
+    b.d = F16Le::new(0.5);
+    b.qs[0] = 0x1f; // element 0 = 15 − 8, element 16 = 1 − 8
+    b.qs[15] = 0x80; // element 15 = 0 − 8, element 31 = 8 − 8
+    let mut y = [0f32; 32];
+    q4_0::dequantize_row_q4_0(&[b], &mut y);
+    assert_eq!(
+        (y[0], y[16], y[15], y[31], y[1]),
+        (3.5, -3.5, -4.0, 0.0, -4.0)
+    );
+    let bytes = bytemuck::bytes_of(&b);
+    assert_eq!(bytes.len(), 18);
+    assert_eq!(
+        &bytes[0..2],
+        &half::f16::from_f32(0.5).to_bits().to_le_bytes()
+    );
+    assert_eq!(bytes[2], 0x1f);
+}
+
+#[test]
+fn q4_1_and_q8_layouts() {
+    let mut b = BlockQ4_1::zeroed();
+    b.d = F16Le::new(2.0);
+    b.m = F16Le::new(-1.0);
+    b.qs[3] = 0x52;
+    let mut y = [0f32; 32];
+    q4_1::dequantize_row_q4_1(&[b], &mut y);
+    assert_eq!((y[3], y[19], y[0]), (3.0, 9.0, -1.0));
+    assert_eq!(&bytemuck::bytes_of(&b)[2..4], &F16Le::new(-1.0).0);
+
+    let mut q = BlockQ8_1::zeroed();
+    q.d = F16Le::new(0.25);
+    q.qs[31] = -128;
+    let mut y = [0f32; 32];
+    q8::dequantize_row_q8_1(&[q], &mut y);
+    assert_eq!(y[31], -32.0);
+    assert_eq!(bytemuck::bytes_of(&q)[35], 0x80);
+
+    let mut k = BlockQ8K::zeroed();
+    k.d = F32Le::new(-0.5);
+    k.qs[255] = 3;
+    k.bsums[15] = I16Le::new(-2);
+    let bytes = bytemuck::bytes_of(&k);
+    assert_eq!(&bytes[0..4], &(-0.5f32).to_le_bytes());
+    assert_eq!(bytes[259], 3);
+    assert_eq!(&bytes[290..292], &(-2i16).to_le_bytes());
+}
+
+#[test]
+fn q8_k_quantizer_rounds_ties_to_even_and_keeps_the_sign_of_max() {
+    // max = -127 ⇒ iscale = 1, d = 1; x = 2.5 → 2 (ties to even, unlike roundf), 3.5 → 4.
+    let mut x = [0f32; 256];
+    x[0] = -127.0;
+    x[1] = 2.5;
+    x[2] = 3.5;
+    x[17] = -0.5;
+    let mut b = [BlockQ8K::zeroed()];
+    q8::quantize_row_q8_k(&x, &mut b);
+    assert_eq!(b[0].d.get(), 1.0);
+    assert_eq!(&b[0].qs[0..3], &[-127, 2, 4]);
+    assert_eq!(b[0].qs[17], 0);
+    assert_eq!(b[0].bsums[0].get(), -121);
+    // max = +127 ⇒ d = -1 and the quants are negated.
+    x[0] = 127.0;
+    q8::quantize_row_q8_k(&x, &mut b);
+    assert_eq!(b[0].d.get(), -1.0);
+    assert_eq!(&b[0].qs[0..3], &[-127, -2, -4]);
+}
+
+#[test]
+fn q8_0_quantizer_rounds_ties_away_from_zero() {
+    let mut x = [0f32; 32];
+    x[0] = 127.0; // d = 1
+    x[1] = 2.5;
+    x[2] = -2.5;
+    let mut b = [BlockQ8_0::zeroed()];
+    q8::quantize_row_q8_0(&x, &mut b);
+    assert_eq!(&b[0].qs[0..3], &[127, 3, -3]);
+    assert_eq!(b[0].d.get(), 1.0);
+}
+
+#[test]
+fn q4_k_scale_min_unpacking() {
+    // Scales/mins 0..3: low 6 bits of bytes 0..3 / 4..7. Scales/mins 4..7: nibbles of bytes
+    // 8..11 plus the top 2 bits of bytes 0..3 / 4..7.
+    let mut s = [0u8; 12];
+    s[0] = 0b11_000101; // scale 0 = 5, top bits of scale 4 = 3
+    s[4] = 0b10_000111; // min 0 = 7, top bits of min 4 = 2
+    s[8] = 0x9a; // scale 4 low = 0xa, min 4 low = 0x9
+    assert_eq!(get_scale_min_k4(0, &s), (5, 7));
+    assert_eq!(get_scale_min_k4(4, &s), (0x3a, 0x29));
+
+    let mut b = BlockQ4K::zeroed();
+    b.d = F16Le::new(1.0);
+    b.dmin = F16Le::new(0.5);
+    b.scales = s;
+    b.qs[0] = 0x21; // element 0 = 1 (sub-block 0), element 32 = 2 (sub-block 1)
+    b.qs[32] = 0x03; // element 64 = 3 (sub-block 2)
+    b.qs[127] = 0xf0; // element 255 = 15 (sub-block 7)
+    let mut y = [0f32; 256];
+    k_quants::dequantize_row_q4k(&[b], &mut y);
+    assert_eq!(y[0], 5.0 * 1.0 - 0.5 * 7.0);
+    assert_eq!(y[32], 0.0);
+    assert_eq!(y[64], 0.0);
+    assert_eq!(y[128], -0.5 * 41.0); // sub-block 4: 0x3a·0 − 0.5·0x29
+    assert_eq!(y[160], 0.0); // sub-block 5: scale and min 0
+    assert_eq!(y[255], 0.0);
+}
+
+#[test]
+fn q6_k_element_positions() {
+    let mut b = BlockQ6K::zeroed();
+    b.d = F16Le::new(1.0);
+    b.scales = [1; 16];
+    b.scales[15] = -2;
+    b.ql[0] = 0x21; // element 0 low 4 bits = 1, element 64 low = 2
+    b.ql[32] = 0x43; // element 32 low = 3, element 96 low = 4
+    b.qh[0] = 0b11_10_01_00; // high bits: element 0 → 0, 32 → 1, 64 → 2, 96 → 3
+    b.ql[127] = 0xf0; // element 255 low = 15 (second half, byte 32 + 31, high nibble)
+    b.qh[63] = 0b11_00_00_00; // element 255 high = 3
+    let mut y = [0f32; 256];
+    k_quants::dequantize_row_q6k(&[b], &mut y);
+    assert_eq!(y[0], (1 - 32) as f32);
+    assert_eq!(y[32], (3 + 16 - 32) as f32);
+    assert_eq!(y[64], (2 + 32 - 32) as f32);
+    assert_eq!(y[96], (4 + 48 - 32) as f32);
+    assert_eq!(y[255], -2.0 * (15 + 48 - 32) as f32);
+    assert_eq!(y[1], -32.0);
+    assert_eq!(bytemuck::bytes_of(&b)[208..210], F16Le::new(1.0).0);
+}
+
+#[test]
+fn block_types_match_ggml_type_table() {
+    fn check<B: GgmlBlock>() {
+        assert_eq!(
+            std::mem::size_of::<B>(),
+            B::TYPE.block_bytes(),
+            "{:?}",
+            B::TYPE
+        );
+        assert_eq!(B::BLOCK_SIZE, B::TYPE.block_size(), "{:?}", B::TYPE);
+        assert_eq!(
+            std::mem::align_of::<B>(),
+            1,
+            "{:?}: viewable at any offset",
+            B::TYPE
+        );
+    }
+    fn weight<W: WeightBlock>() {
+        check::<W>();
+        assert_eq!(vec_dot_type(W::TYPE), W::VecDot::TYPE, "{:?}", W::TYPE);
+    }
+    weight::<F32Le>();
+    weight::<F16Le>();
+    weight::<Bf16Le>();
+    weight::<BlockQ8_0>();
+    weight::<BlockQ4_0>();
+    weight::<BlockQ4_1>();
+    weight::<BlockQ4K>();
+    weight::<BlockQ6K>();
+    check::<BlockQ8_1>();
+    check::<BlockQ8K>();
+    assert_eq!(vec_dot_type(GgmlType::Q4K), GgmlType::Q8K);
+    assert_eq!(vec_dot_type(GgmlType::BF16), GgmlType::F32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests
+
+/// xorshift64* — tiny and deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    /// Roughly normal (sum of 4 uniforms).
+    fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.unit()).sum::<f32>() * 0.87
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Random floats in blocks of `bs` with a random scale per block (1e-2 … 1e3, so quantized
+/// scales stay normal f16), one all-zero block when there are several.
+fn random_values(rng: &mut Rng, n: usize, bs: usize) -> Vec<f32> {
+    let mut x = vec![0f32; n];
+    let zero_block = if n / bs > 1 {
+        rng.below(n / bs)
+    } else {
+        usize::MAX
+    };
+    for (b, chunk) in x.chunks_mut(bs).enumerate() {
+        if b == zero_block {
+            continue;
+        }
+        let scale = 10f32.powf(rng.unit() * 2.5 + 0.5);
+        for v in chunk {
+            *v = rng.normal() * scale;
+        }
+    }
+    x
+}
+
+/// Random valid k-quant rows: random bytes with finite, moderate f16 scales.
+fn random_k_row(rng: &mut Rng, ty: GgmlType, nb: usize) -> Vec<u8> {
+    let mut row = rng.bytes(nb * ty.block_bytes());
+    for blk in row.chunks_exact_mut(ty.block_bytes()) {
+        let mut scale = || F16Le::new(rng.unit() * 0.02).0;
+        match ty {
+            GgmlType::Q4K => {
+                let (d, dmin) = (scale(), scale());
+                blk[0..2].copy_from_slice(&d);
+                blk[2..4].copy_from_slice(&dmin);
+            }
+            GgmlType::Q6K => blk[208..210].copy_from_slice(&scale()),
+            _ => unreachable!(),
+        }
+    }
+    row
+}
+
+/// A random row of weight type `ty` with `n` elements (quantized from random floats, or random
+/// valid bytes for the k-quants).
+fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q6K => random_k_row(rng, ty, n / QK_K),
+        _ => {
+            let x = random_values(rng, n, ty.block_size().max(8));
+            let mut row = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &x, &mut row).unwrap();
+            row
+        }
+    }
+}
+
+/// The additive (min) term of each dequantized element: Q4_1's `m`, Q4_K's `dmin·m`.
+fn offsets(ty: GgmlType, row: &[u8], n: usize) -> Vec<f64> {
+    let mut off = vec![0f64; n];
+    match ty {
+        GgmlType::Q4_1 => {
+            for (b, o) in bytemuck::cast_slice::<u8, BlockQ4_1>(row)
+                .iter()
+                .zip(off.chunks_mut(32))
+            {
+                o.fill(b.m.get() as f64);
+            }
+        }
+        GgmlType::Q4K => {
+            for (b, o) in bytemuck::cast_slice::<u8, BlockQ4K>(row)
+                .iter()
+                .zip(off.chunks_mut(QK_K))
+            {
+                for (j, o) in o.chunks_mut(32).enumerate() {
+                    let (_, m) = get_scale_min_k4(j, &b.scales);
+                    o.fill(b.dmin.get() as f64 * m as f64);
+                }
+            }
+        }
+        _ => {}
+    }
+    off
+}
+
+const WEIGHT_TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+const QUANTIZABLE: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q8K,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+];
+
+/// Largest |x − dequantize(quantize(x))| allowed for element `i` of block `b` (bytes) of `ty`.
+fn roundtrip_bound(ty: GgmlType, b: &[u8], x: f32) -> f64 {
+    let f16_at = |o: usize| F16Le([b[o], b[o + 1]]).get().abs() as f64;
+    let x = x.abs() as f64;
+    match ty {
+        GgmlType::F32 => 0.0,
+        // Half an ulp (2^-11 relative), or half the smallest subnormal.
+        GgmlType::F16 => x * 2f64.powi(-11) + 2f64.powi(-25),
+        GgmlType::BF16 => x * 2f64.powi(-8),
+        // Half a step, plus 127 steps' worth of the f16 rounding of d (2^-11 relative).
+        GgmlType::Q8_0 | GgmlType::Q8_1 => f16_at(0) * (0.5 + 127.0 * 2f64.powi(-10)),
+        // f32 scale: half a step (plus the rounding of d·q).
+        GgmlType::Q8K => {
+            let d = f32::from_le_bytes(b[0..4].try_into().unwrap()).abs() as f64;
+            d * 0.5001 + x * 1e-7
+        }
+        // The value −max maps to q = 16, clamped to 15: one whole step; plus 8 × f16(d)'s error.
+        GgmlType::Q4_0 => f16_at(0) * (1.0 + 8.0 * 2f64.powi(-10)),
+        // Half a step, 15 × f16(d)'s error, f16(m)'s error.
+        GgmlType::Q4_1 => {
+            f16_at(0) * (0.5 + 15.0 * 2f64.powi(-10)) + f16_at(2) * 2f64.powi(-10) + x * 1e-6
+        }
+        GgmlType::Q4K | GgmlType::Q6K => unreachable!(),
+    }
+}
+
+#[test]
+fn prop_dequantize_quantize_error_is_bounded_by_the_block_scale() {
+    let mut rng = Rng::new(1);
+    for ty in QUANTIZABLE {
+        let bs = ty.block_size();
+        for _ in 0..40 {
+            let nb = 1 + rng.below(7); // odd and even block counts
+            let n = if bs == 1 { 1 + rng.below(200) } else { nb * bs };
+            let x = random_values(&mut rng, n, bs.max(8));
+            let mut q = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &x, &mut q).unwrap();
+            let mut y = vec![f32::NAN; n];
+            dequantize_row(ty, &q, &mut y).unwrap();
+            for i in 0..n {
+                let blk = &q[i / bs * ty.block_bytes()..][..ty.block_bytes()];
+                let bound = roundtrip_bound(ty, blk, x[i]);
+                let err = (x[i] as f64 - y[i] as f64).abs();
+                assert!(
+                    err <= bound,
+                    "{ty:?} n={n} element {i}: {} → {}: error {err:e} > {bound:e}",
+                    x[i],
+                    y[i]
+                );
+                if x[i / bs * bs..][..bs].iter().all(|&v| v == 0.0) {
+                    assert_eq!(y[i], 0.0, "{ty:?}: an all-zero block dequantizes to 0");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prop_vec_dot_matches_the_dot_of_the_dequantized_vectors() {
+    let mut rng = Rng::new(2);
+    let mut acts = QuantizedActs::new();
+    for ty in WEIGHT_TYPES {
+        let bs = ty.block_size();
+        for _ in 0..25 {
+            let n_rows = 1 + rng.below(4);
+            let n = if bs == 1 {
+                1 + rng.below(300)
+            } else {
+                (1 + rng.below(if bs == QK_K { 3 } else { 9 })) * bs
+            };
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| random_row(&mut rng, ty, n))
+                .collect();
+            let a = random_values(&mut rng, n, vec_dot_type(ty).block_size().max(8));
+            acts.quantize_for(ty, &a).unwrap();
+            let mut a_deq = vec![0f32; n];
+            dequantize_row(acts.ty(), acts.bytes(), &mut a_deq).unwrap();
+            if acts.ty() == GgmlType::F32 {
+                assert_eq!(a_deq, a);
+            }
+            let mut out = vec![f32::NAN; n_rows];
+            matvec(ty, &w, n_rows, n, &acts, &mut out).unwrap();
+            let rb = w.len() / n_rows;
+            for (r, row) in w.chunks_exact(rb).enumerate() {
+                let mut w_deq = vec![0f32; n];
+                dequantize_row(ty, row, &mut w_deq).unwrap();
+                let off = offsets(ty, row, n);
+                let mut exact = 0f64;
+                let mut mag = 0f64;
+                for i in 0..n {
+                    exact += w_deq[i] as f64 * a_deq[i] as f64;
+                    mag += (a_deq[i] as f64).abs() * ((w_deq[i] as f64).abs() + off[i].abs());
+                }
+                let got = vec_dot(ty, row, &acts).unwrap();
+                assert_eq!(got.to_bits(), out[r].to_bits(), "{ty:?}: matvec row {r}");
+                let slack = if ty == GgmlType::Q4_1 {
+                    q4_1_s_slack(row, &acts)
+                } else {
+                    0.0
+                };
+                let tol = dot_tolerance(ty, n, mag) + slack;
+                assert!(
+                    (got as f64 - exact).abs() <= tol,
+                    "{ty:?} n={n} row {r}: vec_dot {got:e}, f64 dot of dequantized {exact:e}, tolerance {tol:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn all_zero_blocks_give_zero() {
+    let mut rng = Rng::new(3);
+    let mut acts = QuantizedActs::new();
+    for ty in WEIGHT_TYPES {
+        let n = 2 * ty.block_size().max(32);
+        let zero_row = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+        let mut y = vec![f32::NAN; n];
+        dequantize_row(ty, &zero_row, &mut y).unwrap();
+        assert!(y.iter().all(|&v| v == 0.0), "{ty:?}: zero bytes → 0");
+        acts.quantize_for(ty, &random_values(&mut rng, n, 8))
+            .unwrap();
+        assert_eq!(vec_dot(ty, &zero_row, &acts).unwrap(), 0.0, "{ty:?}");
+        // Zero activations against a random row.
+        acts.quantize_for(ty, &vec![0.0; n]).unwrap();
+        assert!(
+            acts.bytes().iter().all(|&b| b == 0),
+            "{ty:?}: zero activations"
+        );
+        let row = random_row(&mut rng, ty, n);
+        assert_eq!(vec_dot(ty, &row, &acts).unwrap(), 0.0, "{ty:?}");
+    }
+    for ty in QUANTIZABLE {
+        let n = ty.block_size().max(32);
+        let mut q = vec![0xaau8; ty.row_bytes(n as u64).unwrap() as usize];
+        quantize_row(ty, &vec![0.0; n], &mut q).unwrap();
+        let mut y = vec![f32::NAN; n];
+        dequantize_row(ty, &q, &mut y).unwrap();
+        assert!(
+            y.iter().all(|&v| v == 0.0),
+            "{ty:?}: quantized zeros → 0, no NaN"
+        );
+    }
+}
+
+#[test]
+fn non_finite_input_does_not_panic() {
+    for ty in QUANTIZABLE {
+        let n = ty.block_size().max(32);
+        for special in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ] {
+            let mut x = vec![1.0f32; n];
+            x[n / 2] = special;
+            let mut q = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &x, &mut q).unwrap();
+            let mut y = vec![0f32; n];
+            dequantize_row(ty, &q, &mut y).unwrap();
+        }
+    }
+}
+
+#[test]
+fn rows_are_read_in_place_at_any_alignment() {
+    let mut rng = Rng::new(4);
+    for ty in WEIGHT_TYPES {
+        let n = ty.block_size().max(32) * 3;
+        let row = random_row(&mut rng, ty, n);
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&row);
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        dequantize_row(ty, &row, &mut a).unwrap();
+        dequantize_row(ty, &shifted[1..], &mut b).unwrap();
+        assert_same_f32(&format!("{ty:?} at offset 1"), &b, &a);
+    }
+}
+
+#[test]
+fn quantized_acts_reuse_their_buffer() {
+    let mut rng = Rng::new(5);
+    let x = random_values(&mut rng, 512, 32);
+    let mut acts = QuantizedActs::new();
+    assert!(acts.is_empty());
+    acts.quantize_for(GgmlType::Q4_0, &x).unwrap();
+    let p = acts.bytes().as_ptr();
+    acts.quantize_for(GgmlType::F16, &x).unwrap();
+    assert_eq!((acts.ty(), acts.len()), (GgmlType::F32, 512));
+    assert_eq!(acts.f32s(), &x[..]);
+    let pf = acts.f32s().as_ptr();
+    acts.quantize_for(GgmlType::Q8_0, &x).unwrap();
+    assert_eq!(acts.bytes().as_ptr(), p, "same buffer, no reallocation");
+    assert!(acts.f32s().is_empty());
+    acts.quantize_for(GgmlType::Q4K, &x).unwrap();
+    assert_eq!(acts.ty(), GgmlType::Q8K);
+    assert!(acts.blocks::<BlockQ8K>().is_some_and(|b| b.len() == 2));
+    assert!(acts.blocks::<BlockQ8_0>().is_none());
+    acts.quantize_for(GgmlType::BF16, &x).unwrap();
+    assert_eq!(acts.f32s().as_ptr(), pf, "same buffer, no reallocation");
+    assert_eq!(acts.blocks::<f32>().unwrap(), &x[..]);
+}
+
+#[test]
+fn length_and_type_errors_are_errors_not_panics() {
+    use GgmlType::*;
+    let mut y = vec![0f32; 33];
+    let e = dequantize_row(Q4_0, &[0; 18], &mut y).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Q4_0 row of 33 elements is not a whole number of 32-element blocks"
+    );
+    let e = dequantize_row(Q4_0, &[0; 17], &mut y[..32]).unwrap_err();
+    assert_eq!(e.to_string(), "Q4_0 row of 32 elements is 18 bytes, got 17");
+    assert!(dequantize_row(Q4K, &[0; 144], &mut y[..32]).is_err());
+    assert!(dequantize_row(F32, &[0; 5], &mut y[..1]).is_err());
+
+    assert!(quantize_row(Q4_1, &[0.0; 32], &mut [0; 19]).is_err());
+    assert!(quantize_row(Q8K, &[0.0; 255], &mut [0; 292]).is_err());
+    let e = quantize_row(Q4K, &[0.0; 256], &mut [0; 144]).unwrap_err();
+    assert!(matches!(e, QuantError::CannotQuantize { ty: Q4K }), "{e}");
+    assert!(quantize_row(Q6K, &[0.0; 256], &mut [0; 210]).is_err());
+
+    let mut acts = QuantizedActs::new();
+    assert!(acts.quantize_for(Q4K, &[1.0; 300]).is_err());
+    assert_eq!(acts.len(), 0, "left empty after an error");
+    acts.quantize_for(Q4_0, &[1.0; 64]).unwrap();
+    let e = vec_dot(Q4_1, &[0; 40], &acts).unwrap_err();
+    assert_eq!(
+        e,
+        QuantError::ActsType {
+            weight: Q4_1,
+            expected: Q8_1,
+            got: Q8_0
+        }
+    );
+    assert!(vec_dot(Q4_0, &[0; 35], &acts).is_err());
+    assert!(vec_dot(Q8_0, &[0; 36], &acts).is_err());
+    assert!(matches!(
+        vec_dot(Q8K, &[0; 292], &acts),
+        Err(QuantError::NotAWeightType { ty: Q8K })
+    ));
+
+    let mut out = vec![0f32; 2];
+    assert!(matvec(Q4_0, &[0; 72], 2, 64, &acts, &mut out).is_ok());
+    assert!(matvec(Q4_0, &[0; 71], 2, 64, &acts, &mut out).is_err());
+    assert!(matvec(Q4_0, &[0; 72], 2, 64, &acts, &mut out[..1]).is_err());
+    assert!(matvec(Q4_0, &[0; 36], 1, 32, &acts, &mut out[..1]).is_err());
+    assert!(matches!(
+        matvec(Q4_0, &[], usize::MAX, 64, &acts, &mut out),
+        Err(QuantError::TooLarge { .. })
+    ));
+
+    let mut e_row = vec![0f32; 64];
+    assert!(get_row(Q4_0, &[0; 72], 64, 1, &mut e_row).is_ok());
+    assert_eq!(
+        get_row(Q4_0, &[0; 72], 64, 2, &mut e_row).unwrap_err(),
+        QuantError::RowOutOfRange { row: 2, n_rows: 2 }
+    );
+    assert!(get_row(Q4_0, &[0; 71], 64, 0, &mut e_row).is_err());
+    assert!(get_row(Q4_0, &[0; 72], 64, 0, &mut e_row[..63]).is_err());
+    assert!(get_row(Q4_0, &[0; 72], 0, 0, &mut []).is_err());
+
+    // Every message is one line.
+    for e in [
+        QuantError::NotWholeRows {
+            ty: Q6K,
+            n_cols: 256,
+            row_bytes: 210,
+            got: 211,
+        },
+        QuantError::NotAWeightType { ty: Q8_1 },
+        QuantError::CannotQuantize { ty: Q6K },
+        QuantError::Len {
+            what: "x",
+            expected: 1,
+            got: 2,
+        },
+    ] {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn empty_rows_are_fine() {
+    let mut acts = QuantizedActs::new();
+    acts.quantize_for(GgmlType::Q4_0, &[]).unwrap();
+    assert_eq!(vec_dot(GgmlType::Q4_0, &[], &acts).unwrap(), 0.0);
+    let mut out = [f32::NAN; 3];
+    matvec(GgmlType::Q4_0, &[], 3, 0, &acts, &mut out).unwrap();
+    assert_eq!(out, [0.0; 3]);
+}

@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod frame;
 pub mod kernels;
 pub mod llm;
+pub mod models;
 pub mod publish;
 pub mod vision;

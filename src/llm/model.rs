@@ -1,0 +1,589 @@
+//! The transformer: llama and qwen2 architectures as GGUF describes them — token embedding
+//! (tied output when `output.weight` is absent), RMSNorm, RoPE (normal or NeoX pairing),
+//! grouped-query attention over a KV cache, SwiGLU FFN; qwen2 adds Q/K/V biases.
+//!
+//! Every hyper-parameter comes from the file's metadata. Weights stay in the memory map
+//! (zero-copy); only the small norm vectors and biases are copied to f32 at load. The KV cache
+//! is f16 (as llama.cpp's default) and grows with the context actually used, up to the limit
+//! given to [`Model::new_state`]. Numerics follow ggml's CPU path: activations are quantized
+//! to the weight type's dot-product type (Q8_0 / Q8_1 / Q8_K) once per matmul input, RMSNorm
+//! sums squares in f64, Q and the softmax weights are rounded to f16 before meeting the f16
+//! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
+
+use crate::kernels::quants::{self, QuantizedActs};
+use crate::kernels::GgmlType;
+use crate::llm::gguf::{GgufFile, TensorInfo};
+use anyhow::{bail, ensure, Context, Result};
+use half::f16;
+use std::path::Path;
+
+/// Architectures we run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+}
+
+/// Hyper-parameters, all read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rope_base: f32,
+    pub rope_dims: usize,
+    /// NeoX pairing (i, i + d/2) instead of adjacent pairs (2i, 2i + 1).
+    pub rope_neox: bool,
+    pub rms_eps: f32,
+}
+
+/// A weight matrix in the map: `rows` × `cols`, rows contiguous, `cols` = GGUF `ne0`.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    len: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+/// A loaded model: the mapped file plus typed views into it.
+pub struct Model {
+    file: GgufFile,
+    pub cfg: Config,
+    tok_embd: Weight,
+    output: Weight,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Per-sequence state: the KV cache and every scratch buffer a forward pass needs, so a token
+/// step allocates nothing (the cache grows in chunks of [`KV_CHUNK`] positions).
+pub struct State {
+    /// Per layer: keys and values, `[pos][n_head_kv * head_dim]`, f16.
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    n_past: usize,
+    max_ctx: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    qh: Vec<f32>,
+    kk: Vec<f32>,
+    vv: Vec<f32>,
+    att_out: Vec<f32>,
+    scores: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ffn_out: Vec<f32>,
+    proj: Vec<f32>,
+    logits: Vec<f32>,
+    acts: QuantizedActs,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+/// KV cache growth step (positions).
+pub const KV_CHUNK: usize = 256;
+
+impl State {
+    /// Tokens in the cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forget the sequence (keeps the buffers).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Bytes held by the KV cache right now.
+    pub fn kv_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|c| c.capacity() * 2).sum()
+    }
+
+    pub fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+
+    /// Logits of the last forward pass that asked for them.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
+fn f32_vec(file: &GgufFile, t: &TensorInfo, n: usize) -> Result<Vec<f32>> {
+    ensure!(
+        t.n_elements == n as u64,
+        "tensor {} has {} elements, expected {n}",
+        t.name,
+        t.n_elements
+    );
+    let mut out = vec![0.0; n];
+    quants::dequantize_row(t.ty, file.tensor_data(t), &mut out)
+        .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
+    Ok(out)
+}
+
+impl Model {
+    /// Map a GGUF file and check that it holds a complete llama or qwen2 model.
+    pub fn load(path: &Path) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        Self::from_gguf(file).with_context(|| format!("cannot load model {}", path.display()))
+    }
+
+    pub fn from_gguf(file: GgufFile) -> Result<Model> {
+        let arch_name = file
+            .get_str("general.architecture")?
+            .context("missing general.architecture")?
+            .to_string();
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => bail!("architecture {other:?} is not supported (supported: llama, qwen2)"),
+        };
+        let a = arch_name.as_str();
+        let req = |k: &str| -> Result<usize> {
+            Ok(file
+                .get_u32(&format!("{a}.{k}"))?
+                .with_context(|| format!("missing metadata {a}.{k}"))? as usize)
+        };
+        let n_embd = req("embedding_length")?;
+        let n_head = req("attention.head_count")?;
+        let n_head_kv = file
+            .get_u32(&format!("{a}.attention.head_count_kv"))?
+            .map_or(n_head, |v| v as usize);
+        ensure!(
+            n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0,
+            "bad head counts {n_head}/{n_head_kv}"
+        );
+        ensure!(
+            n_embd % n_head == 0,
+            "embedding length {n_embd} is not a multiple of {n_head} heads"
+        );
+        let head_dim = file
+            .get_u32(&format!("{a}.attention.key_length"))?
+            .map_or(n_embd / n_head, |v| v as usize);
+        let rope_dims = file
+            .get_u32(&format!("{a}.rope.dimension_count"))?
+            .map_or(head_dim, |v| v as usize);
+        ensure!(
+            rope_dims <= head_dim && rope_dims % 2 == 0,
+            "bad rope.dimension_count {rope_dims}"
+        );
+        let tok = file
+            .tensor("token_embd.weight")
+            .context("missing tensor token_embd.weight")?;
+        let n_vocab = tok.dims.get(1).copied().unwrap_or(0) as usize;
+        let cfg = Config {
+            arch,
+            n_layer: req("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: req("feed_forward_length")?,
+            n_vocab,
+            n_ctx_train: req("context_length")?,
+            rope_base: file
+                .get_f32(&format!("{a}.rope.freq_base"))?
+                .unwrap_or(10000.0),
+            rope_dims,
+            rope_neox: arch == Arch::Qwen2,
+            rms_eps: file
+                .get_f32(&format!("{a}.attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
+        };
+        ensure!(
+            cfg.n_layer > 0 && cfg.n_layer <= 1024,
+            "bad block_count {}",
+            cfg.n_layer
+        );
+        ensure!(
+            head_dim == n_embd / n_head,
+            "attention.key_length {head_dim} != n_embd / n_head is not supported"
+        );
+        let weight = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+            let t = file
+                .tensor(name)
+                .with_context(|| format!("missing tensor {name}"))?;
+            ensure!(
+                t.dims.len() == 2 && t.dims[0] == cols as u64 && t.dims[1] == rows as u64,
+                "tensor {name} has shape {:?}, expected [{cols}, {rows}]",
+                t.dims
+            );
+            Ok(Weight {
+                ty: t.ty,
+                rows,
+                cols,
+                offset: t.offset,
+                len: t.n_bytes,
+            })
+        };
+        let vec = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = file
+                .tensor(name)
+                .with_context(|| format!("missing tensor {name}"))?;
+            f32_vec(&file, t, n)
+        };
+        let opt_vec = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+            file.tensor(name).map(|t| f32_vec(&file, t, n)).transpose()
+        };
+        let kv_dim = n_head_kv * head_dim;
+        let tok_embd = weight("token_embd.weight", n_vocab, n_embd)?;
+        let output = if file.tensor("output.weight").is_some() {
+            weight("output.weight", n_vocab, n_embd)?
+        } else {
+            tok_embd
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: vec(&p("attn_norm.weight"), n_embd)?,
+                wq: weight(&p("attn_q.weight"), n_head * head_dim, n_embd)?,
+                wk: weight(&p("attn_k.weight"), kv_dim, n_embd)?,
+                wv: weight(&p("attn_v.weight"), kv_dim, n_embd)?,
+                wo: weight(&p("attn_output.weight"), n_embd, n_head * head_dim)?,
+                bq: opt_vec(&p("attn_q.bias"), n_head * head_dim)?,
+                bk: opt_vec(&p("attn_k.bias"), kv_dim)?,
+                bv: opt_vec(&p("attn_v.bias"), kv_dim)?,
+                ffn_norm: vec(&p("ffn_norm.weight"), n_embd)?,
+                w_gate: weight(&p("ffn_gate.weight"), cfg.n_ff, n_embd)?,
+                w_up: weight(&p("ffn_up.weight"), cfg.n_ff, n_embd)?,
+                w_down: weight(&p("ffn_down.weight"), n_embd, cfg.n_ff)?,
+            });
+        }
+        let output_norm = vec("output_norm.weight", n_embd)?;
+        Ok(Model {
+            file,
+            cfg,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+        })
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn data(&self, w: &Weight) -> &[u8] {
+        &self.file.bytes()[w.offset..w.offset + w.len]
+    }
+
+    /// Bytes of weights read per token (all matrices; the embedding contributes one row).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down]
+                    .iter()
+                    .map(|w| w.len)
+                    .sum::<usize>()
+            })
+            .sum();
+        l + self.output.len + self.tok_embd.len / self.tok_embd.rows.max(1)
+    }
+
+    /// A fresh sequence state whose KV cache may grow to `max_ctx` positions (capped at the
+    /// model's training context).
+    pub fn new_state(&self, max_ctx: usize) -> State {
+        let c = &self.cfg;
+        let max_ctx = max_ctx.clamp(1, c.n_ctx_train.max(1));
+        let half = c.rope_dims / 2;
+        State {
+            k: (0..c.n_layer).map(|_| Vec::new()).collect(),
+            v: (0..c.n_layer).map(|_| Vec::new()).collect(),
+            n_past: 0,
+            max_ctx,
+            x: vec![0.0; c.n_embd],
+            xn: vec![0.0; c.n_embd],
+            q: vec![0.0; c.n_head * c.head_dim],
+            qh: vec![0.0; c.head_dim],
+            kk: vec![0.0; c.n_head_kv * c.head_dim],
+            vv: vec![0.0; c.n_head_kv * c.head_dim],
+            att_out: vec![0.0; c.n_head * c.head_dim],
+            scores: Vec::with_capacity(KV_CHUNK),
+            gate: vec![0.0; c.n_ff],
+            up: vec![0.0; c.n_ff],
+            ffn_out: vec![0.0; c.n_ff],
+            proj: vec![0.0; c.n_embd],
+            logits: vec![0.0; c.n_vocab],
+            acts: QuantizedActs::new(),
+            rope_cos: vec![0.0; half],
+            rope_sin: vec![0.0; half],
+        }
+    }
+
+    fn matvec(&self, w: &Weight, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
+        quants::matvec(w.ty, self.data(w), w.rows, w.cols, acts, out)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Run one token at the next position. Returns the logits when `want_logits` (the output
+    /// projection is the most expensive matmul; prefill skips it for all but the last token).
+    pub fn forward<'s>(
+        &self,
+        st: &'s mut State,
+        token: u32,
+        want_logits: bool,
+    ) -> Result<Option<&'s [f32]>> {
+        let c = &self.cfg;
+        ensure!(
+            (token as usize) < c.n_vocab,
+            "token id {token} is outside the vocabulary ({})",
+            c.n_vocab
+        );
+        ensure!(
+            st.n_past < st.max_ctx,
+            "context full: {} tokens (raise the context limit)",
+            st.max_ctx
+        );
+        let pos = st.n_past;
+        let kv_dim = c.n_head_kv * c.head_dim;
+        quants::get_row(
+            self.tok_embd.ty,
+            self.data(&self.tok_embd),
+            c.n_embd,
+            token as usize,
+            &mut st.x,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        // RoPE angles for this position, as ggml computes them (theta *= base^(-2/d) per pair).
+        let theta_scale = c.rope_base.powf(-2.0 / c.rope_dims as f32);
+        let mut theta = pos as f32;
+        for i in 0..c.rope_dims / 2 {
+            st.rope_cos[i] = theta.cos();
+            st.rope_sin[i] = theta.sin();
+            theta *= theta_scale;
+        }
+
+        // grow the KV cache in chunks
+        let need = (pos + 1) * kv_dim;
+        if st.k[0].len() < need {
+            let new_len = ((pos + 1).div_ceil(KV_CHUNK) * KV_CHUNK).min(st.max_ctx) * kv_dim;
+            for l in 0..c.n_layer {
+                st.k[l].resize(new_len, f16::ZERO);
+                st.v[l].resize(new_len, f16::ZERO);
+            }
+        }
+
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xn);
+            st.acts
+                .quantize_for(l.wq.ty, &st.xn)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.matvec(&l.wq, &st.acts, &mut st.q)?;
+            if l.wk.ty != l.wq.ty {
+                st.acts
+                    .quantize_for(l.wk.ty, &st.xn)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            self.matvec(&l.wk, &st.acts, &mut st.kk)?;
+            if l.wv.ty != l.wk.ty {
+                st.acts
+                    .quantize_for(l.wv.ty, &st.xn)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            self.matvec(&l.wv, &st.acts, &mut st.vv)?;
+            for (b, t) in [(&l.bq, &mut st.q), (&l.bk, &mut st.kk), (&l.bv, &mut st.vv)] {
+                if let Some(b) = b {
+                    t.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                }
+            }
+            for h in 0..c.n_head {
+                rope(
+                    &mut st.q[h * c.head_dim..(h + 1) * c.head_dim],
+                    &st.rope_cos,
+                    &st.rope_sin,
+                    c.rope_neox,
+                );
+            }
+            for h in 0..c.n_head_kv {
+                rope(
+                    &mut st.kk[h * c.head_dim..(h + 1) * c.head_dim],
+                    &st.rope_cos,
+                    &st.rope_sin,
+                    c.rope_neox,
+                );
+            }
+            let (kc, vc) = (&mut st.k[li], &mut st.v[li]);
+            for (d, s) in kc[pos * kv_dim..(pos + 1) * kv_dim].iter_mut().zip(&st.kk) {
+                *d = f16::from_f32(*s);
+            }
+            for (d, s) in vc[pos * kv_dim..(pos + 1) * kv_dim].iter_mut().zip(&st.vv) {
+                *d = f16::from_f32(*s);
+            }
+
+            // attention per head over positions 0..=pos
+            let n = pos + 1;
+            for h in 0..c.n_head {
+                let kvh = h / group;
+                for (d, s) in st
+                    .qh
+                    .iter_mut()
+                    .zip(&st.q[h * c.head_dim..(h + 1) * c.head_dim])
+                {
+                    *d = f16::from_f32(*s).to_f32();
+                }
+                st.scores.clear();
+                for p in 0..n {
+                    let kr = &kc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
+                    let dot: f32 = st.qh.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum();
+                    st.scores.push(dot * scale);
+                }
+                softmax(&mut st.scores);
+                let out = &mut st.att_out[h * c.head_dim..(h + 1) * c.head_dim];
+                out.fill(0.0);
+                for p in 0..n {
+                    let w = f16::from_f32(st.scores[p]).to_f32();
+                    let vr = &vc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
+                    out.iter_mut()
+                        .zip(vr)
+                        .for_each(|(o, v)| *o += w * v.to_f32());
+                }
+            }
+            st.acts
+                .quantize_for(l.wo.ty, &st.att_out)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.matvec(&l.wo, &st.acts, &mut st.proj)?;
+            st.x.iter_mut().zip(&st.proj).for_each(|(x, p)| *x += p);
+
+            // SwiGLU FFN
+            rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xn);
+            st.acts
+                .quantize_for(l.w_gate.ty, &st.xn)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.matvec(&l.w_gate, &st.acts, &mut st.gate)?;
+            if l.w_up.ty != l.w_gate.ty {
+                st.acts
+                    .quantize_for(l.w_up.ty, &st.xn)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            self.matvec(&l.w_up, &st.acts, &mut st.up)?;
+            for ((o, g), u) in st.ffn_out.iter_mut().zip(&st.gate).zip(&st.up) {
+                *o = silu(*g) * u;
+            }
+            st.acts
+                .quantize_for(l.w_down.ty, &st.ffn_out)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.matvec(&l.w_down, &st.acts, &mut st.proj)?;
+            st.x.iter_mut().zip(&st.proj).for_each(|(x, p)| *x += p);
+        }
+        st.n_past += 1;
+        if !want_logits {
+            return Ok(None);
+        }
+        rms_norm(&st.x, &self.output_norm, c.rms_eps, &mut st.xn);
+        st.acts
+            .quantize_for(self.output.ty, &st.xn)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.matvec(&self.output, &st.acts, &mut st.logits)?;
+        Ok(Some(&st.logits))
+    }
+}
+
+/// RMSNorm as ggml: mean of squares accumulated in f64, then `x * w / sqrt(mean + eps)`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
+        *o = x * scale * w;
+    }
+}
+
+/// Rotate pairs: adjacent (2i, 2i+1) for llama, (i, i + d/2) for NeoX; dims past the rotary
+/// part stay as they are.
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos[i] - x1 * sin[i];
+        x[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+/// In-place softmax (max subtracted; the sum accumulated in f64 as ggml does).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norm() {
+        let mut x = [1.0, 0.0, 0.0, 1.0, 5.0];
+        let (c, s) = ([0.0f32.cos(), 1.0f32.cos()], [0.0f32.sin(), 1.0f32.sin()]);
+        rope(&mut x[..4], &c, &s, false);
+        assert_eq!(x[0], 1.0);
+        assert!((x[2] + 1.0f32.sin()).abs() < 1e-6 && (x[3] - 1.0f32.cos()).abs() < 1e-6);
+        assert_eq!(x[4], 5.0);
+        let mut y = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut y, &c, &s, true); // pairs (0,2) and (1,3)
+        assert_eq!((y[0], y[2]), (1.0, 3.0));
+        let n0 = 2.0f32.powi(2) + 4.0f32.powi(2);
+        assert!((y[1].powi(2) + y[3].powi(2) - n0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn softmax_and_rms_norm_match_their_definitions() {
+        let mut v = [1.0, 2.0, 3.0];
+        softmax(&mut v);
+        let e: Vec<f32> = [1.0f32, 2.0, 3.0].iter().map(|x| x.exp()).collect();
+        let s: f32 = e.iter().sum();
+        for (a, b) in v.iter().zip(&e) {
+            assert!((a - b / s).abs() < 1e-6);
+        }
+        let mut out = [0.0; 2];
+        rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+        assert!((silu(0.0)).abs() < 1e-9 && (silu(10.0) - 10.0).abs() < 1e-3);
+    }
+}

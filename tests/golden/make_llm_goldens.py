@@ -33,7 +33,7 @@ TOPK = 8
 
 def main(model_path, out_path):
     sha = hashlib.sha256(open(model_path, "rb").read()).hexdigest()
-    llm = Llama(model_path, n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False, seed=0)
+    llm = Llama(model_path, n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False, seed=0, flash_attn=False)
     eog = {llm.token_eos()}
     im_end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
     if len(im_end) == 1:

@@ -340,6 +340,64 @@ fn models_verify_names_the_missing_file_and_fails() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Greedy output must not depend on the kernel path: every SIMD path is bit-identical to the
+/// scalar reference, so the token ids are equal. Runs each path this CPU supports.
+#[test]
+fn every_kernel_path_gives_the_same_greedy_tokens() {
+    let tiny = data("../golden/llm/tiny-llama-kq.gguf");
+    let smol = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut models = vec![(tiny, "48")];
+    if smol.exists() {
+        models.push((smol, "24"));
+    }
+    let paths: Vec<&str> = ["scalar", "avx2", "neon", "neon-dotprod", "neon-i8mm"]
+        .into_iter()
+        .filter(|p| {
+            let o = expllm()
+                .args(["llm", "info", "/dev/null"])
+                .env("EXPLLM_KERNEL", p)
+                .output()
+                .unwrap();
+            // `llm info /dev/null` fails on the file, but an unsupported path fails first
+            !String::from_utf8_lossy(&o.stderr).contains("this CPU lacks it")
+        })
+        .collect();
+    assert!(
+        paths.len() >= 2 || cfg!(not(any(target_arch = "x86_64", target_arch = "aarch64"))),
+        "{paths:?}"
+    );
+    for (model, n) in &models {
+        let mut outs = Vec::new();
+        for p in &paths {
+            let o = expllm()
+                .args([
+                    "llm",
+                    "generate",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--prompt",
+                    "The quick brown fox",
+                    "-n",
+                    n,
+                    "--ids",
+                ])
+                .env("EXPLLM_KERNEL", p)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{p}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            outs.push((p, String::from_utf8(o.stdout).unwrap()));
+        }
+        for (p, out) in &outs[1..] {
+            assert_eq!(out, &outs[0].1, "{} differs from {}", p, outs[0].0);
+        }
+        assert!(outs[0].1.split_whitespace().count() > 8);
+    }
+}
+
 /// Spawn `run --input -` and feed it small Y4M frames forever (until it stops reading).
 fn spawn_live(extra: &[&str]) -> (Child, std::thread::JoinHandle<()>) {
     let mut child = expllm()

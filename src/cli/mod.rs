@@ -226,6 +226,7 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cmd: Command) -> Result<ExitCode> {
+    kernel_path()?;
     match cmd {
         Command::Run(a) => run(a),
         Command::Infer(a) => infer(a),

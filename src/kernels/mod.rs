@@ -4,9 +4,27 @@
 //! Owns every `unsafe` SIMD block in the crate. The kernels issue fills in the dot products;
 //! the CPU detection below is what picks the path. Must not know about models or files.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod ggml_type;
 pub mod quants;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 pub use ggml_type::GgmlType;
+
+/// The kernel path every matmul uses, chosen once: `EXPLLM_KERNEL` if it names a path this
+/// CPU supports (the CLI refuses an unsupported one with a clear error before we get here),
+/// else the best path detected.
+pub fn active() -> KernelPath {
+    static ACTIVE: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        std::env::var("EXPLLM_KERNEL")
+            .ok()
+            .and_then(|n| KernelPath::parse(&n))
+            .filter(|p| p.supported())
+            .unwrap_or_else(KernelPath::detect)
+    })
+}
 
 /// Which kernel path this CPU runs, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +88,13 @@ impl KernelPath {
 
     /// Whether this CPU can run `self`.
     pub fn supported(self) -> bool {
-        self == KernelPath::Scalar || cpu_features().iter().any(|f| *f == self.required_feature())
+        let f = cpu_features();
+        match self {
+            KernelPath::Scalar => true,
+            KernelPath::Avx2 => f.contains(&"avx2") && f.contains(&"fma"),
+            KernelPath::NeonI8mm => f.contains(&"i8mm") && f.contains(&"dotprod"),
+            p => f.contains(&p.required_feature()),
+        }
     }
 
     fn required_feature(self) -> &'static str {

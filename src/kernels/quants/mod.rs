@@ -348,7 +348,9 @@ impl QuantizedActs {
             self.f32s.extend_from_slice(x);
         } else {
             self.bytes.resize(nbytes, 0);
-            quantize_row(ty, x, &mut self.bytes)?;
+            if !quantize_acts_simd(ty, x, &mut self.bytes) {
+                quantize_row(ty, x, &mut self.bytes)?;
+            }
         }
         self.len = x.len();
         Ok(())
@@ -392,6 +394,24 @@ impl QuantizedActs {
     }
 }
 
+/// SIMD activation quantization (bit-identical to the scalar quantizers); `false` = use scalar.
+#[allow(unused_variables)]
+fn quantize_acts_simd(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::active() == crate::kernels::KernelPath::Avx2 && x.len().is_multiple_of(32) {
+        use crate::kernels::x86;
+        // SAFETY: `Avx2` is active only on CPUs with avx2 and fma; `dst` holds exactly
+        // `x.len() / 32` blocks (sized by `row_bytes` above).
+        match ty {
+            GgmlType::Q8_0 => unsafe { x86::quantize_row_q8_0(x, blocks_mut::<BlockQ8_0>(dst)) },
+            GgmlType::Q8_1 => unsafe { x86::quantize_row_q8_1(x, blocks_mut::<BlockQ8_1>(dst)) },
+            _ => return false,
+        }
+        return true;
+    }
+    false
+}
+
 /// Check that `acts` suit a `weight` row of `n_cols` elements.
 fn check_acts(weight: GgmlType, acts: &QuantizedActs, n_cols: usize) -> Result<(), QuantError> {
     if matches!(weight, GgmlType::Q8_1 | GgmlType::Q8K) {
@@ -428,6 +448,9 @@ fn matvec_as<W: WeightBlock>(w: &[u8], row_bytes: usize, acts: &QuantizedActs, o
 }
 
 fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    if row_bytes > 0 && matvec_simd(crate::kernels::active(), weight, w, row_bytes, acts, out) {
+        return;
+    }
     match weight {
         GgmlType::F32 => matvec_as::<F32Le>(w, row_bytes, acts, out),
         GgmlType::F16 => matvec_as::<F16Le>(w, row_bytes, acts, out),
@@ -439,6 +462,62 @@ fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs
         GgmlType::Q6K => matvec_as::<BlockQ6K>(w, row_bytes, acts, out),
         GgmlType::Q8_1 | GgmlType::Q8K => unreachable!("refused by check_acts"),
     }
+}
+
+/// Rows of `W` blocks dotted with `acts` by `dot` (a SIMD kernel).
+fn rows_with<W: WeightBlock>(
+    w: &[u8],
+    row_bytes: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+    dot: impl Fn(&[W], &[W::VecDot]) -> f32,
+) {
+    let y = blocks::<W::VecDot>(acts.bytes());
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = dot(blocks::<W>(row), y);
+    }
+}
+
+/// The SIMD matvec for `weight` on `path`, if there is one; `false` means "use the scalar
+/// reference". The SIMD kernels are bit-identical to the scalar ones (tested in their
+/// modules), so the path never changes a result, only its speed.
+#[allow(unused_variables)]
+fn matvec_simd(
+    path: crate::kernels::KernelPath,
+    weight: GgmlType,
+    w: &[u8],
+    rb: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if path == crate::kernels::KernelPath::Avx2 {
+        use crate::kernels::x86;
+        // SAFETY (every call below): `kernels::active()` only returns `Avx2` when the CPU has
+        // avx2 and fma (checked once at start-up), which is the kernels' whole contract; the
+        // block slices come from `blocks`, which checked their lengths, and `check_acts`
+        // made the activation count equal the row length, so `x.len() == y.len()`.
+        match weight {
+            GgmlType::Q4_0 => rows_with::<BlockQ4_0>(w, rb, acts, out, |x, y| unsafe {
+                x86::vec_dot_q4_0_q8_0(x, y)
+            }),
+            GgmlType::Q4_1 => rows_with::<BlockQ4_1>(w, rb, acts, out, |x, y| unsafe {
+                x86::vec_dot_q4_1_q8_1(x, y)
+            }),
+            GgmlType::Q8_0 => rows_with::<BlockQ8_0>(w, rb, acts, out, |x, y| unsafe {
+                x86::vec_dot_q8_0_q8_0(x, y)
+            }),
+            GgmlType::Q4K => rows_with::<BlockQ4K>(w, rb, acts, out, |x, y| unsafe {
+                x86::vec_dot_q4k_q8k(x, y)
+            }),
+            GgmlType::Q6K => rows_with::<BlockQ6K>(w, rb, acts, out, |x, y| unsafe {
+                x86::vec_dot_q6k_q8k(x, y)
+            }),
+            _ => return false,
+        }
+        return true;
+    }
+    false
 }
 
 /// Dot product of one `weight` row (exactly its bytes) with `acts` (quantized for `weight`):

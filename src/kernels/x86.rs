@@ -1,0 +1,1035 @@
+//! AVX2+FMA kernels for x86_64: the quantized dot products of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K
+//! weights with their activation blocks, and the Q8_0/Q8_1 activation quantizers.
+//!
+//! Every function here is **bit-identical** to its scalar reference in [`super::quants`]
+//! (for the quantizers: for inputs without NaN), so whole-model results do not depend on the
+//! kernel path:
+//!
+//! * The integer part of every dot is exact (as in the reference): the SIMD code never uses
+//!   ggml's `_mm256_sign_epi8` trick (wrong for a quant of -128) nor a saturating
+//!   `maddubs` of two signed operands; unsigned 4/6-bit quants go through `maddubs`
+//!   (products ≤ 2·63·128, no saturation), signed 8-bit pairs through `madd_epi16`.
+//! * The float part is done in the reference's order of f32 operations, without FMA
+//!   contraction: Q4_0/Q4_1/Q8_0 reduce each block's i32 sum and then accumulate the block's
+//!   scaled sum into one f32 left to right like the reference; Q4_K/Q6_K keep the reference's
+//!   eight f32 lane sums (element `i` in lane `i % 8`) by permuting the bytes of each
+//!   32-element chunk so that the pairs `maddubs`/`madd` add up belong to the same lane.
+//! * The quantizers round half away from zero like `roundf` (not ggml's SIMD ties-to-even)
+//!   and saturate like Rust's `as i8`, so their bytes equal `quantize_row_q8_0`/`_q8_1`'s.
+//!
+//! `target_feature(enable = "avx2,fma")` is on every public function (FMA is not used, but the
+//! dispatcher's contract is "avx2 and fma"). Each `unsafe` block inside has the same
+//! invariant: the function was entered only on a CPU with AVX2 and FMA (the caller's contract),
+//! and every pointer handed to a load/store intrinsic points into a block struct or slice
+//! element that is in bounds for the whole width of the access (all loads/stores are the
+//! unaligned `loadu`/`storeu` forms, as the block structs have alignment 1).
+
+use core::arch::x86_64::*;
+
+use super::quants::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le,
+};
+
+const QK: usize = 32;
+
+/// Horizontal sum of 8 i32 lanes (wrapping, exact for the ranges here).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Exact f16 → f32, the same value as [`F16Le::get`] (NaNs come out quiet with the payload
+/// kept, like `half` and F16C), inlined without `half`'s runtime F16C detection.
+#[inline(always)]
+fn f16(h: F16Le) -> f32 {
+    let h = u16::from_le_bytes(h.0) as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    if em >= 0x7c00 {
+        let nan = if em > 0x7c00 {
+            0x7fc0_0000
+        } else {
+            0x7f80_0000
+        };
+        return f32::from_bits(sign | nan | ((em & 0x3ff) << 13));
+    }
+    // Rebias the exponent by 2^112 with one exact multiply (also exact for subnormal halves:
+    // the f32 operand is then subnormal and the product normal).
+    let v = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(v.to_bits() | sign)
+}
+
+/// Load 16 packed nibble bytes as 32 bytes: low nibbles (elements 0..16), then high nibbles
+/// (elements 16..32), each 0..=15.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
+    let q = _mm_loadu_si128(p.as_ptr().cast());
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(q, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Σ u·s over 32 byte pairs as 8 i32 lanes; `u` (unsigned) must be ≤ 127 so the i16 pair
+/// sums of `maddubs` (≤ 2·127·128) cannot saturate.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// `f16` of 8 halves at once (bit-identical to it, NaNs included).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
+    // SAFETY: AVX2 by contract; `h` is 16 bytes.
+    let h = unsafe { _mm256_cvtepu16_epi32(_mm_loadu_si128(h.as_ptr().cast())) };
+    let em = _mm256_and_si256(h, _mm256_set1_epi32(0x7fff));
+    let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)));
+    let v = _mm256_mul_ps(
+        _mm256_castsi256_ps(_mm256_slli_epi32::<13>(em)),
+        _mm256_set1_ps(f32::from_bits(0x7780_0000)),
+    );
+    let special = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7bff));
+    let nan = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7c00));
+    let sp = _mm256_or_si256(
+        _mm256_or_si256(
+            _mm256_set1_epi32(0x7f80_0000),
+            _mm256_and_si256(nan, _mm256_set1_epi32(0x0040_0000)),
+        ),
+        _mm256_slli_epi32::<13>(_mm256_and_si256(em, _mm256_set1_epi32(0x3ff))),
+    );
+    let bits = _mm256_blendv_epi8(_mm256_castps_si256(v), sp, special);
+    _mm256_castsi256_ps(_mm256_or_si256(bits, sign))
+}
+
+#[inline(always)]
+fn h16(h: F16Le) -> u16 {
+    u16::from_le_bytes(h.0)
+}
+
+/// Add the first `n` lanes of `v` to `sumf`, left to right (the reference's block order).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_lanes(sumf: &mut f32, v: __m256, n: usize) {
+    // SAFETY: AVX2 by contract.
+    for &p in &unsafe { lanes(v) }[..n] {
+        *sumf += p;
+    }
+}
+
+/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`].
+///
+/// Eight blocks at a time: their exact i32 sums and f16 scales are gathered, the products
+/// `(sumi · dx) · dy` are formed in one vector (the same f32 roundings as the reference), and
+/// added to the total one block after another.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`is_x86_feature_detected!("avx2")` and `("fma")`).
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
+        let mut si = [0i32; 8];
+        let (mut dx, mut dy) = ([0u16; 8], [0u16; 8]);
+        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
+            // SAFETY: AVX2 by contract; both loads cover exactly the 16/32-byte `qs` arrays.
+            si[k] = unsafe {
+                let q = bytes_from_nibbles_32(&x.qs);
+                let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                // Σ (q − 8)·a = Σ q·a − 8·Σ a, both exact in i16 pairs (≤ 2·15·128, 2·8·128).
+                let qa = _mm256_maddubs_epi16(q, a);
+                let a8 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a);
+                hsum_i32_8(_mm256_madd_epi16(
+                    _mm256_sub_epi16(qa, a8),
+                    _mm256_set1_epi16(1),
+                ))
+            };
+            dx[k] = h16(x.d);
+            dy[k] = h16(y.d);
+        }
+        // SAFETY: AVX2 by contract; `si` is 32 bytes.
+        unsafe {
+            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
+            let p = _mm256_mul_ps(_mm256_mul_ps(s, f16x8(&dx)), f16x8(&dy));
+            add_lanes(&mut sumf, p, xc.len());
+        }
+    }
+    sumf
+}
+
+/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]
+/// (`(dx · dy) · sumi + mx · sy` per block, eight blocks per vector, summed in block order).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
+        let mut si = [0i32; 8];
+        let (mut dx, mut dy, mut mx, mut sy) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
+        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
+            // SAFETY: AVX2 by contract; both loads cover exactly the 16/32-byte `qs` arrays.
+            si[k] = unsafe {
+                let q = bytes_from_nibbles_32(&x.qs);
+                let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                hsum_i32_8(dot_u8_i8(q, a))
+            };
+            dx[k] = h16(x.d);
+            dy[k] = h16(y.d);
+            mx[k] = h16(x.m);
+            sy[k] = h16(y.s);
+        }
+        // SAFETY: AVX2 by contract; `si` is 32 bytes.
+        unsafe {
+            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
+            let p = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_mul_ps(f16x8(&dx), f16x8(&dy)), s),
+                _mm256_mul_ps(f16x8(&mx), f16x8(&sy)),
+            );
+            add_lanes(&mut sumf, p, xc.len());
+        }
+    }
+    sumf
+}
+
+/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`] (exact for any i8
+/// quants, including -128): `sumi · (dx · dy)` per block, eight blocks per vector, summed in
+/// block order.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
+        let mut si = [0i32; 8];
+        let (mut dx, mut dy) = ([0u16; 8], [0u16; 8]);
+        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
+            // SAFETY: AVX2 by contract; the four 16-byte loads cover the two 32-byte `qs`.
+            si[k] = unsafe {
+                let xp = x.qs.as_ptr();
+                let yp = y.qs.as_ptr();
+                let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.cast()));
+                let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(16).cast()));
+                let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.cast()));
+                let y1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.add(16).cast()));
+                hsum_i32_8(_mm256_add_epi32(
+                    _mm256_madd_epi16(x0, y0),
+                    _mm256_madd_epi16(x1, y1),
+                ))
+            };
+            dx[k] = h16(x.d);
+            dy[k] = h16(y.d);
+        }
+        // SAFETY: AVX2 by contract; `si` is 32 bytes.
+        unsafe {
+            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
+            let p = _mm256_mul_ps(s, _mm256_mul_ps(f16x8(&dx), f16x8(&dy)));
+            add_lanes(&mut sumf, p, xc.len());
+        }
+    }
+    sumf
+}
+
+/// Permute the 32 bytes of a chunk (elements `e0..e32`) so that byte `4k + r` of each 128-bit
+/// half is element `8r + k` (low half, k in 0..4) / `8r + 4 + k` (high half): after
+/// `maddubs` + `madd`, i32 lane `j` holds exactly the elements `≡ j (mod 8)`, the lanes of the
+/// reference's `aux32`. Applied identically to both operands, it leaves every product intact.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lane_permute(v: __m256i) -> __m256i {
+    let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    let s = _mm256_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, //
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    );
+    _mm256_shuffle_epi8(v, s)
+}
+
+/// The 8 lane sums in order 0..7 (f32 additions left to right).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes(v: __m256) -> [f32; 8] {
+    let mut a = [0f32; 8];
+    // SAFETY: AVX2 by contract; `a` is 8 f32s = 32 bytes.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+    a
+}
+
+/// ggml `get_scale_min_k4`, all eight at once.
+#[inline]
+fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+        sc[j + 4] = (q[j + 8] & 0x0f) | ((q[j] >> 6) << 4);
+        m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+    }
+    (sc, m)
+}
+
+/// Q4_K × Q8_K, bit-identical to [`super::quants::k_quants::vec_dot_q4k_q8k`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_K vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    // SAFETY: AVX2 by contract; every load below is 32 bytes at offset 32·c (c < 4) of the
+    // 128-byte `x.qs`, at offset 32·k (k < 8) of the 256-byte `y.qs`, or the whole 32-byte
+    // `y.bsums`.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut sums = _mm256_setzero_ps();
+        for (x, y) in x.iter().zip(y) {
+            let (sc, mn) = q4k_scales_mins(&x.scales);
+            // Σ bsums[j]·mins[j/2], exact in i32.
+            let mins16 = _mm256_setr_epi16(
+                mn[0] as i16,
+                mn[0] as i16,
+                mn[1] as i16,
+                mn[1] as i16, //
+                mn[2] as i16,
+                mn[2] as i16,
+                mn[3] as i16,
+                mn[3] as i16, //
+                mn[4] as i16,
+                mn[4] as i16,
+                mn[5] as i16,
+                mn[5] as i16, //
+                mn[6] as i16,
+                mn[6] as i16,
+                mn[7] as i16,
+                mn[7] as i16,
+            );
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            let summ = hsum_i32_8(_mm256_madd_epi16(bsums, mins16));
+
+            let mut acc = _mm256_setzero_si256();
+            let xq = x.qs.as_ptr();
+            let yq = y.qs.as_ptr();
+            for c in 0..4 {
+                let q = lane_permute(_mm256_loadu_si256(xq.add(32 * c).cast()));
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                let a0 = lane_permute(_mm256_loadu_si256(yq.add(64 * c).cast()));
+                let a1 = lane_permute(_mm256_loadu_si256(yq.add(64 * c + 32).cast()));
+                // u4 × i8 pairs ≤ 2·15·128: no saturation; then × scale (≤ 63) into i32.
+                let p0 = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, a0),
+                    _mm256_set1_epi16(sc[2 * c] as i16),
+                );
+                let p1 = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, a1),
+                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1));
+            }
+            let d = f16(x.d) * y.d.get();
+            sums = _mm256_add_ps(
+                sums,
+                _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc)),
+            );
+            let dmin = f16(x.dmin) * y.d.get();
+            sumf -= dmin * summ as f32;
+        }
+        for s in lanes(sums) {
+            sumf += s;
+        }
+    }
+    sumf
+}
+
+/// Q6_K × Q8_K, bit-identical to [`super::quants::k_quants::vec_dot_q6k_q8k`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q6_K vec_dot: block counts differ");
+    // SAFETY: AVX2 by contract; every load is 32 bytes at offset 64·h or 64·h + 32 (h < 2) of
+    // the 128-byte `x.ql`, at 32·h of the 64-byte `x.qh`, or at 32·k (k < 8) of the 256-byte
+    // `y.qs`.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(3);
+        let k32 = _mm256_set1_epi8(32);
+        let mut sums = _mm256_setzero_ps();
+        for (x, y) in x.iter().zip(y) {
+            let mut acc = _mm256_setzero_si256();
+            for h in 0..2 {
+                let ql0 = lane_permute(_mm256_loadu_si256(x.ql.as_ptr().add(64 * h).cast()));
+                let ql1 = lane_permute(_mm256_loadu_si256(x.ql.as_ptr().add(64 * h + 32).cast()));
+                let qh = lane_permute(_mm256_loadu_si256(x.qh.as_ptr().add(32 * h).cast()));
+                // All shifts are of masked bytes, so no bit crosses a byte boundary.
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0c))),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(-64))),
+                    ),
+                ];
+                for (t, &q) in q.iter().enumerate() {
+                    // Elements 128h + 32t .. +32: sub-blocks s (first 16) and s + 1.
+                    let s = 8 * h + 2 * t;
+                    let a = lane_permute(_mm256_loadu_si256(
+                        y.qs.as_ptr().add(128 * h + 32 * t).cast(),
+                    ));
+                    // Σ (q − 32)·a = Σ q·a − 32·Σ a per i16 pair (q ≤ 63: ≤ 2·63·128, exact).
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q, a), _mm256_maddubs_epi16(k32, a));
+                    // After lane_permute, even i16s are sub-block s, odd ones s + 1.
+                    let scale = _mm256_set1_epi32(
+                        (x.scales[s] as i16 as u16 as i32) | ((x.scales[s + 1] as i32) << 16),
+                    );
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
+                }
+            }
+            let d = f16(x.d) * y.d.get();
+            sums = _mm256_add_ps(
+                sums,
+                _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc)),
+            );
+        }
+        let mut sumf = 0f32;
+        for s in lanes(sums) {
+            sumf += s;
+        }
+        sumf
+    }
+}
+
+/// One 32-value block: `(d, 32 quants as i8, Σ quants)`, exactly as the scalar
+/// `quantize_row_q8_0`/`_q8_1` compute them (for NaN-free input).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_block_q8(x: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
+    debug_assert_eq!(x.len(), QK);
+    // SAFETY: AVX2 by contract; `x` has 32 f32s (four 8-lane loads), `qs` 32 bytes.
+    unsafe {
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        // max is order-independent for non-NaN values, so this equals the scalar fold.
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for &vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, vi));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m1 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+        let amax = _mm_cvtss_f32(m1);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        let lo = _mm256_set1_ps(-128.0);
+        let hi = _mm256_set1_ps(127.0);
+        let mut q32 = [_mm256_setzero_si256(); 4];
+        for (q, &vi) in q32.iter_mut().zip(&v) {
+            let t = _mm256_mul_ps(vi, idv);
+            // roundf: trunc, then away from zero if the (exact) fraction is ≥ 0.5.
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(t, r));
+            let step = _mm256_or_ps(_mm256_and_ps(t, sign), one);
+            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, half);
+            let r = _mm256_add_ps(r, _mm256_and_ps(up, step));
+            // `as i8`: NaN (from 0·inf) → 0, saturate to -128..=127 (±inf from a subnormal d).
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            *q = _mm256_cvtps_epi32(r);
+        }
+        let sum = hsum_i32_8(_mm256_add_epi32(
+            _mm256_add_epi32(q32[0], q32[1]),
+            _mm256_add_epi32(q32[2], q32[3]),
+        ));
+        // Pack i32 → i16 → i8 (values already in range), undoing the per-128-bit interleave.
+        let w01 = _mm256_packs_epi32(q32[0], q32[1]);
+        let w23 = _mm256_packs_epi32(q32[2], q32[3]);
+        let b = _mm256_packs_epi16(w01, w23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr().cast(), b);
+        (d, sum)
+    }
+}
+
+/// Q8_0 activation quantizer, byte-identical to [`super::quants::q8::quantize_row_q8_0`]
+/// (`roundf` ties away from zero) for NaN-free input.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != 32 · y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    assert_eq!(x.len(), y.len() * QK, "Q8_0 quantize: lengths differ");
+    for (x, y) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: AVX2 by contract; `x` is one 32-element chunk.
+        let (d, _) = unsafe { quantize_block_q8(x, &mut y.qs) };
+        y.d = F16Le::new(d);
+    }
+}
+
+/// Q8_1 activation quantizer, byte-identical to [`super::quants::q8::quantize_row_q8_1`]
+/// (`roundf` ties away from zero, `s = f16(Σq · d)`) for NaN-free input.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+///
+/// # Panics
+/// If `x.len() != 32 · y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    assert_eq!(x.len(), y.len() * QK, "Q8_1 quantize: lengths differ");
+    for (x, y) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: AVX2 by contract; `x` is one 32-element chunk.
+        let (d, sum) = unsafe { quantize_block_q8(x, &mut y.qs) };
+        y.d = F16Le::new(d);
+        y.s = F16Le::new(sum as f32 * d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quants::q8::QK_K;
+    use crate::kernels::quants::{k_quants, q4_0, q4_1, q8, F32Le, I16Le};
+
+    fn have_avx2() -> bool {
+        let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if !ok {
+            eprintln!("NOTE: CPU lacks avx2/fma; x86 kernel test SKIPPED (not run)");
+        }
+        ok
+    }
+
+    /// xorshift64*.
+    struct Rng(u64);
+    impl Rng {
+        fn u64(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn u8(&mut self) -> u8 {
+            (self.u64() >> 56) as u8
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.u64() % n as u64) as usize
+        }
+        /// Uniform in [-1, 1).
+        fn f(&mut self) -> f32 {
+            ((self.u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        }
+    }
+
+    const COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 64];
+
+    /// A random f16 scale, often extreme.
+    fn scale(r: &mut Rng) -> F16Le {
+        match r.below(8) {
+            0 => F16Le::new(65504.0),
+            1 => F16Le::new(-65504.0),
+            2 => F16Le::new(6e-8),
+            3 => F16Le::new(0.0),
+            _ => F16Le::new(r.f() * 2.0),
+        }
+    }
+
+    /// Quant bytes, in one of several modes: random, all 0x00, all 0xFF, extremes of i8.
+    fn fill_bytes(r: &mut Rng, out: &mut [u8]) {
+        let mode = r.below(6);
+        for b in out.iter_mut() {
+            *b = match mode {
+                0 => 0x00,
+                1 => 0xff,
+                2 => [0x7f, 0x80, 0x81][r.below(3)],
+                _ => r.u8(),
+            };
+        }
+    }
+
+    fn fill_i8(r: &mut Rng, out: &mut [i8]) {
+        let mut b = vec![0u8; out.len()];
+        fill_bytes(r, &mut b);
+        for (o, b) in out.iter_mut().zip(b) {
+            *o = b as i8;
+        }
+    }
+
+    fn q8_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ8_0> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ8_0 {
+                    d: scale(r),
+                    qs: [0; 32],
+                };
+                fill_i8(r, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
+    fn q8k_row(r: &mut Rng, n: usize) -> Vec<BlockQ8K> {
+        (0..n)
+            .map(|_| {
+                let mut qs = [0i8; QK_K];
+                fill_i8(r, &mut qs);
+                let mut bsums = [I16Le::new(0); 16];
+                for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+                    *s = I16Le::new(g.iter().map(|&q| q as i16).sum());
+                }
+                let d = match r.below(6) {
+                    0 => 0.0,
+                    1 => 1e-30,
+                    2 => -3e4,
+                    _ => r.f(),
+                };
+                BlockQ8K {
+                    d: F32Le::new(d),
+                    qs,
+                    bsums,
+                }
+            })
+            .collect()
+    }
+
+    /// `same` is bit-for-bit equality (NaN == NaN); the kernels are bit-identical to the
+    /// reference, so no tolerance is needed (and none is used).
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn q4_0_q8_0_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x1234_5678_9abc_def1);
+        for iter in 0..400 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x: Vec<BlockQ4_0> = (0..n)
+                .map(|_| {
+                    let mut b = BlockQ4_0 {
+                        d: scale(&mut r),
+                        qs: [0; 16],
+                    };
+                    fill_bytes(&mut r, &mut b.qs);
+                    b
+                })
+                .collect();
+            let y = q8_0_row(&mut r, n);
+            let want = q4_0::vec_dot_q4_0_q8_0(&x, &y);
+            // SAFETY: avx2+fma checked above; equal lengths.
+            let got = unsafe { vec_dot_q4_0_q8_0(&x, &y) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q4_1_q8_1_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x2234_5678_9abc_def1);
+        for iter in 0..400 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x: Vec<BlockQ4_1> = (0..n)
+                .map(|_| {
+                    let mut b = BlockQ4_1 {
+                        d: scale(&mut r),
+                        m: scale(&mut r),
+                        qs: [0; 16],
+                    };
+                    fill_bytes(&mut r, &mut b.qs);
+                    b
+                })
+                .collect();
+            let y: Vec<BlockQ8_1> = (0..n)
+                .map(|_| {
+                    let mut b = BlockQ8_1 {
+                        d: scale(&mut r),
+                        s: scale(&mut r),
+                        qs: [0; 32],
+                    };
+                    fill_i8(&mut r, &mut b.qs);
+                    b
+                })
+                .collect();
+            let want = q4_1::vec_dot_q4_1_q8_1(&x, &y);
+            // SAFETY: avx2+fma checked above; equal lengths.
+            let got = unsafe { vec_dot_q4_1_q8_1(&x, &y) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q8_0_q8_0_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x3234_5678_9abc_def1);
+        for iter in 0..400 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x = q8_0_row(&mut r, n);
+            let y = q8_0_row(&mut r, n);
+            let want = q8::vec_dot_q8_0_q8_0(&x, &y);
+            // SAFETY: avx2+fma checked above; equal lengths.
+            let got = unsafe { vec_dot_q8_0_q8_0(&x, &y) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q4k_q8k_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x4234_5678_9abc_def1);
+        for iter in 0..300 {
+            let n = COUNTS[iter % COUNTS.len()].min(9);
+            let x: Vec<BlockQ4K> = (0..n)
+                .map(|_| {
+                    let mut b = BlockQ4K {
+                        d: scale(&mut r),
+                        dmin: scale(&mut r),
+                        scales: [0; 12],
+                        qs: [0; 128],
+                    };
+                    fill_bytes(&mut r, &mut b.scales);
+                    fill_bytes(&mut r, &mut b.qs);
+                    b
+                })
+                .collect();
+            let y = q8k_row(&mut r, n);
+            let want = k_quants::vec_dot_q4k_q8k(&x, &y);
+            // SAFETY: avx2+fma checked above; equal lengths.
+            let got = unsafe { vec_dot_q4k_q8k(&x, &y) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q6k_q8k_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x5234_5678_9abc_def1);
+        for iter in 0..300 {
+            let n = COUNTS[iter % COUNTS.len()].min(9);
+            let x: Vec<BlockQ6K> = (0..n)
+                .map(|_| {
+                    let mut b = BlockQ6K {
+                        ql: [0; 128],
+                        qh: [0; 64],
+                        scales: [0; 16],
+                        d: scale(&mut r),
+                    };
+                    fill_bytes(&mut r, &mut b.ql);
+                    fill_bytes(&mut r, &mut b.qh);
+                    fill_i8(&mut r, &mut b.scales);
+                    b
+                })
+                .collect();
+            let y = q8k_row(&mut r, n);
+            let want = k_quants::vec_dot_q6k_q8k(&x, &y);
+            // SAFETY: avx2+fma checked above; equal lengths.
+            let got = unsafe { vec_dot_q6k_q8k(&x, &y) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    /// Random activations with ties (`(k + 0.5)·d` for the block's own `d`), zeros, tiny and
+    /// huge values.
+    fn acts(r: &mut Rng, n_blocks: usize) -> Vec<f32> {
+        let mut x = vec![0f32; n_blocks * QK];
+        for b in x.chunks_exact_mut(QK) {
+            match r.below(8) {
+                0 => {} // all zeros
+                1 => {
+                    // Exact ties: amax = 127·s, so d = s and x/d = k + 0.5 (s a power of 2).
+                    let s = [1.0f32, 0.25, 2.0f32.powi(-20), 64.0][r.below(4)];
+                    for v in b.iter_mut() {
+                        let k = r.below(254) as f32 - 127.0;
+                        *v = (k + 0.5) * s;
+                    }
+                    b[r.below(QK)] = 127.0 * s * if r.below(2) == 0 { 1.0 } else { -1.0 };
+                }
+                2 => {
+                    for v in b.iter_mut() {
+                        *v = r.f() * 1e-38; // subnormal d → infinite 1/d
+                    }
+                }
+                3 => {
+                    for v in b.iter_mut() {
+                        *v = r.f() * 3e38;
+                    }
+                }
+                4 => {
+                    for v in b.iter_mut() {
+                        *v = if r.below(3) == 0 { 0.0 } else { r.f() };
+                    }
+                    b[r.below(QK)] = [f32::INFINITY, f32::NEG_INFINITY, 1e-45][r.below(3)];
+                }
+                _ => {
+                    for v in b.iter_mut() {
+                        *v = r.f() * 10.0;
+                    }
+                }
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn quantize_q8_0_and_q8_1_bytes_match_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        let mut r = Rng(0x6234_5678_9abc_def1);
+        let mut ties = 0usize;
+        for iter in 0..500 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x = acts(&mut r, n);
+            for b in x.chunks_exact(QK) {
+                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                ties += b.iter().filter(|&&v| (v * id).fract().abs() == 0.5).count();
+            }
+            let z0 = BlockQ8_0 {
+                d: F16Le::new(0.0),
+                qs: [0; 32],
+            };
+            let (mut want, mut got) = (vec![z0; n], vec![z0; n]);
+            q8::quantize_row_q8_0(&x, &mut want);
+            // SAFETY: avx2+fma checked above; lengths match.
+            unsafe { quantize_row_q8_0(&x, &mut got) };
+            assert_eq!(got, want, "Q8_0 n={n} iter={iter}");
+            let z1 = BlockQ8_1 {
+                d: F16Le::new(0.0),
+                s: F16Le::new(0.0),
+                qs: [0; 32],
+            };
+            let (mut want, mut got) = (vec![z1; n], vec![z1; n]);
+            q8::quantize_row_q8_1(&x, &mut want);
+            // SAFETY: as above.
+            unsafe { quantize_row_q8_1(&x, &mut got) };
+            assert_eq!(got, want, "Q8_1 n={n} iter={iter}");
+        }
+        assert!(ties > 1000, "too few exact ties exercised: {ties}");
+    }
+
+    #[test]
+    fn f16_matches_half_for_all_bit_patterns() {
+        if have_avx2() {
+            for base in (0..=u16::MAX).step_by(8) {
+                let h: [u16; 8] = core::array::from_fn(|k| base + k as u16);
+                // SAFETY: avx2+fma checked above.
+                let got = unsafe { lanes(f16x8(&h)) };
+                for (g, h) in got.iter().zip(h) {
+                    let want = F16Le(h.to_le_bytes()).get();
+                    assert_eq!(g.to_bits(), want.to_bits(), "f16x8 {h:#06x}");
+                }
+            }
+        }
+        for h in 0..=u16::MAX {
+            let h = F16Le(h.to_le_bytes());
+            let (got, want) = (f16(h), h.get());
+            assert!(
+                got.to_bits() == want.to_bits(),
+                "{:#06x}: {got:e} ({:#010x}) vs {want:e} ({:#010x})",
+                u16::from_le_bytes(h.0),
+                got.to_bits(),
+                want.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "block counts differ")]
+    fn length_mismatch_panics() {
+        if !have_avx2() {
+            panic!("block counts differ (skipped: no avx2/fma)");
+        }
+        let x = [BlockQ4_0 {
+            d: F16Le::new(1.0),
+            qs: [0; 16],
+        }];
+        // SAFETY: avx2+fma checked above; the length check panics before any SIMD.
+        unsafe { vec_dot_q4_0_q8_0(&x, &[]) };
+    }
+
+    /// Not a test: `cargo test --release --lib kernels::x86 -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing_scalar_vs_avx2() {
+        if !have_avx2() {
+            return;
+        }
+        use std::hint::black_box;
+        use std::time::Instant;
+        fn ns<F: FnMut() -> f32>(mut f: F) -> f64 {
+            let mut reps = 1000u32;
+            loop {
+                let t = Instant::now();
+                let mut s = 0f32;
+                for _ in 0..reps {
+                    s += f();
+                }
+                black_box(s);
+                let e = t.elapsed();
+                if e.as_millis() >= 100 {
+                    return e.as_nanos() as f64 / reps as f64;
+                }
+                reps *= 4;
+            }
+        }
+        let mut r = Rng(7);
+        for n in [576usize, 1536] {
+            let nb = n / QK;
+            let xf: Vec<f32> = (0..n).map(|_| r.f()).collect();
+            let mut a0 = vec![bytemuck::Zeroable::zeroed(); nb];
+            let mut a1: Vec<BlockQ8_1> = vec![bytemuck::Zeroable::zeroed(); nb];
+            q8::quantize_row_q8_0(&xf, &mut a0);
+            q8::quantize_row_q8_1(&xf, &mut a1);
+            let mut w40 = vec![bytemuck::Zeroable::zeroed(); nb];
+            let mut w41 = vec![bytemuck::Zeroable::zeroed(); nb];
+            q4_0::quantize_row_q4_0(&xf, &mut w40);
+            q4_1::quantize_row_q4_1(&xf, &mut w41);
+            let w8 = a0.clone();
+            // SAFETY (all closures below): avx2+fma checked above; lengths match.
+            let rows: [(&str, f64, f64); 5] = [
+                (
+                    "q4_0·q8_0",
+                    ns(|| q4_0::vec_dot_q4_0_q8_0(black_box(&w40), black_box(&a0))),
+                    ns(|| unsafe { vec_dot_q4_0_q8_0(black_box(&w40), black_box(&a0)) }),
+                ),
+                (
+                    "q4_1·q8_1",
+                    ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(&w41), black_box(&a1))),
+                    ns(|| unsafe { vec_dot_q4_1_q8_1(black_box(&w41), black_box(&a1)) }),
+                ),
+                (
+                    "q8_0·q8_0",
+                    ns(|| q8::vec_dot_q8_0_q8_0(black_box(&w8), black_box(&a0))),
+                    ns(|| unsafe { vec_dot_q8_0_q8_0(black_box(&w8), black_box(&a0)) }),
+                ),
+                (
+                    "quantize q8_0",
+                    ns(|| {
+                        q8::quantize_row_q8_0(black_box(&xf), &mut a0);
+                        0.0
+                    }),
+                    ns(|| {
+                        unsafe { quantize_row_q8_0(black_box(&xf), &mut a0) };
+                        0.0
+                    }),
+                ),
+                (
+                    "quantize q8_1",
+                    ns(|| {
+                        q8::quantize_row_q8_1(black_box(&xf), &mut a1);
+                        0.0
+                    }),
+                    ns(|| {
+                        unsafe { quantize_row_q8_1(black_box(&xf), &mut a1) };
+                        0.0
+                    }),
+                ),
+            ];
+            for (name, s, v) in rows {
+                println!(
+                    "n={n:5} {name:14} scalar {s:9.1} ns  avx2 {v:8.1} ns  x{:.1}",
+                    s / v
+                );
+            }
+        }
+        // k-quants: rows must be whole 256-blocks (576 is not), so 512 and 1536.
+        for n in [512usize, 1536] {
+            let nb = n / QK_K;
+            let mut y = q8k_row(&mut r, nb);
+            let xf: Vec<f32> = (0..n).map(|_| r.f()).collect();
+            q8::quantize_row_q8_k(&xf, &mut y);
+            let mut w4: Vec<BlockQ4K> = vec![bytemuck::Zeroable::zeroed(); nb];
+            let mut w6: Vec<BlockQ6K> = vec![bytemuck::Zeroable::zeroed(); nb];
+            for b in &mut w4 {
+                fill_bytes(&mut r, &mut b.qs);
+                fill_bytes(&mut r, &mut b.scales);
+                b.d = F16Le::new(0.01);
+                b.dmin = F16Le::new(0.01);
+            }
+            for b in &mut w6 {
+                fill_bytes(&mut r, &mut b.ql);
+                fill_bytes(&mut r, &mut b.qh);
+                fill_i8(&mut r, &mut b.scales);
+                b.d = F16Le::new(0.01);
+            }
+            let rows: [(&str, f64, f64); 2] = [
+                (
+                    "q4_K·q8_K",
+                    ns(|| k_quants::vec_dot_q4k_q8k(black_box(&w4), black_box(&y))),
+                    ns(|| unsafe { vec_dot_q4k_q8k(black_box(&w4), black_box(&y)) }),
+                ),
+                (
+                    "q6_K·q8_K",
+                    ns(|| k_quants::vec_dot_q6k_q8k(black_box(&w6), black_box(&y))),
+                    ns(|| unsafe { vec_dot_q6k_q8k(black_box(&w6), black_box(&y)) }),
+                ),
+            ];
+            for (name, s, v) in rows {
+                println!(
+                    "n={n:5} {name:14} scalar {s:9.1} ns  avx2 {v:8.1} ns  x{:.1}",
+                    s / v
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! aarch64 SIMD dot products of quantized blocks: baseline NEON (Cortex-A72/A57, no dotprod),
+//! NEON + dotprod (`sdot`; Cortex-A76/A78) and NEON + i8mm (`smmla`, two weight rows × two
+//! activation columns at once). Ports of ggml's `ggml-cpu/arch/arm/quants.c`
+//! (`ggml_vec_dot_q4_0_q8_0`, `ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q8_0_q8_0`).
+//!
+//! Owns the `unsafe` of the aarch64 kernels: the unaligned vector loads from the
+//! alignment-1 block structs, and the `sdot`/`smmla` inline asm (their intrinsics
+//! `vdotq_s32`/`vmmlaq_s32` are unstable on our compilers). It does not choose a path: the
+//! caller checks `std::arch::is_aarch64_feature_detected!` once (see
+//! [`KernelPath`](crate::kernels::KernelPath)) and only then calls the `_dotprod` / `_i8mm`
+//! functions.
+//!
+//! **Exactness.** Each block's integer dot is computed exactly in i32 lanes (at most
+//! 32·128·128 = 2^19 in magnitude, so every lane converts to f32 exactly); only the f32 scale
+//! products and the order of the f32 additions differ from the scalar reference
+//! ([`crate::kernels::quants`]): per block, each of the four i32 lanes is multiplied by
+//! `dx·dy` and accumulated in f32 vectors (two of them, even and odd blocks, like ggml), then
+//! summed horizontally.
+
+#![warn(unsafe_op_in_unsafe_fn)]
+
+use core::arch::aarch64::*;
+
+use crate::kernels::quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+// ---------------------------------------------------------------------------------------------
+// Loads and the two ways of computing a 4-lane i8 dot product
+
+/// The 32 nibbles of a Q4 block as bytes 0..=15: (low nibbles = elements 0..16, high nibbles
+/// = elements 16..32).
+#[inline(always)]
+fn load_nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
+    // SAFETY: `qs` is 16 readable bytes; `vld1q_u8` has no alignment requirement, and NEON is
+    // part of the aarch64 baseline.
+    unsafe {
+        let v = vld1q_u8(qs.as_ptr());
+        (
+            vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
+        )
+    }
+}
+
+/// The 32 quants of a Q8 block: (elements 0..16, elements 16..32).
+#[inline(always)]
+fn load_q8(qs: &[i8; 32]) -> (int8x16_t, int8x16_t) {
+    // SAFETY: `qs` is 32 readable bytes, the two loads read bytes 0..16 and 16..32;
+    // `vld1q_s8` has no alignment requirement, and NEON is part of the aarch64 baseline.
+    unsafe { (vld1q_s8(qs.as_ptr()), vld1q_s8(qs.as_ptr().add(16))) }
+}
+
+/// `q − 8` for the unsigned nibbles of Q4_0 (0..=15 → −8..=7).
+#[inline(always)]
+fn minus_8(v: int8x16_t) -> int8x16_t {
+    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+    unsafe { vsubq_s8(v, vdupq_n_s8(8)) }
+}
+
+/// `acc[i] + Σ_{k<4} a[4i+k]·b[4i+k]` (or any split of the same 16 products over the four
+/// lanes: only the lane total matters to the callers).
+trait Dot {
+    /// # Safety
+    /// The CPU must have the instructions of the implementation.
+    unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
+}
+
+/// Baseline NEON: widening multiplies (`smull`, `smull2`: |a·b| ≤ 2^14 fits i16) and pairwise
+/// widening accumulates into i32 (`sadalp`), like ggml's `ggml_vdotq_s32` without dotprod.
+struct MullDot;
+
+impl Dot for MullDot {
+    #[inline(always)]
+    unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+        unsafe {
+            let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let p1 = vmull_high_s8(a, b);
+            vpadalq_s16(vpadalq_s16(acc, p0), p1)
+        }
+    }
+}
+
+/// `sdot` (Armv8.2 dotprod).
+struct SDot;
+
+impl Dot for SDot {
+    #[inline(always)]
+    unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        sdot(acc, a, b)
+    }
+}
+
+/// `sdot acc.4s, a.16b, b.16b`. Only ever inlined into `#[target_feature(enable =
+/// "neon,dotprod")]` functions (through [`SDot`]), so the instruction is assembled with, and
+/// executed on, a CPU that has dotprod.
+#[inline(always)]
+fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only arithmetic (no memory, no stack, no flags). Reached only from the
+    // `_dotprod` functions, whose callers guarantee dotprod (their `# Safety` contract).
+    unsafe {
+        core::arch::asm!(
+            "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+            inout(vreg) acc,
+            in(vreg) a,
+            in(vreg) b,
+            options(pure, nomem, nostack)
+        );
+    }
+    acc
+}
+
+/// `smmla acc.4s, a.16b, b.16b`: with `a` = rows A0, A1 (8 bytes each) and `b` = rows B0, B1,
+/// `acc += [A0·B0, A0·B1, A1·B0, A1·B1]`. Only ever inlined into `#[target_feature(enable =
+/// "neon,i8mm")]` functions.
+#[inline(always)]
+fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only arithmetic (no memory, no stack, no flags). Reached only from the
+    // `_i8mm` functions, whose callers guarantee i8mm (their `# Safety` contract).
+    unsafe {
+        core::arch::asm!(
+            "smmla {0:v}.4s, {1:v}.16b, {2:v}.16b",
+            inout(vreg) acc,
+            in(vreg) a,
+            in(vreg) b,
+            options(pure, nomem, nostack)
+        );
+    }
+    acc
+}
+
+#[inline(always)]
+fn zero_i32() -> int32x4_t {
+    // SAFETY: plain NEON; NEON is part of the aarch64 baseline.
+    unsafe { vdupq_n_s32(0) }
+}
+
+#[inline(always)]
+fn zero_f32() -> float32x4_t {
+    // SAFETY: plain NEON; NEON is part of the aarch64 baseline.
+    unsafe { vdupq_n_f32(0.0) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-row kernels, generic over the dot instruction
+
+#[inline(always)]
+fn q4_0_block<D: Dot>(x: &BlockQ4_0, y: &BlockQ8_0) -> int32x4_t {
+    let (xl, xh) = load_nibbles(&x.qs);
+    let (yl, yh) = load_q8(&y.qs);
+    // SAFETY: `D`'s instructions are available: the caller is a kernel whose target features
+    // (or the aarch64 baseline) provide them.
+    unsafe { D::dot(D::dot(zero_i32(), minus_8(xl), yl), minus_8(xh), yh) }
+}
+
+#[inline(always)]
+fn q4_1_block<D: Dot>(x: &BlockQ4_1, y: &BlockQ8_1) -> int32x4_t {
+    let (xl, xh) = load_nibbles(&x.qs);
+    let (yl, yh) = load_q8(&y.qs);
+    // SAFETY: as in `q4_0_block`. The nibbles 0..=15 are the same as i8.
+    unsafe { D::dot(D::dot(zero_i32(), xl, yl), xh, yh) }
+}
+
+#[inline(always)]
+fn q8_0_block<D: Dot>(x: &BlockQ8_0, y: &BlockQ8_0) -> int32x4_t {
+    let (xl, xh) = load_q8(&x.qs);
+    let (yl, yh) = load_q8(&y.qs);
+    // SAFETY: as in `q4_0_block`.
+    unsafe { D::dot(D::dot(zero_i32(), xl, yl), xh, yh) }
+}
+
+/// Exact integer sum of a block's four i32 lanes.
+#[inline(always)]
+fn isum(v: int32x4_t) -> i32 {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe { vaddvq_s32(v) }
+}
+
+// The float part of each kernel repeats the scalar reference's expression, block by block and
+// in the same order (`quants::q4_0::vec_dot_q4_0_q8_0` etc.; Rust never fuses a·b + c), and
+// the integer part is exact, so every NEON path is bit-identical to the scalar one: a model
+// gives the same tokens on a Pi 4, a Pi 5 and an x86 machine.
+
+#[inline(always)]
+fn q4_0_q8_0<D: Dot>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        sumf += isum(q4_0_block::<D>(xb, yb)) as f32 * xb.d.get() * yb.d.get();
+    }
+    sumf
+}
+
+#[inline(always)]
+fn q4_1_q8_1<D: Dot>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        sumf += (xb.d.get() * yb.d.get()) * isum(q4_1_block::<D>(xb, yb)) as f32
+            + xb.m.get() * yb.s.get();
+    }
+    sumf
+}
+
+#[inline(always)]
+fn q8_0_q8_0<D: Dot>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        sumf += isum(q8_0_block::<D>(xb, yb)) as f32 * (xb.d.get() * yb.d.get());
+    }
+    sumf
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline NEON
+
+/// Q4_0 · Q8_0 with baseline NEON (no dotprod); same result as
+/// [`vec_dot_q4_0_q8_0`](crate::kernels::quants::q4_0::vec_dot_q4_0_q8_0) up to f32 rounding
+/// order (see the module doc).
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline); `unsafe` only for a uniform kernel
+/// signature.
+///
+/// # Panics
+/// If the block counts differ.
+pub unsafe fn vec_dot_q4_0_q8_0_neon(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    q4_0_q8_0::<MullDot>(x, y)
+}
+
+/// Q4_1 · Q8_1 with baseline NEON; see [`vec_dot_q4_0_q8_0_neon`].
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline).
+///
+/// # Panics
+/// If the block counts differ.
+pub unsafe fn vec_dot_q4_1_q8_1_neon(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    q4_1_q8_1::<MullDot>(x, y)
+}
+
+/// Q8_0 · Q8_0 with baseline NEON; see [`vec_dot_q4_0_q8_0_neon`].
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline).
+///
+/// # Panics
+/// If the block counts differ.
+pub unsafe fn vec_dot_q8_0_q8_0_neon(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    q8_0_q8_0::<MullDot>(x, y)
+}
+
+// ---------------------------------------------------------------------------------------------
+// NEON + dotprod
+
+/// Q4_0 · Q8_0 with `sdot`.
+///
+/// # Safety
+/// The CPU must have dotprod (`std::arch::is_aarch64_feature_detected!("dotprod")`).
+///
+/// # Panics
+/// If the block counts differ.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn vec_dot_q4_0_q8_0_dotprod(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    q4_0_q8_0::<SDot>(x, y)
+}
+
+/// Q4_1 · Q8_1 with `sdot`.
+///
+/// # Safety
+/// The CPU must have dotprod (`std::arch::is_aarch64_feature_detected!("dotprod")`).
+///
+/// # Panics
+/// If the block counts differ.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn vec_dot_q4_1_q8_1_dotprod(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    q4_1_q8_1::<SDot>(x, y)
+}
+
+/// Q8_0 · Q8_0 with `sdot`.
+///
+/// # Safety
+/// The CPU must have dotprod (`std::arch::is_aarch64_feature_detected!("dotprod")`).
+///
+/// # Panics
+/// If the block counts differ.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn vec_dot_q8_0_q8_0_dotprod(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    q8_0_q8_0::<SDot>(x, y)
+}
+
+// ---------------------------------------------------------------------------------------------
+// NEON + i8mm: 2 rows × 2 columns per `smmla`
+
+/// `(zip1, zip2)` of the 64-bit halves: `([a.lo, b.lo], [a.hi, b.hi])` — the `smmla` operand
+/// layout (row 0 in bytes 0..8, row 1 in bytes 8..16).
+#[inline(always)]
+fn zip64(a: int8x16_t, b: int8x16_t) -> (int8x16_t, int8x16_t) {
+    // SAFETY: plain NEON permutes; NEON is part of the aarch64 baseline.
+    unsafe {
+        let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
+        (
+            vreinterpretq_s8_s64(vzip1q_s64(a, b)),
+            vreinterpretq_s8_s64(vzip2q_s64(a, b)),
+        )
+    }
+}
+
+/// `[A0·B0, A0·B1, A1·B0, A1·B1]` over 32 elements, the rows given as two 16-byte halves
+/// each, by four `smmla`.
+#[inline(always)]
+fn mmla_2x2(
+    a0: [int8x16_t; 2],
+    a1: [int8x16_t; 2],
+    b0: [int8x16_t; 2],
+    b1: [int8x16_t; 2],
+) -> int32x4_t {
+    let mut acc = zero_i32();
+    for h in 0..2 {
+        let (l0, l1) = zip64(a0[h], a1[h]);
+        let (r0, r1) = zip64(b0[h], b1[h]);
+        acc = smmla(acc, l0, r0);
+        acc = smmla(acc, l1, r1);
+    }
+    acc
+}
+
+/// The four scale products `[dx0·dy0, dx0·dy1, dx1·dy0, dx1·dy1]`.
+#[inline(always)]
+fn scales_2x2(dx0: f32, dx1: f32, dy0: f32, dy1: f32) -> float32x4_t {
+    let s = [dx0 * dy0, dx0 * dy1, dx1 * dy0, dx1 * dy1];
+    // SAFETY: `s` is 4 readable f32; `vld1q_f32` has no alignment requirement beyond f32's.
+    unsafe { vld1q_f32(s.as_ptr()) }
+}
+
+#[inline(always)]
+fn store_2x2(v: float32x4_t) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: `out` is 4 writable f32.
+    unsafe { vst1q_f32(out.as_mut_ptr(), v) };
+    out
+}
+
+#[inline(always)]
+fn mla_2x2(sum: float32x4_t, acc: int32x4_t, scale: float32x4_t) -> float32x4_t {
+    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+    unsafe { vmlaq_f32(sum, vcvtq_f32_s32(acc), scale) }
+}
+
+/// Two Q4_0 rows · two Q8_0 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`,
+/// each the same as [`vec_dot_q4_0_q8_0_neon`] of that pair up to f32 rounding order (ggml's
+/// `nrc == 2` path of `ggml_vec_dot_q4_0_q8_0`). An odd last row or column is the caller's.
+///
+/// # Safety
+/// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
+///
+/// # Panics
+/// If the four block counts are not all equal.
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn vec_dot_q4_0_q8_0_i8mm_2x2(
+    x0: &[BlockQ4_0],
+    x1: &[BlockQ4_0],
+    y0: &[BlockQ8_0],
+    y1: &[BlockQ8_0],
+) -> [f32; 4] {
+    let n = x0.len();
+    assert!(
+        x1.len() == n && y0.len() == n && y1.len() == n,
+        "Q4_0 vec_dot 2x2: block counts differ"
+    );
+    let mut sum = zero_f32();
+    for i in 0..n {
+        let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
+        let (al, ah) = load_nibbles(&a.qs);
+        let (bl, bh) = load_nibbles(&b.qs);
+        let (cl, ch) = load_q8(&c.qs);
+        let (dl, dh) = load_q8(&d.qs);
+        let acc = mmla_2x2(
+            [minus_8(al), minus_8(ah)],
+            [minus_8(bl), minus_8(bh)],
+            [cl, ch],
+            [dl, dh],
+        );
+        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        sum = mla_2x2(sum, acc, scale);
+    }
+    store_2x2(sum)
+}
+
+/// Two Q4_1 rows · two Q8_1 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`
+/// (ggml's `nrc == 2` path of `ggml_vec_dot_q4_1_q8_1`).
+///
+/// # Safety
+/// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
+///
+/// # Panics
+/// If the four block counts are not all equal.
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn vec_dot_q4_1_q8_1_i8mm_2x2(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    y0: &[BlockQ8_1],
+    y1: &[BlockQ8_1],
+) -> [f32; 4] {
+    let n = x0.len();
+    assert!(
+        x1.len() == n && y0.len() == n && y1.len() == n,
+        "Q4_1 vec_dot 2x2: block counts differ"
+    );
+    let mut sum = zero_f32();
+    let mut summs = [0f32; 4];
+    for i in 0..n {
+        let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
+        let (am, bm, cs, ds) = (a.m.get(), b.m.get(), c.s.get(), d.s.get());
+        summs[0] += am * cs;
+        summs[1] += am * ds;
+        summs[2] += bm * cs;
+        summs[3] += bm * ds;
+        let (al, ah) = load_nibbles(&a.qs);
+        let (bl, bh) = load_nibbles(&b.qs);
+        let (cl, ch) = load_q8(&c.qs);
+        let (dl, dh) = load_q8(&d.qs);
+        let acc = mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]);
+        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        sum = mla_2x2(sum, acc, scale);
+    }
+    let mut out = store_2x2(sum);
+    for (o, m) in out.iter_mut().zip(summs) {
+        *o += m;
+    }
+    out
+}
+
+/// Two Q8_0 rows · two Q8_0 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`
+/// (ggml's `nrc == 2` path of `ggml_vec_dot_q8_0_q8_0`).
+///
+/// # Safety
+/// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
+///
+/// # Panics
+/// If the four block counts are not all equal.
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn vec_dot_q8_0_q8_0_i8mm_2x2(
+    x0: &[BlockQ8_0],
+    x1: &[BlockQ8_0],
+    y0: &[BlockQ8_0],
+    y1: &[BlockQ8_0],
+) -> [f32; 4] {
+    let n = x0.len();
+    assert!(
+        x1.len() == n && y0.len() == n && y1.len() == n,
+        "Q8_0 vec_dot 2x2: block counts differ"
+    );
+    let mut sum = zero_f32();
+    for i in 0..n {
+        let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
+        let (al, ah) = load_q8(&a.qs);
+        let (bl, bh) = load_q8(&b.qs);
+        let (cl, ch) = load_q8(&c.qs);
+        let (dl, dh) = load_q8(&d.qs);
+        let acc = mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]);
+        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        sum = mla_2x2(sum, acc, scale);
+    }
+    store_2x2(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Property tests against the scalar reference on xorshift data: block counts 1, 2, 7, 18,
+    //! 33; random, extreme-scale (f16 65504, 6e-8, 0), all-zero and saturated (nibbles
+    //! 0x00/0xFF, q8 ±127/−128) blocks.
+    //!
+    //! **Tolerance.** The integer part is exact, so the kernels differ from the scalar reference
+    //! only in the f32 rounding of the scale products and the order of the f32 sums (≤ 36
+    //! roundings per term for 33 blocks, ≈ 2.2e-6 relative). We allow
+    //! `|simd − scalar| ≤ 1e-5 · mag + 1e-6`, with
+    //! `mag = Σ_blocks |dx·dy| · Σ_j |qx_j·qy_j|` (+ `Σ_blocks |m·s|` for Q4_1).
+    //!
+    //! The dotprod / i8mm kernels run only where `is_aarch64_feature_detected!` says so; each
+    //! test prints the paths it ran (`--nocapture`), and [`paths_match_qemu_cpu`] fails when
+    //! the detected features do not match `EXPLLM_EXPECT_KERNEL`, so a CI run under the wrong
+    //! qemu `-cpu` cannot silently skip a path.
+
+    use super::*;
+    use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
+    use bytemuck::Zeroable;
+
+    const COUNTS: [usize; 5] = [1, 2, 7, 18, 33];
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn bytes<const N: usize>(&mut self) -> [u8; N] {
+            core::array::from_fn(|_| self.next() as u8)
+        }
+    }
+
+    fn dotprod() -> bool {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+
+    fn i8mm() -> bool {
+        std::arch::is_aarch64_feature_detected!("i8mm")
+    }
+
+    /// Which kinds of data a row is made of.
+    #[derive(Clone, Copy, Debug)]
+    enum Kind {
+        /// Random quants, moderate random scales.
+        Random,
+        /// Random quants, scales drawn from {65504, −65504, 6e-8, 0, random}.
+        ExtremeScales,
+        /// All-zero blocks.
+        Zero,
+        /// Saturated quants (nibbles 0x00 / 0xFF, q8 127 / −127 / −128), extreme scales.
+        Saturated,
+    }
+
+    const KINDS: [Kind; 4] = [
+        Kind::Random,
+        Kind::ExtremeScales,
+        Kind::Zero,
+        Kind::Saturated,
+    ];
+
+    fn scale(rng: &mut Rng, kind: Kind) -> F16Le {
+        let moderate = (rng.below(2001) as f32 - 1000.0) / 256.0;
+        match kind {
+            Kind::Random => F16Le::new(moderate),
+            Kind::Zero => F16Le::new(0.0),
+            Kind::ExtremeScales | Kind::Saturated => {
+                F16Le::new([65504.0, -65504.0, 6e-8, 0.0, moderate][rng.below(5) as usize])
+            }
+        }
+    }
+
+    fn nibbles(rng: &mut Rng, kind: Kind) -> [u8; 16] {
+        match kind {
+            Kind::Zero => [0; 16],
+            Kind::Saturated => [[0x00; 16], [0xff; 16], [0x0f; 16]][rng.below(3) as usize],
+            _ => rng.bytes(),
+        }
+    }
+
+    fn quants(rng: &mut Rng, kind: Kind) -> [i8; 32] {
+        match kind {
+            Kind::Zero => [0; 32],
+            Kind::Saturated => match rng.below(4) {
+                0 => [127; 32],
+                1 => [-128; 32],
+                2 => [-127; 32],
+                _ => core::array::from_fn(|j| if j % 2 == 0 { 127 } else { -128 }),
+            },
+            _ => rng.bytes::<32>().map(|b| b as i8),
+        }
+    }
+
+    fn q4_0_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ4_0> {
+        (0..n)
+            .map(|_| BlockQ4_0 {
+                d: scale(rng, kind),
+                qs: nibbles(rng, kind),
+            })
+            .collect()
+    }
+
+    fn q4_1_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ4_1> {
+        (0..n)
+            .map(|_| BlockQ4_1 {
+                d: scale(rng, kind),
+                m: scale(rng, kind),
+                qs: nibbles(rng, kind),
+            })
+            .collect()
+    }
+
+    fn q8_0_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ8_0> {
+        (0..n)
+            .map(|_| BlockQ8_0 {
+                d: scale(rng, kind),
+                qs: quants(rng, kind),
+            })
+            .collect()
+    }
+
+    fn q8_1_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ8_1> {
+        (0..n)
+            .map(|_| BlockQ8_1 {
+                d: scale(rng, kind),
+                s: scale(rng, kind),
+                qs: quants(rng, kind),
+            })
+            .collect()
+    }
+
+    fn unpack_q4(qs: &[u8; 16], offset: i32) -> [i32; 32] {
+        core::array::from_fn(|j| {
+            let b = qs[j % 16];
+            (if j < 16 { b & 0x0f } else { b >> 4 }) as i32 - offset
+        })
+    }
+
+    /// `Σ |dx·dy| · Σ_j |qx_j·qy_j|` over blocks given as (dx, dy, qx, qy).
+    fn mag(blocks: impl Iterator<Item = (f32, f32, [i32; 32], [i8; 32])>) -> f64 {
+        blocks
+            .map(|(dx, dy, qx, qy)| {
+                let s: i64 = qx
+                    .iter()
+                    .zip(qy)
+                    .map(|(&a, b)| (a * b as i32).abs() as i64)
+                    .sum();
+                (dx as f64 * dy as f64).abs() * s as f64
+            })
+            .sum()
+    }
+
+    fn mag_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f64 {
+        mag(x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a.d.get(), b.d.get(), unpack_q4(&a.qs, 8), b.qs)))
+    }
+
+    fn mag_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f64 {
+        mag(x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a.d.get(), b.d.get(), unpack_q4(&a.qs, 0), b.qs)))
+            + x.iter()
+                .zip(y)
+                .map(|(a, b)| (a.m.get() as f64 * b.s.get() as f64).abs())
+                .sum::<f64>()
+    }
+
+    fn mag_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f64 {
+        mag(x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a.d.get(), b.d.get(), a.qs.map(|q| q as i32), b.qs)))
+    }
+
+    #[track_caller]
+    /// Single-row kernels must be bit-identical to the scalar reference (same float
+    /// expression, exact integers); the 2x2 i8mm kernels (prefill) are held to a tolerance
+    /// covering float rounding and summation order.
+    fn check(what: &str, got: f32, want: f32, mag: f64) {
+        if !what.starts_with("i8mm") {
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{what}: simd {got:e} != scalar {want:e}"
+            );
+            return;
+        }
+        let tol = 1e-5 * mag + 1e-6;
+        let err = (got as f64 - want as f64).abs();
+        assert!(
+            got.is_finite() && err <= tol,
+            "{what}: simd {got:e}, scalar {want:e}, |diff| {err:e} > tol {tol:e}"
+        );
+    }
+
+    /// For every block count and pair of data kinds: rows `x0, x1` and columns `y0, y1`.
+    fn for_cases<X, Y>(
+        seed: u64,
+        mut gen_x: impl FnMut(&mut Rng, Kind, usize) -> Vec<X>,
+        mut gen_y: impl FnMut(&mut Rng, Kind, usize) -> Vec<Y>,
+        mut f: impl FnMut(&str, [&[X]; 2], [&[Y]; 2]),
+    ) {
+        let mut rng = Rng(seed);
+        for n in COUNTS {
+            for kx in KINDS {
+                for ky in KINDS {
+                    for rep in 0..3 {
+                        let x0 = gen_x(&mut rng, kx, n);
+                        let x1 = gen_x(&mut rng, KINDS[rep % 4], n);
+                        let y0 = gen_y(&mut rng, ky, n);
+                        let y1 = gen_y(&mut rng, KINDS[(rep + 1) % 4], n);
+                        let what = format!("n={n} x={kx:?} y={ky:?} rep={rep}");
+                        f(&what, [&x0, &x1], [&y0, &y1]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prints and returns the paths a test runs.
+    fn announce(test: &str, has_i8mm_kernel: bool) -> (bool, bool) {
+        let (dp, mm) = (dotprod(), has_i8mm_kernel && i8mm());
+        let mut paths = vec!["neon"];
+        if dp {
+            paths.push("neon-dotprod");
+        }
+        if mm {
+            paths.push("neon-i8mm-2x2");
+        }
+        println!(
+            "{test}: ran paths {paths:?} (cpu features {:?})",
+            crate::kernels::cpu_features()
+        );
+        (dp, mm)
+    }
+
+    #[test]
+    fn q4_0_q8_0_matches_scalar() {
+        let (dp, mm) = announce("q4_0_q8_0", true);
+        for_cases(0x9e37_79b9_7f4a_7c15, q4_0_row, q8_0_row, |what, x, y| {
+            let want = |i: usize, j: usize| q4_0::vec_dot_q4_0_q8_0(x[i], y[j]);
+            let m = |i: usize, j: usize| mag_q4_0(x[i], y[j]);
+            // SAFETY: baseline NEON needs nothing beyond aarch64.
+            let got = unsafe { vec_dot_q4_0_q8_0_neon(x[0], y[0]) };
+            check(&format!("neon {what}"), got, want(0, 0), m(0, 0));
+            if dp {
+                // SAFETY: dotprod was detected.
+                let got = unsafe { vec_dot_q4_0_q8_0_dotprod(x[0], y[0]) };
+                check(&format!("dotprod {what}"), got, want(0, 0), m(0, 0));
+            }
+            if mm {
+                // SAFETY: i8mm was detected.
+                let got = unsafe { vec_dot_q4_0_q8_0_i8mm_2x2(x[0], x[1], y[0], y[1]) };
+                for (k, (i, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    check(
+                        &format!("i8mm ({i},{j}) {what}"),
+                        got[k],
+                        want(i, j),
+                        m(i, j),
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn q4_1_q8_1_matches_scalar() {
+        let (dp, mm) = announce("q4_1_q8_1", true);
+        for_cases(0x0123_4567_89ab_cdef, q4_1_row, q8_1_row, |what, x, y| {
+            let want = |i: usize, j: usize| q4_1::vec_dot_q4_1_q8_1(x[i], y[j]);
+            let m = |i: usize, j: usize| mag_q4_1(x[i], y[j]);
+            // SAFETY: baseline NEON needs nothing beyond aarch64.
+            let got = unsafe { vec_dot_q4_1_q8_1_neon(x[0], y[0]) };
+            check(&format!("neon {what}"), got, want(0, 0), m(0, 0));
+            if dp {
+                // SAFETY: dotprod was detected.
+                let got = unsafe { vec_dot_q4_1_q8_1_dotprod(x[0], y[0]) };
+                check(&format!("dotprod {what}"), got, want(0, 0), m(0, 0));
+            }
+            if mm {
+                // SAFETY: i8mm was detected.
+                let got = unsafe { vec_dot_q4_1_q8_1_i8mm_2x2(x[0], x[1], y[0], y[1]) };
+                for (k, (i, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    check(
+                        &format!("i8mm ({i},{j}) {what}"),
+                        got[k],
+                        want(i, j),
+                        m(i, j),
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn q8_0_q8_0_matches_scalar() {
+        let (dp, mm) = announce("q8_0_q8_0", true);
+        for_cases(0xdead_beef_cafe_f00d, q8_0_row, q8_0_row, |what, x, y| {
+            let want = |i: usize, j: usize| q8::vec_dot_q8_0_q8_0(x[i], y[j]);
+            let m = |i: usize, j: usize| mag_q8_0(x[i], y[j]);
+            // SAFETY: baseline NEON needs nothing beyond aarch64.
+            let got = unsafe { vec_dot_q8_0_q8_0_neon(x[0], y[0]) };
+            check(&format!("neon {what}"), got, want(0, 0), m(0, 0));
+            if dp {
+                // SAFETY: dotprod was detected.
+                let got = unsafe { vec_dot_q8_0_q8_0_dotprod(x[0], y[0]) };
+                check(&format!("dotprod {what}"), got, want(0, 0), m(0, 0));
+            }
+            if mm {
+                // SAFETY: i8mm was detected.
+                let got = unsafe { vec_dot_q8_0_q8_0_i8mm_2x2(x[0], x[1], y[0], y[1]) };
+                for (k, (i, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    check(
+                        &format!("i8mm ({i},{j}) {what}"),
+                        got[k],
+                        want(i, j),
+                        m(i, j),
+                    );
+                }
+            }
+        });
+    }
+
+    /// Exact small cases: the integer dot must be bit-exact (one block, scales 1).
+    #[test]
+    fn single_block_integer_dot_is_exact() {
+        let (dp, mm) = announce("single_block_integer_dot_is_exact", true);
+        let one = F16Le::new(1.0);
+        let x = [BlockQ4_0 {
+            d: one,
+            qs: core::array::from_fn(|j| (j as u8) | ((15 - j as u8) << 4)),
+        }];
+        let y = [BlockQ8_0 {
+            d: one,
+            qs: core::array::from_fn(|j| if j % 3 == 0 { -128 } else { 127 - j as i8 }),
+        }];
+        let want = q4_0::vec_dot_q4_0_q8_0(&x, &y);
+        // SAFETY: baseline NEON needs nothing beyond aarch64.
+        assert_eq!(unsafe { vec_dot_q4_0_q8_0_neon(&x, &y) }, want);
+        if dp {
+            // SAFETY: dotprod was detected.
+            assert_eq!(unsafe { vec_dot_q4_0_q8_0_dotprod(&x, &y) }, want);
+        }
+        if mm {
+            // SAFETY: i8mm was detected.
+            let got = unsafe { vec_dot_q4_0_q8_0_i8mm_2x2(&x, &x, &y, &y) };
+            assert_eq!(got, [want; 4]);
+        }
+    }
+
+    #[test]
+    fn zero_blocks_give_zero() {
+        let (dp, mm) = announce("zero_blocks_give_zero", true);
+        let x = vec![BlockQ8_0::zeroed(); 7];
+        // SAFETY: baseline NEON needs nothing beyond aarch64.
+        assert_eq!(unsafe { vec_dot_q8_0_q8_0_neon(&x, &x) }, 0.0);
+        if dp {
+            // SAFETY: dotprod was detected.
+            assert_eq!(unsafe { vec_dot_q8_0_q8_0_dotprod(&x, &x) }, 0.0);
+        }
+        if mm {
+            // SAFETY: i8mm was detected.
+            assert_eq!(
+                unsafe { vec_dot_q8_0_q8_0_i8mm_2x2(&x, &x, &x, &x) },
+                [0.0; 4]
+            );
+        }
+        // SAFETY: baseline NEON needs nothing beyond aarch64.
+        assert_eq!(unsafe { vec_dot_q8_0_q8_0_neon(&[], &[]) }, 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "block counts differ")]
+    fn length_mismatch_panics() {
+        let x = vec![BlockQ8_0::zeroed(); 2];
+        // SAFETY: baseline NEON needs nothing beyond aarch64.
+        unsafe { vec_dot_q8_0_q8_0_neon(&x, &x[..1]) };
+    }
+
+    /// `EXPLLM_EXPECT_KERNEL` (`neon`, `neon-dotprod`, `neon-i8mm`) pins the features the CPU
+    /// (under qemu: its `-cpu`) must have, so CI under the wrong CPU fails instead of
+    /// skipping the dotprod / i8mm kernels. Unset: nothing to check (prints a note).
+    #[test]
+    fn paths_match_qemu_cpu() {
+        let (dp, mm) = (dotprod(), i8mm());
+        println!("paths_match_qemu_cpu: dotprod={dp} i8mm={mm}");
+        let Ok(want) = std::env::var("EXPLLM_EXPECT_KERNEL") else {
+            println!("paths_match_qemu_cpu: EXPLLM_EXPECT_KERNEL unset, not checked");
+            return;
+        };
+        let expected = match want.as_str() {
+            "neon" => (false, false),
+            "neon-dotprod" => (true, false),
+            "neon-i8mm" => (true, true),
+            other => {
+                panic!("EXPLLM_EXPECT_KERNEL={other:?}: expected neon, neon-dotprod or neon-i8mm")
+            }
+        };
+        assert_eq!(
+            (dp, mm),
+            expected,
+            "EXPLLM_EXPECT_KERNEL={want} but detected (dotprod, i8mm) = {:?}; features {:?}",
+            (dp, mm),
+            crate::kernels::cpu_features()
+        );
+    }
+}

@@ -9,7 +9,6 @@
 //! field changes meaning or goes away (adding a field does not bump it).
 
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Mutex;
 
@@ -121,11 +120,6 @@ impl Publisher {
     /// Refuse every later message (after `offline`, nothing may be published).
     pub fn seal(&self) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
-    }
-
-    /// Full topic string, e.g. `expllm/cam0/status`.
-    pub fn topic(&self, t: Topic) -> String {
-        format!("{}{}", self.base, t.as_str())
     }
 
     /// Serialise `payload` and write it as one line. After the reader has gone (EPIPE) every
@@ -242,13 +236,51 @@ pub struct ExpressionMsg<'a> {
     pub face_id: u32,
     pub label: &'static str,
     pub score: f32,
-    pub scores: BTreeMap<&'static str, f32>,
+    pub scores: LabelScores<'a>,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
-    pub aus: BTreeMap<&'static str, AuValue>,
+    pub aus: AuMap<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<&'a str>,
     pub latency_ms: FrameLatency,
+}
+
+/// Per-label probabilities, serialised as `{"angry": p, …}` straight from the classifier's
+/// array (no map built per face per frame).
+#[derive(Debug, Clone, Copy)]
+pub struct LabelScores<'a>(pub &'a [f32; 7]);
+
+impl Serialize for LabelScores<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(7))?;
+        for (k, v) in LABELS.iter().zip(self.0) {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// AU intensities, serialised as `{"AU1": {"i": …, "letter": "B"}, …}` in [`crate::au::AUS`]
+/// order straight from the array.
+#[derive(Debug, Clone, Copy)]
+pub struct AuMap<'a>(pub &'a crate::au::AuIntensities);
+
+impl Serialize for AuMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.0.len()))?;
+        for (au, &i) in crate::au::AUS.iter().zip(self.0) {
+            m.serialize_entry(
+                au.key(),
+                &AuValue {
+                    i,
+                    letter: crate::au::facs_letter(i),
+                },
+            )?;
+        }
+        m.end()
+    }
 }
 
 /// One AU's intensity in [0, 1] and its FACS letter (A–E), or `-` below trace.

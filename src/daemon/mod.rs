@@ -18,12 +18,11 @@ use crate::capture::{CaptureError, Source};
 use crate::cot::{CotJob, CotStage};
 use crate::frame::{now_ms, Frame, FramePool};
 use crate::publish::{
-    AuValue, CotLatency, CotMsg, Counts, ExpressionMsg, FrameLatency, FrameMsg, PublishError,
-    Publisher, RunInfo, StatusMsg, Topic, LABELS, SCHEMA_VERSION,
+    AuMap, CotLatency, CotMsg, Counts, ExpressionMsg, FrameLatency, FrameMsg, LabelScores,
+    PublishError, Publisher, RunInfo, StatusMsg, Topic, LABELS, SCHEMA_VERSION,
 };
 use crate::vision::{FaceObservation, VisionStage};
 use queue::{BoundedQueue, Pop};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -380,21 +379,9 @@ fn process_frame(
             face_id: face.face_id,
             label,
             score: face.scores.get(face.label).copied().unwrap_or(0.0),
-            scores: LABELS.iter().copied().zip(face.scores).collect(),
+            scores: LabelScores(&face.scores),
             bbox: face.bbox,
-            aus: crate::au::AUS
-                .iter()
-                .zip(face.aus)
-                .map(|(au, i)| {
-                    (
-                        au.key(),
-                        AuValue {
-                            i,
-                            letter: crate::au::facs_letter(i),
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>(),
+            aus: AuMap(&face.aus),
             file,
             latency_ms: lat,
         };

@@ -225,6 +225,8 @@ fn file_input_is_lossless_and_brackets_frames_with_online_and_offline() {
     assert_eq!(e["scores"][LABELS[3]].as_f64().unwrap() as f32, 0.9);
     assert_eq!(e["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
     assert_eq!(e["aus"]["AU12"]["letter"], "C");
+    assert_eq!(e["scores"].as_object().unwrap().len(), 7);
+    assert_eq!(e["aus"].as_object().unwrap().len(), crate::au::N_AUS);
 }
 
 #[test]

@@ -89,6 +89,18 @@ impl Picker {
         s: &Sampler,
         rng: &mut Rng,
     ) -> Result<u32> {
+        if allowed.is_none() && s.temperature <= 0.0 {
+            // Unconstrained greedy (the common case per token): argmax in place, no copy of
+            // the vocabulary; the first (lowest) id wins a tie.
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            ensure!(!logits.is_empty(), "no logits");
+            return Ok(best as u32);
+        }
         self.cand.clear();
         match allowed {
             Some(a) => {

@@ -294,21 +294,6 @@ impl Model {
         &self.file.bytes()[w.offset..w.offset + w.len]
     }
 
-    /// Bytes of weights read per token (all matrices; the embedding contributes one row).
-    pub fn weight_bytes_per_token(&self) -> usize {
-        let l: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down]
-                    .iter()
-                    .map(|w| w.len)
-                    .sum::<usize>()
-            })
-            .sum();
-        l + self.output.len + self.tok_embd.len / self.tok_embd.rows.max(1)
-    }
-
     /// A fresh sequence state whose KV cache may grow to `max_ctx` positions (capped at the
     /// model's training context).
     pub fn new_state(&self, max_ctx: usize) -> State {

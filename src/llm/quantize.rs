@@ -32,8 +32,8 @@ pub fn quantize_file(
         None => metadata.push(("general.file_type".into(), MetaValue::U32(ftype))),
     }
     let n = g.tensors().len();
-    let mut converted: Vec<Vec<u8>> = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
+    // `None`: unchanged, written straight from the map.
+    let mut converted: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
     let mut row = Vec::new();
     for (i, t) in g.tensors().iter().enumerate() {
         progress(i, n, &t.name);
@@ -51,11 +51,9 @@ pub fn quantize_file(
                 quants::quantize_row(target, &row, &mut out[r * out_row..(r + 1) * out_row])
                     .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
             }
-            converted.push(out);
-            types.push(target);
+            converted.push(Some(out));
         } else {
-            converted.push(Vec::new()); // unchanged: written straight from the map
-            types.push(t.ty);
+            converted.push(None);
         }
     }
     progress(n, n, "");
@@ -63,14 +61,9 @@ pub fn quantize_file(
         .tensors()
         .iter()
         .zip(&converted)
-        .zip(&types)
-        .map(|((t, c), ty)| {
-            let data: &[u8] = if c.is_empty() && t.n_bytes > 0 {
-                g.tensor_data(t)
-            } else {
-                c
-            };
-            (t.name.clone(), t.dims.clone(), *ty, data)
+        .map(|(t, c)| match c {
+            Some(data) => (t.name.clone(), t.dims.clone(), target, data.as_slice()),
+            None => (t.name.clone(), t.dims.clone(), t.ty, g.tensor_data(t)),
         })
         .collect();
     write_gguf(output, &metadata, &tensors)

@@ -6,6 +6,7 @@
 //! connect them; [`cli`] builds a pipeline from flags.
 
 pub mod au;
+pub mod bench;
 pub mod board;
 pub mod capture;
 pub mod cli;

@@ -56,6 +56,9 @@ pub struct GenerateArgs {
     /// Print token ids instead of text.
     #[arg(long)]
     ids: bool,
+    /// Compute threads for the matmuls, this one included (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +91,9 @@ pub fn run(cmd: LlmCommand) -> Result<ExitCode> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
+    if let Some(t) = a.threads {
+        crate::kernels::pool::set_threads(t as usize);
+    }
     let model = Model::load(&a.model)?;
     let tok = Tokenizer::new(TokenizerSpec::from_gguf(model.gguf())?).context("tokenizer")?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -2,6 +2,7 @@
 //! only calls [`main`]. Must not contain pipeline logic: it wires sources, stages and the
 //! publisher together and maps outcomes to exit codes.
 
+mod bench;
 mod llm;
 
 use crate::board::Board;
@@ -67,8 +68,10 @@ cannot be opened or fails for good."
     /// GGUF language models: generate, info, quantize.
     #[command(subcommand)]
     Llm(llm::LlmCommand),
-    /// [not yet implemented: issue #7] Latency benchmark per stage on a camera or the bundled input.
-    Bench(StubArgs),
+    /// Benchmarks on this machine. `--stage llm`: decode and prefill tokens/s per kernel path and
+    /// thread count, the memory-bandwidth roofline, per-matrix-shape matvec GB/s. The
+    /// end-to-end pipeline benchmark (no --stage) lands with issue #7.
+    Bench(bench::BenchArgs),
     /// [not yet implemented: issue #6] Evaluate labels and chains of thought on labelled images.
     Eval(StubArgs),
     /// Model files: list them, verify their sha256, fetch them (from a source checkout).
@@ -231,7 +234,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Run(a) => run(a),
         Command::Infer(a) => infer(a),
         Command::Llm(c) => llm::run(c),
-        Command::Bench(_) => stub("bench", "#7 (on-device benchmark)"),
+        Command::Bench(a) => bench::run(a),
         Command::Eval(_) => stub("eval", "#6 (Exp-CoT)"),
         Command::Models(c) => models_cmd(c),
     }
@@ -349,6 +352,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         .map(|t| t as usize)
         .or(board.as_ref().map(|b| b.threads))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = crate::kernels::pool::set_threads(threads);
     let vision = vision_stage();
     let info = RunInfo {
         version: env!("CARGO_PKG_VERSION"),

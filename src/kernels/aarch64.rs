@@ -10,18 +10,22 @@
 //! [`KernelPath`](crate::kernels::KernelPath)) and only then calls the `_dotprod` / `_i8mm`
 //! functions.
 //!
-//! **Exactness.** Each block's integer dot is computed exactly in i32 lanes (at most
-//! 32·128·128 = 2^19 in magnitude, so every lane converts to f32 exactly); only the f32 scale
-//! products and the order of the f32 additions differ from the scalar reference
-//! ([`crate::kernels::quants`]): per block, each of the four i32 lanes is multiplied by
-//! `dx·dy` and accumulated in f32 vectors (two of them, even and odd blocks, like ggml), then
-//! summed horizontally.
+//! **Exactness.** Every kernel here is **bit-identical** to the scalar reference
+//! ([`crate::kernels::quants`]) and so to the x86 paths: each block's integer dot is computed
+//! exactly in i32 lanes (at most 32·128·128 = 2^19 in magnitude, so it converts to f32
+//! exactly), the f32 term of each block is the reference's expression (`vmulq`/`vaddq`, never
+//! fused), and the terms are summed in the reference's block-striped order
+//! ([`lane_total`]): eight blocks at a time, blocks 0..4 of the chunk in one `float32x4_t` and
+//! 4..8 in another, the last `n % 8` blocks in scalar f32 into lanes `0..n % 8`. A model gives
+//! the same tokens on a Pi 4, a Pi 5, a Graviton and an x86 machine.
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
 use core::arch::aarch64::*;
 
-use crate::kernels::quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::kernels::quants::{
+    lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, F16Le, LANES,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Loads and the two ways of computing a 4-lane i8 dot product
@@ -99,6 +103,10 @@ fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // `_dotprod` functions, whose callers guarantee dotprod (their `# Safety` contract).
     unsafe {
         core::arch::asm!(
+            // The directive lets the assembler accept `sdot` in code LLVM emits outside the
+            // `dotprod` functions' own bodies (their inlined closures); whether it may run
+            // is the callers' contract above, not the assembler's.
+            ".arch_extension dotprod",
             "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
             inout(vreg) acc,
             in(vreg) a,
@@ -118,6 +126,7 @@ fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // `_i8mm` functions, whose callers guarantee i8mm (their `# Safety` contract).
     unsafe {
         core::arch::asm!(
+            ".arch_extension i8mm",
             "smmla {0:v}.4s, {1:v}.16b, {2:v}.16b",
             inout(vreg) acc,
             in(vreg) a,
@@ -175,48 +184,150 @@ fn isum(v: int32x4_t) -> i32 {
     unsafe { vaddvq_s32(v) }
 }
 
-// The float part of each kernel repeats the scalar reference's expression, block by block and
-// in the same order (`quants::q4_0::vec_dot_q4_0_q8_0` etc.; Rust never fuses a·b + c), and
-// the integer part is exact, so every NEON path is bit-identical to the scalar one: a model
-// gives the same tokens on a Pi 4, a Pi 5 and an x86 machine.
+/// The exact sums of four blocks' i32 lanes, `[Σv0, Σv1, Σv2, Σv3]`, as f32 (exact: ≤ 2^19).
+#[inline(always)]
+fn block_sums_4(v: [int32x4_t; 4]) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 baseline. `vpaddq` adds adjacent pairs.
+    unsafe {
+        let s = vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]));
+        vcvtq_f32_s32(s)
+    }
+}
+
+/// Four f16 scales to f32 with `fcvtl` (exact; NaNs quieted with their payload, like
+/// [`F16Le::get`]). Through `asm!` because `vcvt_f32_f16` needs the unstable `f16` type.
+#[inline(always)]
+fn f16x4(h: [F16Le; 4]) -> float32x4_t {
+    let bits: [u16; 4] = h.map(|h| u16::from_le_bytes(h.0));
+    // SAFETY: `bits` is 8 readable bytes for `vld1_u16`; `fcvtl` is base AArch64 (no FP16
+    // extension needed for conversions), register-only, no memory, stack or flags.
+    unsafe {
+        let v = vld1_u16(bits.as_ptr());
+        let out: float32x4_t;
+        core::arch::asm!(
+            "fcvtl {0:v}.4s, {1:v}.4h",
+            out(vreg) out,
+            in(vreg) v,
+            options(pure, nomem, nostack)
+        );
+        out
+    }
+}
+
+#[inline(always)]
+fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe { vmulq_f32(a, b) }
+}
+
+#[inline(always)]
+fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe { vaddq_f32(a, b) }
+}
+
+/// The reference's block-striped sum (see the module doc): `quad` gives the f32 terms of four
+/// consecutive blocks (in lane order), `tail` one block's term in scalar f32.
+#[inline(always)]
+fn striped<X, Y>(
+    x: &[X],
+    y: &[Y],
+    quad: impl Fn(&[X; 4], &[Y; 4]) -> float32x4_t,
+    tail: impl Fn(&X, &Y) -> f32,
+) -> f32 {
+    let (xc, xr) = x.as_chunks::<8>();
+    let (yc, yr) = y.as_chunks::<8>();
+    let (mut lo, mut hi) = (zero_f32(), zero_f32());
+    for (xc, yc) in xc.iter().zip(yc) {
+        let (x0, x1) = xc.split_at(4);
+        let (y0, y1) = yc.split_at(4);
+        lo = add(lo, quad(x0.try_into().unwrap(), y0.try_into().unwrap()));
+        hi = add(hi, quad(x1.try_into().unwrap(), y1.try_into().unwrap()));
+    }
+    let mut l = [0f32; LANES];
+    // SAFETY: `l` is 8 writable f32, the stores write 0..4 and 4..8.
+    unsafe {
+        vst1q_f32(l.as_mut_ptr(), lo);
+        vst1q_f32(l.as_mut_ptr().add(4), hi);
+    }
+    for (k, (xb, yb)) in xr.iter().zip(yr).enumerate() {
+        l[k] += tail(xb, yb);
+    }
+    lane_total(&l)
+}
+
+// The float part of each kernel repeats the scalar reference's expression per block
+// (`quants::q4_0::vec_dot_q4_0_q8_0` etc.; `vmulq`/`vaddq`, never fused) and its summation
+// order, and the integer part is exact, so every NEON path is bit-identical to the scalar one.
 
 #[inline(always)]
 fn q4_0_q8_0<D: Dot>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        sumf += isum(q4_0_block::<D>(xb, yb)) as f32 * xb.d.get() * yb.d.get();
-    }
-    sumf
+    striped(
+        x,
+        y,
+        |x, y| {
+            let s = block_sums_4(core::array::from_fn(|k| q4_0_block::<D>(&x[k], &y[k])));
+            mul(
+                mul(s, f16x4(x.each_ref().map(|b| b.d))),
+                f16x4(y.each_ref().map(|b| b.d)),
+            )
+        },
+        |xb, yb| isum(q4_0_block::<D>(xb, yb)) as f32 * xb.d.get() * yb.d.get(),
+    )
 }
 
 #[inline(always)]
 fn q4_1_q8_1<D: Dot>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        sumf += (xb.d.get() * yb.d.get()) * isum(q4_1_block::<D>(xb, yb)) as f32
-            + xb.m.get() * yb.s.get();
-    }
-    sumf
+    striped(
+        x,
+        y,
+        |x, y| {
+            let s = block_sums_4(core::array::from_fn(|k| q4_1_block::<D>(&x[k], &y[k])));
+            let dd = mul(
+                f16x4(x.each_ref().map(|b| b.d)),
+                f16x4(y.each_ref().map(|b| b.d)),
+            );
+            let ms = mul(
+                f16x4(x.each_ref().map(|b| b.m)),
+                f16x4(y.each_ref().map(|b| b.s)),
+            );
+            add(mul(dd, s), ms)
+        },
+        |xb, yb| {
+            (xb.d.get() * yb.d.get()) * isum(q4_1_block::<D>(xb, yb)) as f32
+                + xb.m.get() * yb.s.get()
+        },
+    )
 }
 
 #[inline(always)]
 fn q8_0_q8_0<D: Dot>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        sumf += isum(q8_0_block::<D>(xb, yb)) as f32 * (xb.d.get() * yb.d.get());
-    }
-    sumf
+    striped(
+        x,
+        y,
+        |x, y| {
+            let s = block_sums_4(core::array::from_fn(|k| q8_0_block::<D>(&x[k], &y[k])));
+            mul(
+                s,
+                mul(
+                    f16x4(x.each_ref().map(|b| b.d)),
+                    f16x4(y.each_ref().map(|b| b.d)),
+                ),
+            )
+        },
+        |xb, yb| isum(q8_0_block::<D>(xb, yb)) as f32 * (xb.d.get() * yb.d.get()),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Baseline NEON
 
-/// Q4_0 · Q8_0 with baseline NEON (no dotprod); same result as
-/// [`vec_dot_q4_0_q8_0`](crate::kernels::quants::q4_0::vec_dot_q4_0_q8_0) up to f32 rounding
-/// order (see the module doc).
+/// Q4_0 · Q8_0 with baseline NEON (no dotprod); bit-identical to
+/// [`vec_dot_q4_0_q8_0`](crate::kernels::quants::q4_0::vec_dot_q4_0_q8_0) (see the module
+/// doc).
 ///
 /// # Safety
 /// None beyond aarch64 (NEON is part of the baseline); `unsafe` only for a uniform kernel
@@ -325,12 +436,13 @@ fn mmla_2x2(
     acc
 }
 
-/// The four scale products `[dx0·dy0, dx0·dy1, dx1·dy0, dx1·dy1]`.
+/// `[a0, a0, a1, a1]` and `[b0, b1, b0, b1]`: the row and column operands of the four pairs
+/// `[x0·y0, x0·y1, x1·y0, x1·y1]` that `smmla` computes.
 #[inline(always)]
-fn scales_2x2(dx0: f32, dx1: f32, dy0: f32, dy1: f32) -> float32x4_t {
-    let s = [dx0 * dy0, dx0 * dy1, dx1 * dy0, dx1 * dy1];
-    // SAFETY: `s` is 4 readable f32; `vld1q_f32` has no alignment requirement beyond f32's.
-    unsafe { vld1q_f32(s.as_ptr()) }
+fn rows_cols(a0: f32, a1: f32, b0: f32, b1: f32) -> (float32x4_t, float32x4_t) {
+    let (r, c) = ([a0, a0, a1, a1], [b0, b1, b0, b1]);
+    // SAFETY: `r`, `c` are 4 readable f32 each; NEON is part of the aarch64 baseline.
+    unsafe { (vld1q_f32(r.as_ptr()), vld1q_f32(c.as_ptr())) }
 }
 
 #[inline(always)]
@@ -342,14 +454,28 @@ fn store_2x2(v: float32x4_t) -> [f32; 4] {
 }
 
 #[inline(always)]
-fn mla_2x2(sum: float32x4_t, acc: int32x4_t, scale: float32x4_t) -> float32x4_t {
-    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
-    unsafe { vmlaq_f32(sum, vcvtq_f32_s32(acc), scale) }
+fn to_f32(v: int32x4_t) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe { vcvtq_f32_s32(v) }
+}
+
+/// The block-striped sums of the four pairs at once: `term(i)` is block `i`'s four f32 terms
+/// `[x0·y0, x0·y1, x1·y0, x1·y1]`, added to the lane vector `i % 8`; each pair's eight lanes
+/// are then reduced by [`lane_total`] — per pair, exactly the one-row order.
+#[inline(always)]
+fn striped_2x2(n: usize, term: impl Fn(usize) -> float32x4_t) -> [f32; 4] {
+    let mut acc = [zero_f32(); LANES];
+    for i in 0..n {
+        acc[i % LANES] = add(acc[i % LANES], term(i));
+    }
+    let v = acc.map(store_2x2);
+    core::array::from_fn(|p| lane_total(&core::array::from_fn(|k| v[k][p])))
 }
 
 /// Two Q4_0 rows · two Q8_0 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`,
-/// each the same as [`vec_dot_q4_0_q8_0_neon`] of that pair up to f32 rounding order (ggml's
-/// `nrc == 2` path of `ggml_vec_dot_q4_0_q8_0`). An odd last row or column is the caller's.
+/// each bit-identical to [`vec_dot_q4_0_q8_0_neon`] of that pair (and to the scalar
+/// reference). Integer part like ggml's `nrc == 2` path of `ggml_vec_dot_q4_0_q8_0`; an odd
+/// last row or column is the caller's.
 ///
 /// # Safety
 /// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
@@ -368,27 +494,26 @@ pub unsafe fn vec_dot_q4_0_q8_0_i8mm_2x2(
         x1.len() == n && y0.len() == n && y1.len() == n,
         "Q4_0 vec_dot 2x2: block counts differ"
     );
-    let mut sum = zero_f32();
-    for i in 0..n {
+    striped_2x2(n, |i| {
         let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
         let (al, ah) = load_nibbles(&a.qs);
         let (bl, bh) = load_nibbles(&b.qs);
         let (cl, ch) = load_q8(&c.qs);
         let (dl, dh) = load_q8(&d.qs);
-        let acc = mmla_2x2(
+        let s = to_f32(mmla_2x2(
             [minus_8(al), minus_8(ah)],
             [minus_8(bl), minus_8(bh)],
             [cl, ch],
             [dl, dh],
-        );
-        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
-        sum = mla_2x2(sum, acc, scale);
-    }
-    store_2x2(sum)
+        ));
+        let (dx, dy) = rows_cols(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        mul(mul(s, dx), dy)
+    })
 }
 
-/// Two Q4_1 rows · two Q8_1 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`
-/// (ggml's `nrc == 2` path of `ggml_vec_dot_q4_1_q8_1`).
+/// Two Q4_1 rows · two Q8_1 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`,
+/// each bit-identical to the one-row kernels (ggml's `nrc == 2` path of
+/// `ggml_vec_dot_q4_1_q8_1` for the integer part).
 ///
 /// # Safety
 /// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
@@ -407,32 +532,22 @@ pub unsafe fn vec_dot_q4_1_q8_1_i8mm_2x2(
         x1.len() == n && y0.len() == n && y1.len() == n,
         "Q4_1 vec_dot 2x2: block counts differ"
     );
-    let mut sum = zero_f32();
-    let mut summs = [0f32; 4];
-    for i in 0..n {
+    striped_2x2(n, |i| {
         let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
-        let (am, bm, cs, ds) = (a.m.get(), b.m.get(), c.s.get(), d.s.get());
-        summs[0] += am * cs;
-        summs[1] += am * ds;
-        summs[2] += bm * cs;
-        summs[3] += bm * ds;
         let (al, ah) = load_nibbles(&a.qs);
         let (bl, bh) = load_nibbles(&b.qs);
         let (cl, ch) = load_q8(&c.qs);
         let (dl, dh) = load_q8(&d.qs);
-        let acc = mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]);
-        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
-        sum = mla_2x2(sum, acc, scale);
-    }
-    let mut out = store_2x2(sum);
-    for (o, m) in out.iter_mut().zip(summs) {
-        *o += m;
-    }
-    out
+        let s = to_f32(mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]));
+        let (dx, dy) = rows_cols(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        let (mx, sy) = rows_cols(a.m.get(), b.m.get(), c.s.get(), d.s.get());
+        add(mul(mul(dx, dy), s), mul(mx, sy))
+    })
 }
 
-/// Two Q8_0 rows · two Q8_0 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`
-/// (ggml's `nrc == 2` path of `ggml_vec_dot_q8_0_q8_0`).
+/// Two Q8_0 rows · two Q8_0 activation columns with `smmla`: `[x0·y0, x0·y1, x1·y0, x1·y1]`,
+/// each bit-identical to the one-row kernels (ggml's `nrc == 2` path of
+/// `ggml_vec_dot_q8_0_q8_0` for the integer part).
 ///
 /// # Safety
 /// The CPU must have i8mm (`std::arch::is_aarch64_feature_detected!("i8mm")`).
@@ -451,18 +566,16 @@ pub unsafe fn vec_dot_q8_0_q8_0_i8mm_2x2(
         x1.len() == n && y0.len() == n && y1.len() == n,
         "Q8_0 vec_dot 2x2: block counts differ"
     );
-    let mut sum = zero_f32();
-    for i in 0..n {
+    striped_2x2(n, |i| {
         let (a, b, c, d) = (&x0[i], &x1[i], &y0[i], &y1[i]);
         let (al, ah) = load_q8(&a.qs);
         let (bl, bh) = load_q8(&b.qs);
         let (cl, ch) = load_q8(&c.qs);
         let (dl, dh) = load_q8(&d.qs);
-        let acc = mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]);
-        let scale = scales_2x2(a.d.get(), b.d.get(), c.d.get(), d.d.get());
-        sum = mla_2x2(sum, acc, scale);
-    }
-    store_2x2(sum)
+        let s = to_f32(mmla_2x2([al, ah], [bl, bh], [cl, ch], [dl, dh]));
+        let (dx, dy) = rows_cols(a.d.get(), b.d.get(), c.d.get(), d.d.get());
+        mul(s, mul(dx, dy))
+    })
 }
 
 #[cfg(test)]
@@ -471,11 +584,8 @@ mod tests {
     //! 33; random, extreme-scale (f16 65504, 6e-8, 0), all-zero and saturated (nibbles
     //! 0x00/0xFF, q8 ±127/−128) blocks.
     //!
-    //! **Tolerance.** The integer part is exact, so the kernels differ from the scalar reference
-    //! only in the f32 rounding of the scale products and the order of the f32 sums (≤ 36
-    //! roundings per term for 33 blocks, ≈ 2.2e-6 relative). We allow
-    //! `|simd − scalar| ≤ 1e-5 · mag + 1e-6`, with
-    //! `mag = Σ_blocks |dx·dy| · Σ_j |qx_j·qy_j|` (+ `Σ_blocks |m·s|` for Q4_1).
+    //! **Exactness.** Every path must give the scalar reference's bits (the module doc says
+    //! why it can): the tests compare `to_bits()`, no tolerance.
     //!
     //! The dotprod / i8mm kernels run only where `is_aarch64_feature_detected!` says so; each
     //! test prints the paths it ran (`--nocapture`), and [`paths_match_qemu_cpu`] fails when
@@ -650,23 +760,14 @@ mod tests {
             .map(|(a, b)| (a.d.get(), b.d.get(), a.qs.map(|q| q as i32), b.qs)))
     }
 
+    /// Every kernel, the 2x2 i8mm ones included, must be bit-identical to the scalar
+    /// reference (same f32 expression per block, same block-striped order, exact integers).
+    /// `mag` is printed to show the size of the numbers compared.
     #[track_caller]
-    /// Single-row kernels must be bit-identical to the scalar reference (same float
-    /// expression, exact integers); the 2x2 i8mm kernels (prefill) are held to a tolerance
-    /// covering float rounding and summation order.
     fn check(what: &str, got: f32, want: f32, mag: f64) {
-        if !what.starts_with("i8mm") {
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{what}: simd {got:e} != scalar {want:e}"
-            );
-            return;
-        }
-        let tol = 1e-5 * mag + 1e-6;
-        let err = (got as f64 - want as f64).abs();
         assert!(
-            got.is_finite() && err <= tol,
-            "{what}: simd {got:e}, scalar {want:e}, |diff| {err:e} > tol {tol:e}"
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{what}: simd {got:e} != scalar {want:e} (magnitude {mag:e})"
         );
     }
 

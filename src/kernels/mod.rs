@@ -7,6 +7,7 @@
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod ggml_type;
+pub mod pool;
 pub mod quants;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -66,6 +67,7 @@ impl KernelPath {
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return KernelPath::Avx2;
             }
@@ -91,7 +93,7 @@ impl KernelPath {
         let f = cpu_features();
         match self {
             KernelPath::Scalar => true,
-            KernelPath::Avx2 => f.contains(&"avx2") && f.contains(&"fma"),
+            KernelPath::Avx2 => f.contains(&"avx2") && f.contains(&"fma") && f.contains(&"f16c"),
             KernelPath::NeonI8mm => f.contains(&"i8mm") && f.contains(&"dotprod"),
             p => f.contains(&p.required_feature()),
         }

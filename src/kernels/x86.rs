@@ -9,32 +9,36 @@
 //!   ggml's `_mm256_sign_epi8` trick (wrong for a quant of -128) nor a saturating
 //!   `maddubs` of two signed operands; unsigned 4/6-bit quants go through `maddubs`
 //!   (products ≤ 2·63·128, no saturation), signed 8-bit pairs through `madd_epi16`.
-//! * The float part is done in the reference's order of f32 operations, without FMA
-//!   contraction: Q4_0/Q4_1/Q8_0 reduce each block's i32 sum and then accumulate the block's
-//!   scaled sum into one f32 left to right like the reference; Q4_K/Q6_K keep the reference's
-//!   eight f32 lane sums (element `i` in lane `i % 8`) by permuting the bytes of each
-//!   32-element chunk so that the pairs `maddubs`/`madd` add up belong to the same lane.
+//! * The float part uses the reference's f32 expression per block, without FMA contraction.
+//!   Q4_0/Q4_1/Q8_0 take eight blocks at a time: their exact i32 sums (one `hadd` tree for
+//!   the eight, [`block_sums_8`]) and F16C-converted scales give the eight block terms in one
+//!   vector, which is added to eight f32 lanes — the reference's block-striped order
+//!   ([`lane_total`]); the last `n % 8` blocks are added in scalar f32 to lanes `0..n % 8`.
+//!   Q4_K/Q6_K keep the reference's eight f32 lane sums (element `i` in lane `i % 8`) by
+//!   permuting the bytes of each 32-element chunk so that the pairs `maddubs`/`madd` add up
+//!   belong to the same lane.
 //! * The quantizers round half away from zero like `roundf` (not ggml's SIMD ties-to-even)
 //!   and saturate like Rust's `as i8`, so their bytes equal `quantize_row_q8_0`/`_q8_1`'s.
 //!
-//! `target_feature(enable = "avx2,fma")` is on every public function (FMA is not used, but the
-//! dispatcher's contract is "avx2 and fma"). Each `unsafe` block inside has the same
-//! invariant: the function was entered only on a CPU with AVX2 and FMA (the caller's contract),
-//! and every pointer handed to a load/store intrinsic points into a block struct or slice
-//! element that is in bounds for the whole width of the access (all loads/stores are the
-//! unaligned `loadu`/`storeu` forms, as the block structs have alignment 1).
+//! `target_feature(enable = "avx2,fma,f16c")` is on every function (FMA is not used, but the
+//! dispatcher's contract is "avx2, fma and f16c", which every AVX2 CPU has). Each `unsafe`
+//! block inside has the same invariant: the function was entered only on a CPU with those
+//! features (the caller's contract), and every pointer handed to a load/store intrinsic points
+//! into a block struct or slice element that is in bounds for the whole width of the access
+//! (all loads/stores are the unaligned `loadu`/`storeu` forms, as the block structs have
+//! alignment 1).
 
 use core::arch::x86_64::*;
 
 use super::quants::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le,
+    lane_total, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le,
 };
 
 const QK: usize = 32;
 
 /// Horizontal sum of 8 i32 lanes (wrapping, exact for the ranges here).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum_i32_8(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -66,7 +70,7 @@ fn f16(h: F16Le) -> f32 {
 /// Load 16 packed nibble bytes as 32 bytes: low nibbles (elements 0..16), then high nibbles
 /// (elements 16..32), each 0..=15.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
     let q = _mm_loadu_si128(p.as_ptr().cast());
     let m4 = _mm_set1_epi8(0x0f);
@@ -78,34 +82,9 @@ unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
 /// Σ u·s over 32 byte pairs as 8 i32 lanes; `u` (unsigned) must be ≤ 127 so the i16 pair
 /// sums of `maddubs` (≤ 2·127·128) cannot saturate.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-}
-
-/// `f16` of 8 halves at once (bit-identical to it, NaNs included).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
-    // SAFETY: AVX2 by contract; `h` is 16 bytes.
-    let h = unsafe { _mm256_cvtepu16_epi32(_mm_loadu_si128(h.as_ptr().cast())) };
-    let em = _mm256_and_si256(h, _mm256_set1_epi32(0x7fff));
-    let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)));
-    let v = _mm256_mul_ps(
-        _mm256_castsi256_ps(_mm256_slli_epi32::<13>(em)),
-        _mm256_set1_ps(f32::from_bits(0x7780_0000)),
-    );
-    let special = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7bff));
-    let nan = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7c00));
-    let sp = _mm256_or_si256(
-        _mm256_or_si256(
-            _mm256_set1_epi32(0x7f80_0000),
-            _mm256_and_si256(nan, _mm256_set1_epi32(0x0040_0000)),
-        ),
-        _mm256_slli_epi32::<13>(_mm256_and_si256(em, _mm256_set1_epi32(0x3ff))),
-    );
-    let bits = _mm256_blendv_epi8(_mm256_castps_si256(v), sp, special);
-    _mm256_castsi256_ps(_mm256_or_si256(bits, sign))
 }
 
 #[inline(always)]
@@ -113,141 +92,195 @@ fn h16(h: F16Le) -> u16 {
     u16::from_le_bytes(h.0)
 }
 
-/// Add the first `n` lanes of `v` to `sumf`, left to right (the reference's block order).
+/// The eight block sums `[Σv0, …, Σv7]` of eight blocks' i32 partial sums (exact: wrapping
+/// i32 adds of values ≤ 2^19 in magnitude). Six `hadd`s, two permutes and an add for eight
+/// blocks, instead of a horizontal reduction per block.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn add_lanes(sumf: &mut f32, v: __m256, n: usize) {
-    // SAFETY: AVX2 by contract.
-    for &p in &unsafe { lanes(v) }[..n] {
-        *sumf += p;
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
+    // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
+    let a01 = _mm256_hadd_epi32(v[0], v[1]);
+    let a23 = _mm256_hadd_epi32(v[2], v[3]);
+    let a45 = _mm256_hadd_epi32(v[4], v[5]);
+    let a67 = _mm256_hadd_epi32(v[6], v[7]);
+    // [Σv0.lo, Σv1.lo, Σv2.lo, Σv3.lo | Σv0.hi, …, Σv3.hi] and the same for v4..v7.
+    let b0 = _mm256_hadd_epi32(a01, a23);
+    let b1 = _mm256_hadd_epi32(a45, a67);
+    let lo = _mm256_permute2x128_si256::<0x20>(b0, b1);
+    let hi = _mm256_permute2x128_si256::<0x31>(b0, b1);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Eight f16 scales to f32 (F16C `vcvtph2ps`: exact, the same bits as [`F16Le::get`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
+    // SAFETY: F16C by contract; `h` is 16 bytes.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())) }
+}
+
+/// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
+/// [`lane_total`]: whole chunks of eight blocks go through `chunk` (which returns the eight
+/// f32 block terms, block `k` of the chunk in lane `k`, and is added to the lane vector);
+/// the last `n % 8` blocks go through `tail` (one block's f32 term, the same expression in
+/// scalar f32) into lanes `0..n % 8`, after every whole chunk — the reference's order.
+#[inline(always)]
+fn striped<X, Y>(
+    x: &[X],
+    y: &[Y],
+    chunk: impl Fn(&[X; 8], &[Y; 8]) -> __m256,
+    tail: impl Fn(&X, &Y) -> f32,
+) -> f32 {
+    let (xc, xr) = x.as_chunks::<8>();
+    let (yc, yr) = y.as_chunks::<8>();
+    // SAFETY: the callers are `avx2,fma,f16c` functions entered only on such a CPU.
+    let mut acc = unsafe { _mm256_setzero_ps() };
+    for (xc, yc) in xc.iter().zip(yc) {
+        // SAFETY: as above.
+        acc = unsafe { _mm256_add_ps(acc, chunk(xc, yc)) };
+    }
+    // SAFETY: as above.
+    let mut l = unsafe { lanes(acc) };
+    for (k, (xb, yb)) in xr.iter().zip(yr).enumerate() {
+        l[k] += tail(xb, yb);
+    }
+    lane_total(&l)
+}
+
+/// `Σ (q − 8)·a` of one Q4_0 × Q8_0 block as eight i32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_block(x: &BlockQ4_0, y: &BlockQ8_0) -> __m256i {
+    // SAFETY: AVX2 by contract; the loads cover exactly the 16/32-byte `qs` arrays.
+    unsafe {
+        let q = bytes_from_nibbles_32(&x.qs);
+        let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
+        // Σ (q − 8)·a = Σ q·a − 8·Σ a, both exact in i16 pairs (≤ 2·15·128, 2·8·128).
+        let qa = _mm256_maddubs_epi16(q, a);
+        let a8 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a);
+        _mm256_madd_epi16(_mm256_sub_epi16(qa, a8), _mm256_set1_epi16(1))
     }
 }
 
-/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`].
-///
-/// Eight blocks at a time: their exact i32 sums and f16 scales are gathered, the products
-/// `(sumi · dx) · dy` are formed in one vector (the same f32 roundings as the reference), and
-/// added to the total one block after another.
+/// `Σ q·a` of one Q4_1 × Q8_1 block as eight i32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_block(x: &BlockQ4_1, y: &BlockQ8_1) -> __m256i {
+    // SAFETY: AVX2 by contract; the loads cover exactly the 16/32-byte `qs` arrays.
+    unsafe {
+        let q = bytes_from_nibbles_32(&x.qs);
+        let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
+        dot_u8_i8(q, a)
+    }
+}
+
+/// `Σ x·y` of two Q8_0 blocks as eight i32 partial sums (exact for any i8, -128 included).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
+    // SAFETY: AVX2 by contract; the four 16-byte loads cover the two 32-byte `qs`.
+    unsafe {
+        let xp = x.qs.as_ptr();
+        let yp = y.qs.as_ptr();
+        let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.cast()));
+        let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(16).cast()));
+        let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.cast()));
+        let y1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.add(16).cast()));
+        _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1))
+    }
+}
+
+/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per chunk of
+/// eight blocks, their exact i32 sums ([`block_sums_8`]) and f16 scales become the eight terms
+/// `(sumi · dx) · dy` in one vector, added to the block-striped lanes.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA (`is_x86_feature_detected!("avx2")` and `("fma")`).
+/// The CPU must support AVX2, FMA and F16C (`is_x86_feature_detected!`).
 ///
 /// # Panics
 /// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
-        let mut si = [0i32; 8];
-        let (mut dx, mut dy) = ([0u16; 8], [0u16; 8]);
-        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
-            // SAFETY: AVX2 by contract; both loads cover exactly the 16/32-byte `qs` arrays.
-            si[k] = unsafe {
-                let q = bytes_from_nibbles_32(&x.qs);
-                let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                // Σ (q − 8)·a = Σ q·a − 8·Σ a, both exact in i16 pairs (≤ 2·15·128, 2·8·128).
-                let qa = _mm256_maddubs_epi16(q, a);
-                let a8 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), a);
-                hsum_i32_8(_mm256_madd_epi16(
-                    _mm256_sub_epi16(qa, a8),
-                    _mm256_set1_epi16(1),
-                ))
-            };
-            dx[k] = h16(x.d);
-            dy[k] = h16(y.d);
-        }
-        // SAFETY: AVX2 by contract; `si` is 32 bytes.
-        unsafe {
-            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
-            let p = _mm256_mul_ps(_mm256_mul_ps(s, f16x8(&dx)), f16x8(&dy));
-            add_lanes(&mut sumf, p, xc.len());
-        }
-    }
-    sumf
+    striped(
+        x,
+        y,
+        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
+        |xc, yc| unsafe {
+            let v: [__m256i; 8] = core::array::from_fn(|k| q4_0_block(&xc[k], &yc[k]));
+            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
+            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
+            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            _mm256_mul_ps(_mm256_mul_ps(s, f16x8(&dx)), f16x8(&dy))
+        },
+        |xb, yb| {
+            let s = unsafe { hsum_i32_8(q4_0_block(xb, yb)) };
+            s as f32 * f16(xb.d) * f16(yb.d)
+        },
+    )
 }
 
-/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]
-/// (`(dx · dy) · sumi + mx · sy` per block, eight blocks per vector, summed in block order).
+/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]: eight terms
+/// `(dx · dy) · sumi + mx · sy` per vector, block-striped.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
-        let mut si = [0i32; 8];
-        let (mut dx, mut dy, mut mx, mut sy) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
-        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
-            // SAFETY: AVX2 by contract; both loads cover exactly the 16/32-byte `qs` arrays.
-            si[k] = unsafe {
-                let q = bytes_from_nibbles_32(&x.qs);
-                let a = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                hsum_i32_8(dot_u8_i8(q, a))
-            };
-            dx[k] = h16(x.d);
-            dy[k] = h16(y.d);
-            mx[k] = h16(x.m);
-            sy[k] = h16(y.s);
-        }
-        // SAFETY: AVX2 by contract; `si` is 32 bytes.
-        unsafe {
-            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
-            let p = _mm256_add_ps(
+    striped(
+        x,
+        y,
+        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
+        |xc, yc| unsafe {
+            let v: [__m256i; 8] = core::array::from_fn(|k| q4_1_block(&xc[k], &yc[k]));
+            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
+            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
+            let mx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].m));
+            let sy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].s));
+            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            _mm256_add_ps(
                 _mm256_mul_ps(_mm256_mul_ps(f16x8(&dx), f16x8(&dy)), s),
                 _mm256_mul_ps(f16x8(&mx), f16x8(&sy)),
-            );
-            add_lanes(&mut sumf, p, xc.len());
-        }
-    }
-    sumf
+            )
+        },
+        |xb, yb| {
+            let s = unsafe { hsum_i32_8(q4_1_block(xb, yb)) };
+            (f16(xb.d) * f16(yb.d)) * s as f32 + f16(xb.m) * f16(yb.s)
+        },
+    )
 }
 
-/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`] (exact for any i8
-/// quants, including -128): `sumi · (dx · dy)` per block, eight blocks per vector, summed in
-/// block order.
+/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`]: eight terms
+/// `sumi · (dx · dy)` per vector, block-striped.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (xc, yc) in x.chunks(8).zip(y.chunks(8)) {
-        let mut si = [0i32; 8];
-        let (mut dx, mut dy) = ([0u16; 8], [0u16; 8]);
-        for (k, (x, y)) in xc.iter().zip(yc).enumerate() {
-            // SAFETY: AVX2 by contract; the four 16-byte loads cover the two 32-byte `qs`.
-            si[k] = unsafe {
-                let xp = x.qs.as_ptr();
-                let yp = y.qs.as_ptr();
-                let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.cast()));
-                let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(16).cast()));
-                let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.cast()));
-                let y1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.add(16).cast()));
-                hsum_i32_8(_mm256_add_epi32(
-                    _mm256_madd_epi16(x0, y0),
-                    _mm256_madd_epi16(x1, y1),
-                ))
-            };
-            dx[k] = h16(x.d);
-            dy[k] = h16(y.d);
-        }
-        // SAFETY: AVX2 by contract; `si` is 32 bytes.
-        unsafe {
-            let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(si.as_ptr().cast()));
-            let p = _mm256_mul_ps(s, _mm256_mul_ps(f16x8(&dx), f16x8(&dy)));
-            add_lanes(&mut sumf, p, xc.len());
-        }
-    }
-    sumf
+    striped(
+        x,
+        y,
+        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
+        |xc, yc| unsafe {
+            let v: [__m256i; 8] = core::array::from_fn(|k| q8_0_block(&xc[k], &yc[k]));
+            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
+            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
+            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            _mm256_mul_ps(s, _mm256_mul_ps(f16x8(&dx), f16x8(&dy)))
+        },
+        |xb, yb| {
+            let s = unsafe { hsum_i32_8(q8_0_block(xb, yb)) };
+            s as f32 * (f16(xb.d) * f16(yb.d))
+        },
+    )
 }
 
 /// Permute the 32 bytes of a chunk (elements `e0..e32`) so that byte `4k + r` of each 128-bit
@@ -255,7 +288,7 @@ pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 /// `maddubs` + `madd`, i32 lane `j` holds exactly the elements `≡ j (mod 8)`, the lanes of the
 /// reference's `aux32`. Applied identically to both operands, it leaves every product intact.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lane_permute(v: __m256i) -> __m256i {
     let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
     let s = _mm256_setr_epi8(
@@ -267,7 +300,7 @@ unsafe fn lane_permute(v: __m256i) -> __m256i {
 
 /// The 8 lane sums in order 0..7 (f32 additions left to right).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lanes(v: __m256) -> [f32; 8] {
     let mut a = [0f32; 8];
     // SAFETY: AVX2 by contract; `a` is 8 f32s = 32 bytes.
@@ -292,11 +325,11 @@ fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 /// Q4_K × Q8_K, bit-identical to [`super::quants::k_quants::vec_dot_q4k_q8k`].
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_K vec_dot: block counts differ");
     let mut sumf = 0f32;
@@ -368,11 +401,11 @@ pub unsafe fn vec_dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 /// Q6_K × Q8_K, bit-identical to [`super::quants::k_quants::vec_dot_q6k_q8k`].
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q6_K vec_dot: block counts differ");
     // SAFETY: AVX2 by contract; every load is 32 bytes at offset 64·h or 64·h + 32 (h < 2) of
@@ -441,7 +474,7 @@ pub unsafe fn vec_dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
 /// One 32-value block: `(d, 32 quants as i8, Σ quants)`, exactly as the scalar
 /// `quantize_row_q8_0`/`_q8_1` compute them (for NaN-free input).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_block_q8(x: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
     debug_assert_eq!(x.len(), QK);
     // SAFETY: AVX2 by contract; `x` has 32 f32s (four 8-lane loads), `qs` 32 bytes.
@@ -502,11 +535,11 @@ unsafe fn quantize_block_q8(x: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
 /// (`roundf` ties away from zero) for NaN-free input.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != 32 · y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     assert_eq!(x.len(), y.len() * QK, "Q8_0 quantize: lengths differ");
     for (x, y) in x.chunks_exact(QK).zip(y.iter_mut()) {
@@ -520,11 +553,11 @@ pub unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
 /// (`roundf` ties away from zero, `s = f16(Σq · d)`) for NaN-free input.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If `x.len() != 32 · y.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
     assert_eq!(x.len(), y.len() * QK, "Q8_1 quantize: lengths differ");
     for (x, y) in x.chunks_exact(QK).zip(y.iter_mut()) {
@@ -542,7 +575,9 @@ mod tests {
     use crate::kernels::quants::{k_quants, q4_0, q4_1, q8, F32Le, I16Le};
 
     fn have_avx2() -> bool {
-        let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         if !ok {
             eprintln!("NOTE: CPU lacks avx2/fma; x86 kernel test SKIPPED (not run)");
         }

@@ -290,8 +290,31 @@ impl Model {
         &self.file
     }
 
-    fn data(&self, w: &Weight) -> &[u8] {
+    /// The bytes of a weight (a view into the mapped file).
+    pub fn data(&self, w: &Weight) -> &[u8] {
         &self.file.bytes()[w.offset..w.offset + w.len]
+    }
+
+    /// Every matrix a decode step multiplies by, with a short role name (`blk.N.ffn_up`,
+    /// `output`): the weights streamed from memory once per generated token. The token
+    /// embedding is not in it (one row is read per token).
+    pub fn matrices(&self) -> Vec<(String, &Weight)> {
+        let mut m = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, w) in [
+                ("attn_q", &l.wq),
+                ("attn_k", &l.wk),
+                ("attn_v", &l.wv),
+                ("attn_output", &l.wo),
+                ("ffn_gate", &l.w_gate),
+                ("ffn_up", &l.w_up),
+                ("ffn_down", &l.w_down),
+            ] {
+                m.push((format!("blk.{i}.{name}"), w));
+            }
+        }
+        m.push(("output".to_string(), &self.output));
+        m
     }
 
     /// A fresh sequence state whose KV cache may grow to `max_ctx` positions (capped at the

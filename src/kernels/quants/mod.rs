@@ -18,8 +18,14 @@
 //! | Q6_K | [`BlockQ6K`] | Q8_K | [`k_quants::vec_dot_q6k_q8k`] |
 //!
 //! Quantized dots accumulate each block's integer products exactly in i32 and only then scale
-//! by the two blocks' f32 scales, in ggml's order of f32 operations. The byte layout of each
-//! block is documented on its struct.
+//! by the two blocks' f32 scales with ggml's f32 expression per block. The per-block terms of
+//! Q4_0/Q4_1/Q8_0 are then summed in the **block-striped order** of [`lane_total`] (block `i`
+//! into lane `i % 8`), the order a SIMD register of eight (AVX2) or two of four (NEON) f32
+//! lanes adds them in; ggml's generic C adds them left to right instead, and its SIMD code in
+//! yet other orders, so results differ from ggml's by f32 rounding only (the goldens allow for
+//! it). Because every path of ours uses this one order and the same roundings, **all kernel
+//! paths are bit-identical** and a model gives the same tokens on every CPU. The byte layout of
+//! each block is documented on its struct.
 //!
 //! The model code uses the dynamic API ([`dequantize_row`], [`quantize_row`],
 //! [`QuantizedActs`], [`vec_dot`], [`matvec`], [`get_row`]), which checks every length and
@@ -46,6 +52,23 @@ pub use k_quants::{BlockQ4K, BlockQ6K};
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+
+/// Lanes of the block-striped f32 accumulation (see [`lane_total`]).
+pub const LANES: usize = 8;
+
+/// The one order every kernel path adds per-block f32 terms in (Q4_0, Q4_1, Q8_0 dots):
+/// `lanes` start at +0.0, block `i`'s term is added to `lanes[i % 8]`, and the lanes are
+/// reduced as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` — what an AVX2 `__m256`
+/// reduced high-half-onto-low-half gives, and two NEON `float32x4_t` (lanes 0..4, 4..8)
+/// added and then folded the same way. SIMD kernels store their lane vectors and call this.
+///
+/// A lane that starts at +0.0 can never become -0.0 by additions, so padding a short tail
+/// with +0.0 terms leaves every lane's bits unchanged (the SIMD tails rely on it).
+#[inline]
+pub fn lane_total(l: &[f32; LANES]) -> f32 {
+    let t = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (t[0] + t[2]) + (t[1] + t[3])
+}
 
 /// One block of a tensor type, viewed in place from the file's bytes.
 pub trait GgmlBlock: Pod {
@@ -400,7 +423,7 @@ fn quantize_acts_simd(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::active() == crate::kernels::KernelPath::Avx2 && x.len().is_multiple_of(32) {
         use crate::kernels::x86;
-        // SAFETY: `Avx2` is active only on CPUs with avx2 and fma; `dst` holds exactly
+        // SAFETY: `Avx2` is active only on CPUs with avx2, fma and f16c; `dst` holds exactly
         // `x.len() / 32` blocks (sized by `row_bytes` above).
         match ty {
             GgmlType::Q8_0 => unsafe { x86::quantize_row_q8_0(x, blocks_mut::<BlockQ8_0>(dst)) },
@@ -435,36 +458,21 @@ fn check_acts(weight: GgmlType, acts: &QuantizedActs, n_cols: usize) -> Result<(
     Ok(())
 }
 
-/// Rows `w` (each `row_bytes` long) dotted with `acts` into `out`.
-fn matvec_as<W: WeightBlock>(w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+/// A row kernel: rows `w` (each `row_bytes` long, `row_bytes > 0`) dotted with the
+/// activation blocks `acts` into `out` (one value per row).
+type RowsFn = fn(w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]);
+
+/// Rows of `W` blocks with the scalar reference dot.
+fn rows_scalar<W: WeightBlock>(w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
     let y = blocks::<W::VecDot>(acts.bytes());
-    if row_bytes == 0 {
-        out.fill(0.0);
-        return;
-    }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
         *o = W::vec_dot(blocks::<W>(row), y);
     }
 }
 
-fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
-    if row_bytes > 0 && matvec_simd(crate::kernels::active(), weight, w, row_bytes, acts, out) {
-        return;
-    }
-    match weight {
-        GgmlType::F32 => matvec_as::<F32Le>(w, row_bytes, acts, out),
-        GgmlType::F16 => matvec_as::<F16Le>(w, row_bytes, acts, out),
-        GgmlType::BF16 => matvec_as::<Bf16Le>(w, row_bytes, acts, out),
-        GgmlType::Q4_0 => matvec_as::<BlockQ4_0>(w, row_bytes, acts, out),
-        GgmlType::Q4_1 => matvec_as::<BlockQ4_1>(w, row_bytes, acts, out),
-        GgmlType::Q8_0 => matvec_as::<BlockQ8_0>(w, row_bytes, acts, out),
-        GgmlType::Q4K => matvec_as::<BlockQ4K>(w, row_bytes, acts, out),
-        GgmlType::Q6K => matvec_as::<BlockQ6K>(w, row_bytes, acts, out),
-        GgmlType::Q8_1 | GgmlType::Q8K => unreachable!("refused by check_acts"),
-    }
-}
-
 /// Rows of `W` blocks dotted with `acts` by `dot` (a SIMD kernel).
+#[allow(dead_code)]
+#[inline(always)]
 fn rows_with<W: WeightBlock>(
     w: &[u8],
     row_bytes: usize,
@@ -478,46 +486,175 @@ fn rows_with<W: WeightBlock>(
     }
 }
 
-/// The SIMD matvec for `weight` on `path`, if there is one; `false` means "use the scalar
-/// reference". The SIMD kernels are bit-identical to the scalar ones (tested in their
-/// modules), so the path never changes a result, only its speed.
+/// Rows handed to one compute thread at a time: enough work (≥ ~10 µs) to hide the hand-off.
+const ROWS_PER_PART: usize = 32;
+
+fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    if row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = row_kernel(crate::kernels::active(), weight);
+    let n = out.len();
+    let threads = crate::kernels::pool::threads();
+    if threads <= 1 || n < 2 * ROWS_PER_PART {
+        rows(w, row_bytes, acts, out);
+        return;
+    }
+    // Contiguous row ranges, a few per thread so a slow core does not hold the others up.
+    let parts = (n / ROWS_PER_PART).min(threads * 4);
+    let per = n.div_ceil(parts);
+    let parts = n.div_ceil(per);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    crate::kernels::pool::run(parts, &|p| {
+        let start = p * per;
+        let len = per.min(n - start);
+        // SAFETY: the parts are the disjoint ranges `p·per .. p·per + len` of `out` (len ≤
+        // n − start), each handed to exactly one call, and `run` returns only after every
+        // call did, so this is a unique borrow of a live sub-slice of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
+        rows(
+            &w[start * row_bytes..(start + len) * row_bytes],
+            row_bytes,
+            acts,
+            o,
+        );
+    });
+}
+
+/// A raw pointer that may cross to the compute threads (see the SAFETY note at its use).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint sub-slices of one `&mut [f32]` to the pool's threads
+// for the duration of one `pool::run`.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The row kernel for `weight` on `path`: a SIMD one where there is one, else the scalar
+/// reference. Every SIMD kernel is bit-identical to the scalar one (tested in its module),
+/// so the path never changes a result, only its speed.
 #[allow(unused_variables)]
-fn matvec_simd(
-    path: crate::kernels::KernelPath,
-    weight: GgmlType,
-    w: &[u8],
-    rb: usize,
-    acts: &QuantizedActs,
-    out: &mut [f32],
-) -> bool {
+fn row_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> RowsFn {
+    use crate::kernels::KernelPath as P;
     #[cfg(target_arch = "x86_64")]
-    if path == crate::kernels::KernelPath::Avx2 {
+    if path == P::Avx2 {
         use crate::kernels::x86;
         // SAFETY (every call below): `kernels::active()` only returns `Avx2` when the CPU has
-        // avx2 and fma (checked once at start-up), which is the kernels' whole contract; the
-        // block slices come from `blocks`, which checked their lengths, and `check_acts`
-        // made the activation count equal the row length, so `x.len() == y.len()`.
+        // avx2, fma and f16c (checked once at start-up), which is the kernels' whole
+        // contract; the block slices come from `blocks`, which checked their lengths, and
+        // `check_acts` made the activation count equal the row length, so
+        // `x.len() == y.len()`.
         match weight {
-            GgmlType::Q4_0 => rows_with::<BlockQ4_0>(w, rb, acts, out, |x, y| unsafe {
-                x86::vec_dot_q4_0_q8_0(x, y)
-            }),
-            GgmlType::Q4_1 => rows_with::<BlockQ4_1>(w, rb, acts, out, |x, y| unsafe {
-                x86::vec_dot_q4_1_q8_1(x, y)
-            }),
-            GgmlType::Q8_0 => rows_with::<BlockQ8_0>(w, rb, acts, out, |x, y| unsafe {
-                x86::vec_dot_q8_0_q8_0(x, y)
-            }),
-            GgmlType::Q4K => rows_with::<BlockQ4K>(w, rb, acts, out, |x, y| unsafe {
-                x86::vec_dot_q4k_q8k(x, y)
-            }),
-            GgmlType::Q6K => rows_with::<BlockQ6K>(w, rb, acts, out, |x, y| unsafe {
-                x86::vec_dot_q6k_q8k(x, y)
-            }),
-            _ => return false,
+            GgmlType::Q4_0 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
+                        x86::vec_dot_q4_0_q8_0(x, y)
+                    })
+                }
+            }
+            GgmlType::Q4_1 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
+                        x86::vec_dot_q4_1_q8_1(x, y)
+                    })
+                }
+            }
+            GgmlType::Q8_0 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
+                        x86::vec_dot_q8_0_q8_0(x, y)
+                    })
+                }
+            }
+            GgmlType::Q4K => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ4K>(w, rb, a, o, |x, y| unsafe { x86::vec_dot_q4k_q8k(x, y) })
+                }
+            }
+            GgmlType::Q6K => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ6K>(w, rb, a, o, |x, y| unsafe { x86::vec_dot_q6k_q8k(x, y) })
+                }
+            }
+            _ => {}
         }
-        return true;
     }
-    false
+    #[cfg(target_arch = "aarch64")]
+    {
+        use crate::kernels::aarch64 as a64;
+        // SAFETY (every call below): `kernels::active()` returns `NeonDotprod` / `NeonI8mm`
+        // only when the CPU has dotprod (checked once at start-up), the `_dotprod` kernels'
+        // contract; the `_neon` ones need only the aarch64 baseline. Lengths as above.
+        if matches!(path, P::NeonDotprod | P::NeonI8mm) {
+            match weight {
+                GgmlType::Q4_0 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q4_0_q8_0_dotprod(x, y)
+                        })
+                    }
+                }
+                GgmlType::Q4_1 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q4_1_q8_1_dotprod(x, y)
+                        })
+                    }
+                }
+                GgmlType::Q8_0 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q8_0_q8_0_dotprod(x, y)
+                        })
+                    }
+                }
+                _ => {}
+            }
+        }
+        if path == P::Neon {
+            match weight {
+                GgmlType::Q4_0 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q4_0_q8_0_neon(x, y)
+                        })
+                    }
+                }
+                GgmlType::Q4_1 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q4_1_q8_1_neon(x, y)
+                        })
+                    }
+                }
+                GgmlType::Q8_0 => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q8_0_q8_0_neon(x, y)
+                        })
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    match weight {
+        GgmlType::F32 => rows_scalar::<F32Le>,
+        GgmlType::F16 => rows_scalar::<F16Le>,
+        GgmlType::BF16 => rows_scalar::<Bf16Le>,
+        GgmlType::Q4_0 => rows_scalar::<BlockQ4_0>,
+        GgmlType::Q4_1 => rows_scalar::<BlockQ4_1>,
+        GgmlType::Q8_0 => rows_scalar::<BlockQ8_0>,
+        GgmlType::Q4K => rows_scalar::<BlockQ4K>,
+        GgmlType::Q6K => rows_scalar::<BlockQ6K>,
+        GgmlType::Q8_1 | GgmlType::Q8K => unreachable!("refused by check_acts"),
+    }
 }
 
 /// Dot product of one `weight` row (exactly its bytes) with `acts` (quantized for `weight`):

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::float::F16Le;
 use super::q8::{BlockQ8_0, QK8_0};
-use super::{GgmlBlock, QuantizeBlock, WeightBlock};
+use super::{lane_total, GgmlBlock, QuantizeBlock, WeightBlock, LANES};
 use crate::kernels::GgmlType;
 
 /// Elements per Q4_0 block.
@@ -74,15 +74,16 @@ pub fn dequantize_row_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
     }
 }
 
-/// ggml `ggml_vec_dot_q4_0_q8_0_generic`: per block the exact i32 `Σ (q − 8)·qa`, then
-/// `sumf += sumi · dw · da` in f32 (left to right).
+/// ggml `ggml_vec_dot_q4_0_q8_0_generic`'s arithmetic: per block the exact i32
+/// `Σ (q − 8)·qa`, then the f32 term `sumi · dw · da` (left to right), the terms summed in the
+/// block-striped order of [`lane_total`] (ggml: one running sum).
 ///
 /// # Panics
 /// If the block counts differ.
 pub fn vec_dot_q4_0_q8_0(row: &[BlockQ4_0], acts: &[BlockQ8_0]) -> f32 {
     assert_eq!(row.len(), acts.len(), "Q4_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (x, y) in row.iter().zip(acts) {
+    let mut lanes = [0f32; LANES];
+    for (i, (x, y)) in row.iter().zip(acts).enumerate() {
         let mut sumi0 = 0i32;
         let mut sumi1 = 0i32;
         for j in 0..QK8_0 / 2 {
@@ -92,9 +93,9 @@ pub fn vec_dot_q4_0_q8_0(row: &[BlockQ4_0], acts: &[BlockQ8_0]) -> f32 {
             sumi1 += v1 * y.qs[j + QK8_0 / 2] as i32;
         }
         let sumi = sumi0 + sumi1;
-        sumf += sumi as f32 * x.d.get() * y.d.get();
+        lanes[i % LANES] += sumi as f32 * x.d.get() * y.d.get();
     }
-    sumf
+    lane_total(&lanes)
 }
 
 impl GgmlBlock for BlockQ4_0 {

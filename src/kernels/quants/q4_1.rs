@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::float::F16Le;
 use super::q8::{BlockQ8_1, QK8_0};
-use super::{GgmlBlock, QuantizeBlock, WeightBlock};
+use super::{lane_total, GgmlBlock, QuantizeBlock, WeightBlock, LANES};
 use crate::kernels::GgmlType;
 
 /// Elements per Q4_1 block.
@@ -79,8 +79,9 @@ pub fn dequantize_row_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
     }
 }
 
-/// ggml `ggml_vec_dot_q4_1_q8_1_generic`: per block the exact i32 `Σ q·qa`, then
-/// `sumf += (dw · da) · sumi + mw · sa` in f32, where `sa` is the activation block's stored
+/// ggml `ggml_vec_dot_q4_1_q8_1_generic`'s arithmetic: per block the exact i32 `Σ q·qa`, then
+/// the f32 term `(dw · da) · sumi + mw · sa` (summed in the block-striped order of
+/// [`lane_total`]), where `sa` is the activation block's stored
 /// f16 `d·Σqa` (so the result differs from the dot of the dequantized vectors by
 /// `mw · (sa − da·Σqa)`, the f16 rounding of `s`).
 ///
@@ -88,8 +89,8 @@ pub fn dequantize_row_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
 /// If the block counts differ.
 pub fn vec_dot_q4_1_q8_1(row: &[BlockQ4_1], acts: &[BlockQ8_1]) -> f32 {
     assert_eq!(row.len(), acts.len(), "Q4_1 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (x, y) in row.iter().zip(acts) {
+    let mut lanes = [0f32; LANES];
+    for (i, (x, y)) in row.iter().zip(acts).enumerate() {
         let mut sumi0 = 0i32;
         let mut sumi1 = 0i32;
         for j in 0..QK8_0 / 2 {
@@ -99,9 +100,9 @@ pub fn vec_dot_q4_1_q8_1(row: &[BlockQ4_1], acts: &[BlockQ8_1]) -> f32 {
             sumi1 += v1 * y.qs[j + QK8_0 / 2] as i32;
         }
         let sumi = sumi0 + sumi1;
-        sumf += (x.d.get() * y.d.get()) * sumi as f32 + x.m.get() * y.s.get();
+        lanes[i % LANES] += (x.d.get() * y.d.get()) * sumi as f32 + x.m.get() * y.s.get();
     }
-    sumf
+    lane_total(&lanes)
 }
 
 impl GgmlBlock for BlockQ4_1 {

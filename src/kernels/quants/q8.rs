@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::float::{F16Le, F32Le, I16Le};
-use super::{GgmlBlock, QuantizeBlock, WeightBlock};
+use super::{lane_total, GgmlBlock, QuantizeBlock, WeightBlock, LANES};
 use crate::kernels::GgmlType;
 
 /// Elements per Q8_0 / Q8_1 block.
@@ -216,22 +216,23 @@ pub fn dequantize_row_q8_k(src: &[BlockQ8K], dst: &mut [f32]) {
     }
 }
 
-/// ggml `ggml_vec_dot_q8_0_q8_0_generic`: per block the exact i32 `Σ qw·qa`, then
-/// `sumf += sumi · (dw · da)` in f32.
+/// ggml `ggml_vec_dot_q8_0_q8_0_generic`'s arithmetic: per block the exact i32 `Σ qw·qa`,
+/// then the f32 term `sumi · (dw · da)`, the terms summed in the block-striped order of
+/// [`lane_total`].
 ///
 /// # Panics
 /// If the block counts differ.
 pub fn vec_dot_q8_0_q8_0(row: &[BlockQ8_0], acts: &[BlockQ8_0]) -> f32 {
     assert_eq!(row.len(), acts.len(), "Q8_0 vec_dot: block counts differ");
-    let mut sumf = 0f32;
-    for (x, y) in row.iter().zip(acts) {
+    let mut lanes = [0f32; LANES];
+    for (i, (x, y)) in row.iter().zip(acts).enumerate() {
         let mut sumi = 0i32;
         for (&a, &b) in x.qs.iter().zip(&y.qs) {
             sumi += a as i32 * b as i32;
         }
-        sumf += sumi as f32 * (x.d.get() * y.d.get());
+        lanes[i % LANES] += sumi as f32 * (x.d.get() * y.d.get());
     }
-    sumf
+    lane_total(&lanes)
 }
 
 impl GgmlBlock for BlockQ8_0 {

@@ -1,0 +1,302 @@
+//! On-device benchmarks (`expllm bench`): what a stage costs on the machine it runs on.
+//!
+//! Owns timing, the memory-bandwidth probe and the report structs. It calls the very code
+//! the daemon runs (`Model::forward`, `quants::matvec`) and must not change it or its
+//! results. Speed is measured here, never asserted in tests.
+//!
+//! The LLM stage: decode and prefill tokens/s for one kernel path and thread count, the
+//! bytes of weights one decode step streams, the read bandwidth of this machine measured
+//! over a buffer of that size and over 256 MiB (beyond any cache), the roofline they imply
+//! (bandwidth ÷ bytes per token), and per matrix shape the matvec time, GB/s and GOP/s.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::quants::{self, QuantizedActs};
+use crate::kernels::{self, pool, GgmlType};
+use crate::llm::model::Model;
+use crate::llm::tokenizer::{Tokenizer, TokenizerSpec};
+
+/// The fixed English text whose first `prompt_tokens` tokens form the prefill prompt
+/// (repeated if short), so every run and llama.cpp's script see the same ids.
+pub const PROMPT_TEXT: &str = "A camera on a small board watches the door of a quiet lab. \
+When a person walks in, it finds the face, measures how the brows, eyelids, cheeks and lips \
+move, and writes one short line that names the expression and says which facial action \
+units support it. The line goes to a message broker, and a dashboard shows it a moment \
+later. Nothing leaves the board but that line, and the board runs for months without a \
+restart, so every stage must be fast, small and predictable.";
+
+/// Options of one LLM run.
+#[derive(Debug, Clone)]
+pub struct LlmBenchOptions {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub runs: usize,
+    /// Time each matrix shape too.
+    pub shapes: bool,
+}
+
+/// One kernel path × thread count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlmRun {
+    pub kernel: String,
+    pub threads: usize,
+    pub model: String,
+    pub load_ms: f64,
+    /// Bytes of weights a decode step multiplies by (every layer matrix + the output matrix).
+    pub bytes_per_token: u64,
+    /// Read bandwidth over a buffer of `bytes_per_token` (what decode streams) and over
+    /// 256 MiB, GB/s, with this run's thread count; best of 5.
+    pub bandwidth_model_size_gbs: f64,
+    pub bandwidth_256mib_gbs: f64,
+    /// `bandwidth_model_size_gbs · 1e9 / bytes_per_token`.
+    pub roofline_tok_s: f64,
+    pub prefill_tokens: usize,
+    /// Median over runs; prompt processed one token at a time (no batched prefill yet).
+    pub prefill_tok_s: f64,
+    pub decode_tokens: usize,
+    /// Median over runs of greedy decode (forward + argmax), after the prompt.
+    pub decode_tok_s: f64,
+    pub decode_tok_s_runs: Vec<f64>,
+    /// `decode_tok_s / roofline_tok_s`.
+    pub roofline_fraction: f64,
+    pub shapes: Vec<ShapeRun>,
+}
+
+/// One matrix shape: timed by cycling over all matrices of that shape (so the weights come
+/// from wherever decode gets them, not from a hot L1/L2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShapeRun {
+    pub role: String,
+    pub ty: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Matrices of this shape per decode step.
+    pub count: usize,
+    pub us_per_matvec: f64,
+    pub gb_s: f64,
+    /// 2·rows·cols multiply-adds per µs ·1e-3.
+    pub gop_s: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+/// Read bandwidth (GB/s) over `bytes` with the pool's threads: best of 5 passes, each part
+/// summing its share of a buffer filled beforehand (pages touched, not timed).
+pub fn read_bandwidth(bytes: usize) -> f64 {
+    let n = (bytes / 8).max(1 << 16);
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let parts = pool::threads() * 4;
+    let per = n.div_ceil(parts);
+    let mut best = 0f64;
+    for _ in 0..6 {
+        let t = Instant::now();
+        pool::run(parts, &|p| {
+            let s = &buf[(p * per).min(n)..((p + 1) * per).min(n)];
+            // Four independent sums so the adds keep up with the loads.
+            let mut acc = [0u64; 4];
+            for c in s.chunks_exact(4) {
+                for k in 0..4 {
+                    acc[k] = acc[k].wrapping_add(c[k]);
+                }
+            }
+            black_box(acc);
+        });
+        let dt = t.elapsed().as_secs_f64();
+        best = best.max((n * 8) as f64 / dt / 1e9);
+    }
+    best
+}
+
+/// Benchmark the LLM stage with the kernel path and thread count already in force.
+pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> Result<LlmRun> {
+    let t0 = Instant::now();
+    let model = Model::load(model_path)?;
+    let tok = Tokenizer::new(TokenizerSpec::from_gguf(model.gguf())?).context("tokenizer")?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    let mats = model.matrices();
+    let bytes_per_token: u64 = mats.iter().map(|(_, w)| model.data(w).len() as u64).sum();
+    progress("bandwidth probe");
+    let bw_model = read_bandwidth(bytes_per_token as usize);
+    let bw_256 = read_bandwidth(256 << 20);
+
+    let mut prompt = Vec::new();
+    tok.encode(PROMPT_TEXT, false, &mut prompt);
+    let base = prompt.clone();
+    while prompt.len() < o.prompt_tokens {
+        prompt.extend_from_slice(&base);
+    }
+    prompt.truncate(o.prompt_tokens.max(1));
+
+    let mut st = model.new_state(prompt.len() + o.decode_tokens + 1);
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for r in 0..o.runs.max(1) {
+        progress(&format!("run {}/{}", r + 1, o.runs.max(1)));
+        st.reset();
+        let t = Instant::now();
+        for (i, &id) in prompt.iter().enumerate() {
+            model.forward(&mut st, id, i + 1 == prompt.len())?;
+        }
+        pre.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
+        let mut next = argmax(st.logits());
+        let t = Instant::now();
+        for _ in 0..o.decode_tokens {
+            let l = model
+                .forward(&mut st, next, true)?
+                .context("forward gave no logits")?;
+            next = argmax(l);
+        }
+        dec.push(o.decode_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let decode_runs = dec.clone();
+    let roofline = bw_model * 1e9 / bytes_per_token as f64;
+    let decode_tok_s = median(&mut dec);
+
+    let mut shapes = Vec::new();
+    if o.shapes {
+        progress("matrix shapes");
+        shapes = time_shapes(&model)?;
+    }
+    Ok(LlmRun {
+        kernel: kernels::active().as_str().to_string(),
+        threads: pool::threads(),
+        model: model_path.display().to_string(),
+        load_ms,
+        bytes_per_token,
+        bandwidth_model_size_gbs: bw_model,
+        bandwidth_256mib_gbs: bw_256,
+        roofline_tok_s: roofline,
+        prefill_tokens: prompt.len(),
+        prefill_tok_s: median(&mut pre),
+        decode_tokens: o.decode_tokens,
+        decode_tok_s,
+        decode_tok_s_runs: decode_runs,
+        roofline_fraction: decode_tok_s / roofline,
+        shapes,
+    })
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {
+    /// (type, rows, cols) → (role of the first, type, every matrix's bytes).
+    type Group<'a> = (String, GgmlType, Vec<&'a [u8]>);
+    let mut groups: BTreeMap<(u8, usize, usize), Group> = BTreeMap::new();
+    for (name, w) in model.matrices() {
+        let role = name.rsplit('.').next().unwrap_or(&name).to_string();
+        groups
+            .entry((w.ty as u8, w.rows, w.cols))
+            .or_insert_with(|| (role, w.ty, Vec::new()))
+            .2
+            .push(model.data(w));
+    }
+    let mut out = Vec::new();
+    for ((_, rows, cols), (role, ty, datas)) in groups {
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919) % 997) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut acts = QuantizedActs::new();
+        acts.quantize_for(ty, &x)?;
+        let mut y = vec![0f32; rows];
+        for d in &datas {
+            quants::matvec(ty, d, rows, cols, &acts, &mut y)?;
+        }
+        let (mut calls, t) = (0usize, Instant::now());
+        while t.elapsed().as_secs_f64() < 0.3 || calls < 2 * datas.len() {
+            for d in &datas {
+                quants::matvec(ty, d, rows, cols, &acts, &mut y)?;
+                calls += 1;
+            }
+        }
+        let s = t.elapsed().as_secs_f64() / calls as f64;
+        black_box(&y);
+        out.push(ShapeRun {
+            role,
+            ty: ty.name().to_string(),
+            rows,
+            cols,
+            count: datas.len(),
+            us_per_matvec: s * 1e6,
+            gb_s: datas[0].len() as f64 / s / 1e9,
+            gop_s: 2.0 * (rows * cols) as f64 / s / 1e9,
+        });
+    }
+    Ok(out)
+}
+
+/// The human table for a set of runs (one row per kernel path × threads, then the shapes of
+/// each run).
+pub fn llm_table(runs: &[LlmRun]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if let Some(r) = runs.first() {
+        let _ = writeln!(
+            s,
+            "model {} — {:.1} MB of weights per decode step",
+            r.model,
+            r.bytes_per_token as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<13} {:>3} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "kernel",
+        "thr",
+        "decode t/s",
+        "prefill t/s",
+        "BW GB/s",
+        "BW256 GB/s",
+        "roofline",
+        "of roof"
+    );
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "{:<13} {:>3} {:>10.1} {:>11.1} {:>9.1} {:>10.1} {:>9.1} {:>6.0}%",
+            r.kernel,
+            r.threads,
+            r.decode_tok_s,
+            r.prefill_tok_s,
+            r.bandwidth_model_size_gbs,
+            r.bandwidth_256mib_gbs,
+            r.roofline_tok_s,
+            r.roofline_fraction * 100.0
+        );
+    }
+    for r in runs.iter().filter(|r| !r.shapes.is_empty()) {
+        let _ = writeln!(s, "\nper shape, {} {} thread(s):", r.kernel, r.threads);
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<5} {:>6} {:>6} {:>4} {:>9} {:>7} {:>7}",
+            "role", "type", "rows", "cols", "n", "µs/matvec", "GB/s", "GOP/s"
+        );
+        for h in &r.shapes {
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<5} {:>6} {:>6} {:>4} {:>9.1} {:>7.1} {:>7.1}",
+                h.role, h.ty, h.rows, h.cols, h.count, h.us_per_matvec, h.gb_s, h.gop_s
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,187 @@
+//! `expllm bench`: benchmarks on this machine. `--stage llm` runs one child process per kernel
+//! path × thread count (each picks its path and thread pool once at start-up, as the daemon
+//! does) and prints their results side by side.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command as Proc, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::bench::{self, LlmBenchOptions, LlmRun};
+use crate::kernels::{pool, KernelPath};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Stage {
+    /// The language model: decode/prefill tok/s, bandwidth roofline, per-shape matvec.
+    Llm,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which stage to benchmark. Without it: the end-to-end pipeline benchmark, which lands
+    /// with issue #7 (exits 2 until then).
+    #[arg(long, value_enum)]
+    stage: Option<Stage>,
+    /// GGUF model for `--stage llm`.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Kernel paths to compare, comma-separated (default: every path this CPU supports).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Thread counts to compare, comma-separated (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Vec<u64>,
+    /// Prompt length for the prefill figure (tokens of a fixed English text).
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// Greedy tokens generated per decode run.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Runs per configuration (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    runs: u64,
+    /// Skip the per-matrix-shape timings.
+    #[arg(long)]
+    no_shapes: bool,
+    /// Print JSON (an array of runs) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Internal: run one configuration in this process and print its JSON.
+    #[arg(long, hide = true)]
+    single: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let Some(Stage::Llm) = a.stage else {
+        eprintln!("error: the end-to-end `expllm bench` lands with issue #7; `expllm bench --stage llm` works now. Nothing was run.");
+        return Ok(ExitCode::from(2));
+    };
+    if !a.model.is_file() {
+        bail!(
+            "model {} not found (run `bash scripts/setup` or `expllm models fetch`)",
+            a.model.display()
+        );
+    }
+    let opts = LlmBenchOptions {
+        prompt_tokens: a.prompt_tokens.max(1),
+        decode_tokens: a.tokens.max(1),
+        runs: a.runs as usize,
+        shapes: !a.no_shapes,
+    };
+    if a.single {
+        if let Some(&t) = a.threads.first() {
+            pool::set_threads(t as usize);
+        }
+        let r = bench::llm(&a.model, &opts, &|_| {})?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kernels: Vec<KernelPath> = if a.kernels.is_empty() {
+        [
+            KernelPath::Scalar,
+            KernelPath::Avx2,
+            KernelPath::Neon,
+            KernelPath::NeonDotprod,
+            KernelPath::NeonI8mm,
+        ]
+        .into_iter()
+        .filter(|p| p.supported())
+        .collect()
+    } else {
+        a.kernels
+            .iter()
+            .map(|k| {
+                let p = KernelPath::parse(k).with_context(|| {
+                    format!("--kernels: {k:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, neon-i8mm)")
+                })?;
+                if !p.supported() {
+                    bail!("--kernels: this CPU cannot run {k}");
+                }
+                Ok(p)
+            })
+            .collect::<Result<_>>()?
+    };
+    let threads: Vec<u64> = if a.threads.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        if n > 1 {
+            vec![1, n]
+        } else {
+            vec![1]
+        }
+    } else {
+        a.threads.clone()
+    };
+    let exe = std::env::current_exe().context("locating the expllm binary")?;
+    let total = kernels.len() * threads.len();
+    let mut runs: Vec<LlmRun> = Vec::new();
+    for (i, (k, t)) in kernels
+        .iter()
+        .flat_map(|k| threads.iter().map(move |t| (*k, *t)))
+        .enumerate()
+    {
+        eprint!(
+            "\r[{}/{total}] {} kernels, {t} thread(s): {} prompt + {} decode tokens × {} runs …   ",
+            i + 1,
+            k.as_str(),
+            opts.prompt_tokens,
+            opts.decode_tokens,
+            opts.runs
+        );
+        let _ = std::io::stderr().flush();
+        let mut cmd = Proc::new(&exe);
+        cmd.env("EXPLLM_KERNEL", k.as_str())
+            .args(["bench", "--stage", "llm", "--single", "--model"])
+            .arg(&a.model)
+            .args(["--threads", &t.to_string()])
+            .args(["--prompt-tokens", &opts.prompt_tokens.to_string()])
+            .args(["--tokens", &opts.decode_tokens.to_string()])
+            .args(["--runs", &opts.runs.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if a.no_shapes {
+            cmd.arg("--no-shapes");
+        }
+        let out = cmd.output().context("running a benchmark child process")?;
+        if !out.status.success() {
+            bail!(
+                "benchmark of {} kernels with {t} thread(s) failed",
+                k.as_str()
+            );
+        }
+        let r: LlmRun =
+            serde_json::from_slice(&out.stdout).context("reading a benchmark child's JSON")?;
+        runs.push(r);
+    }
+    eprintln!();
+    let mut stdout = std::io::stdout().lock();
+    let text = if a.json {
+        serde_json::to_string_pretty(&runs)? + "\n"
+    } else {
+        format!(
+            "{}\nCPU: {} | features: {}\n",
+            bench::llm_table(&runs),
+            cpu_model(),
+            crate::kernels::cpu_features().join(" ")
+        )
+    };
+    match stdout.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.context("writing to stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CPU model name from /proc/cpuinfo (x86 `model name`, else the ARM part number).
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    for key in ["model name", "Model", "CPU part"] {
+        if let Some(l) = info.lines().find(|l| l.starts_with(key)) {
+            if let Some((_, v)) = l.split_once(':') {
+                return v.trim().to_string();
+            }
+        }
+    }
+    "unknown".into()
+}

@@ -1,0 +1,293 @@
+//! A persistent pool of compute threads for the matmuls: `run(parts, f)` calls `f(0..parts)`
+//! spread over the calling thread and the pool's workers and returns when every part is done.
+//!
+//! Owns the worker threads and the one `unsafe` lifetime erasure that lets them borrow the
+//! caller's closure. Must not know what the parts compute.
+//!
+//! Like ggml's thread pool the workers **spin** between jobs (a decode step is ~200 matmuls
+//! a few µs to a few hundred µs apart, far shorter than a futex wake-up), and **park** after
+//! [`SPIN_LIMIT`] idle spins so an idle daemon does not burn a core. Spawned once, on first
+//! use, with the count set by [`set_threads`] (board file / `--threads`), else the number of
+//! cores; never per call.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, Thread};
+
+/// Idle spins before a worker parks (a few hundred µs on a 2–3 GHz core).
+const SPIN_LIMIT: u32 = 1 << 16;
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Set the number of compute threads (the caller included) before the first matmul; later
+/// calls have no effect once the pool exists. Returns the count in force.
+pub fn set_threads(n: usize) -> usize {
+    if POOL.get().is_none() {
+        THREADS.store(n.clamp(1, 256), Relaxed);
+    }
+    threads()
+}
+
+/// The compute thread count in force (or that the pool will start with).
+pub fn threads() -> usize {
+    if let Some(p) = POOL.get() {
+        return p.workers.len() + 1;
+    }
+    match THREADS.load(Relaxed) {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Call `f(p)` for every `p in 0..parts`, on this thread and the pool's workers, and return
+/// when all have returned. With one thread (or one part) it is a plain loop. A panic in `f`
+/// is re-raised here after every part has finished.
+pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    if parts <= 1 || threads() <= 1 {
+        (0..parts).for_each(f);
+        return;
+    }
+    POOL.get_or_init(|| Pool::start(threads() - 1))
+        .run(parts, f);
+}
+
+/// The ticket word: `generation << 32 | parts << 16 | next`. Parts are claimed by a CAS that
+/// must see the claimer's generation, so a worker that wakes up late for an old job claims
+/// nothing, and the caller never has to wait for a worker that is not running: if no worker
+/// shows up, the caller claims every part itself.
+const PART_BITS: u32 = 16;
+const MAX_PARTS: usize = (1 << PART_BITS) - 1;
+
+fn ticket(generation: u64, parts: usize, next: usize) -> u64 {
+    generation << 32 | (parts as u64) << PART_BITS | next as u64
+}
+
+struct Shared {
+    ticket: AtomicU64,
+    /// Parts finished in the current generation.
+    done: AtomicUsize,
+    /// Set when a part panicked (reported by the caller).
+    panicked: AtomicBool,
+    /// The current job's closure, lifetime erased. Written by the caller before it publishes
+    /// a generation (Release), read by a worker only after it claimed a part of that
+    /// generation (Acquire CAS); the caller does not return before every claimed part is done.
+    f: UnsafeCell<*const (dyn Fn(usize) + Sync + 'static)>,
+    /// Per worker: parked (or about to park) waiting for a new generation.
+    sleeping: Vec<AtomicBool>,
+}
+
+// SAFETY: `f` follows the protocol above (one writer, the caller holding `Pool::caller`, at a
+// time when no part can be claimed; readers only between claiming and finishing a part of the
+// generation it was written for); every other field is atomic.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    /// Claim and run parts of `generation` until none is left; the number run.
+    fn work(&self, generation: u64) -> usize {
+        let mut ran = 0;
+        loop {
+            let t = self.ticket.load(Acquire);
+            let (parts, next) = (
+                (t >> PART_BITS) as usize & MAX_PARTS,
+                t as usize & MAX_PARTS,
+            );
+            if t >> 32 != generation || next >= parts {
+                return ran;
+            }
+            if self
+                .ticket
+                .compare_exchange_weak(t, t + 1, AcqRel, Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: we claimed part `next` of `generation`, so the caller that wrote `f` for
+            // it is inside `Pool::run`, waiting for this part, and keeps the closure alive.
+            let f = unsafe { &**self.f.get() };
+            if catch_unwind(AssertUnwindSafe(|| f(next))).is_err() {
+                self.panicked.store(true, Relaxed);
+            }
+            self.done.fetch_add(1, Release);
+            ran += 1;
+        }
+    }
+}
+
+struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<Thread>,
+    /// Serialises callers: one job at a time.
+    caller: Mutex<u64>,
+}
+
+impl Pool {
+    fn start(n: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            ticket: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            f: UnsafeCell::new(&|_| {}),
+            sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        });
+        // Return only when every worker runs, so its start-up (which allocates) is over
+        // before the first job: the hot path then allocates nothing.
+        let started = Arc::new(std::sync::Barrier::new(n + 1));
+        let workers = (0..n)
+            .map(|i| {
+                let s = Arc::clone(&shared);
+                let started = Arc::clone(&started);
+                thread::Builder::new()
+                    .name(format!("expllm-compute-{}", i + 1))
+                    .spawn(move || {
+                        started.wait();
+                        drop(started);
+                        worker(&s, i)
+                    })
+                    .expect("cannot spawn a compute thread")
+                    .thread()
+                    .clone()
+            })
+            .collect();
+        started.wait();
+        Pool {
+            shared,
+            workers,
+            caller: Mutex::new(0),
+        }
+    }
+
+    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        if parts > MAX_PARTS {
+            // Never the case for matmuls (parts ≤ 4 · threads); keep the ticket exact.
+            for chunk in (0..parts).collect::<Vec<_>>().chunks(MAX_PARTS) {
+                self.run(chunk.len(), &|p| f(chunk[p]));
+            }
+            return;
+        }
+        let mut generation = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        *generation = (*generation + 1) & 0xffff_ffff;
+        let g = *generation;
+        let s = &*self.shared;
+        s.done.store(0, Relaxed);
+        s.panicked.store(false, Relaxed);
+        // SAFETY: the previous job's parts are all claimed and done (we waited for them), and
+        // this generation is not published yet, so nobody reads `f` now. The lifetime is
+        // erased, but no part of this generation can run after we return: we wait below for
+        // every part, and later claims need a generation that is gone.
+        unsafe {
+            *s.f.get() = std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(f);
+        }
+        s.ticket.store(ticket(g, parts, 0), SeqCst);
+        for (w, sleeping) in self.workers.iter().zip(&s.sleeping) {
+            if sleeping.load(SeqCst) {
+                w.unpark();
+            }
+        }
+        s.work(g);
+        while s.done.load(Acquire) < parts {
+            std::hint::spin_loop();
+        }
+        if s.panicked.load(Relaxed) {
+            panic!("a compute part panicked");
+        }
+    }
+}
+
+fn worker(s: &Shared, me: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        loop {
+            let g = s.ticket.load(Acquire) >> 32;
+            if g != seen {
+                seen = g;
+                break;
+            }
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            // Park; the caller unparks a worker it sees sleeping after publishing a
+            // generation (both SeqCst: either we see the new ticket here, or it sees our flag).
+            s.sleeping[me].store(true, SeqCst);
+            if s.ticket.load(SeqCst) >> 32 == seen {
+                thread::park();
+            }
+            s.sleeping[me].store(false, SeqCst);
+            spins = 0;
+        }
+        s.work(seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_runs_exactly_once() {
+        for parts in [0, 1, 2, 3, 7, 64, 1000] {
+            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            run(parts, &|p| {
+                hits[p].fetch_add(1, Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "parts={parts}");
+        }
+    }
+
+    #[test]
+    fn many_jobs_in_a_row_and_from_several_callers() {
+        let total = AtomicUsize::new(0);
+        thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..2000 {
+                        run(4, &|p| {
+                            total.fetch_add(p + 1, Relaxed);
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Relaxed), 3 * 2000 * 10);
+    }
+
+    #[test]
+    fn workers_wake_up_after_parking() {
+        let n = AtomicUsize::new(0);
+        run(8, &|_| {
+            n.fetch_add(1, Relaxed);
+        });
+        thread::sleep(std::time::Duration::from_millis(50));
+        run(8, &|_| {
+            n.fetch_add(1, Relaxed);
+        });
+        assert_eq!(n.load(Relaxed), 16);
+    }
+
+    #[test]
+    fn a_panicking_part_is_reported_to_the_caller_and_the_pool_survives() {
+        let r = catch_unwind(|| {
+            run(4, &|p| {
+                if p == 2 {
+                    panic!("boom");
+                }
+            })
+        });
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        run(4, &|_| {
+            n.fetch_add(1, Relaxed);
+        });
+        assert_eq!(n.load(Relaxed), 4);
+    }
+}

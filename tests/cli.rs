@@ -325,6 +325,86 @@ fn unimplemented_commands_say_so_and_fail() {
 }
 
 #[test]
+fn bench_llm_json_has_every_field() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/llm/tiny-llama-kq.gguf");
+    let mut args = vec![
+        "bench",
+        "--stage",
+        "llm",
+        "--model",
+        model.to_str().unwrap(),
+        "--kernels",
+        "scalar",
+        "--threads",
+        "1",
+        "--tokens",
+        "3",
+        "--prompt-tokens",
+        "5",
+        "--runs",
+        "1",
+        "--json",
+    ];
+    // Under qemu the parent cannot spawn its aarch64 children itself: run one configuration
+    // in-process (what each child does).
+    let under_wrapper = std::env::var_os("EXPLLM_TEST_WRAPPER").is_some();
+    if under_wrapper {
+        args.push("--single");
+    }
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("bench JSON");
+    let runs = if under_wrapper {
+        vec![v]
+    } else {
+        v.as_array().unwrap().clone()
+    };
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    for k in [
+        "kernel",
+        "threads",
+        "model",
+        "load_ms",
+        "bytes_per_token",
+        "bandwidth_model_size_gbs",
+        "bandwidth_256mib_gbs",
+        "roofline_tok_s",
+        "prefill_tokens",
+        "prefill_tok_s",
+        "decode_tokens",
+        "decode_tok_s",
+        "decode_tok_s_runs",
+        "roofline_fraction",
+        "shapes",
+    ] {
+        assert!(r.get(k).is_some(), "missing {k}: {r}");
+    }
+    assert_eq!(r["kernel"], "scalar");
+    assert_eq!(r["threads"], 1);
+    assert_eq!(r["prefill_tokens"], 5);
+    assert_eq!(r["decode_tokens"], 3);
+    assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(r["bytes_per_token"].as_u64().unwrap() > 0);
+    let shapes = r["shapes"].as_array().unwrap();
+    assert!(!shapes.is_empty());
+    for s in shapes {
+        for k in [
+            "role",
+            "ty",
+            "rows",
+            "cols",
+            "count",
+            "us_per_matvec",
+            "gb_s",
+            "gop_s",
+        ] {
+            assert!(s.get(k).is_some(), "shape missing {k}: {s}");
+        }
+    }
+}
+
+#[test]
 fn models_verify_names_the_missing_file_and_fails() {
     let dir = std::env::temp_dir().join(format!("expllm-cli-models-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

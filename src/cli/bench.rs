@@ -55,7 +55,7 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let Some(Stage::Llm) = a.stage else {
-        eprintln!("error: the end-to-end `expllm bench` lands with issue #7; `expllm bench --stage llm` works now. Nothing was run.");
+        eprintln!("error: the end-to-end `expllm bench` is not implemented yet; it lands with issue #7 (`expllm bench --stage llm` works now). Nothing was run.");
         return Ok(ExitCode::from(2));
     };
     if !a.model.is_file() {

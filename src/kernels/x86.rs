@@ -72,11 +72,14 @@ fn f16(h: F16Le) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
-    let q = _mm_loadu_si128(p.as_ptr().cast());
-    let m4 = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(q, m4);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
-    _mm256_set_m128i(hi, lo)
+    // SAFETY: AVX2 by contract; the load reads exactly the 16 bytes of `p`.
+    unsafe {
+        // Both halves hold the 16 bytes; the high half is shifted right by 4 bits per 64-bit
+        // lane (bits shifted in from the next byte land in the high nibble, masked off).
+        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.as_ptr().cast()));
+        let q = _mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4));
+        _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
+    }
 }
 
 /// Σ u·s over 32 byte pairs as 8 i32 lanes; `u` (unsigned) must be ≤ 127 so the i16 pair
@@ -85,11 +88,6 @@ unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-}
-
-#[inline(always)]
-fn h16(h: F16Le) -> u16 {
-    u16::from_le_bytes(h.0)
 }
 
 /// The eight block sums `[Σv0, …, Σv7]` of eight blocks' i32 partial sums (exact: wrapping
@@ -111,40 +109,122 @@ unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// Eight f16 scales to f32 (F16C `vcvtph2ps`: exact, the same bits as [`F16Le::get`]).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
-    // SAFETY: F16C by contract; `h` is 16 bytes.
-    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())) }
+/// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
+/// [`lane_total`]. Per group of eight consecutive blocks: `$block(&x[k], &y[k])` gives block
+/// `k`'s i32 partial sums, [`block_sums_8`] their exact totals `s` (as f32), [`f16_pairs`] of
+/// the blocks' first 32-bit words the scales `(dx, ex)` and `(dy, ey)` (the two f16 fields
+/// that start each block; `ex`/`ey` are meaningless for one-scale blocks and unused), and
+/// `$terms` the eight f32 terms, added to the lane vector. The last `n % 8` blocks form a
+/// group whose absent blocks have zero sums and zero scales, so their terms are +0.0 (for
+/// every kernel's expression), and adding +0.0 leaves a lane unchanged (a lane that starts at
+/// +0.0 is never -0.0): the tail lands in lanes `0..n % 8` after every whole group, the
+/// reference's order.
+///
+/// A macro, not a function taking closures: a closure does not inherit the caller's target
+/// features, and out of line every intrinsic in it becomes a call (measured: 2–3× slower).
+/// Expands to `unsafe` code: use only inside an `avx2,fma,f16c` function.
+macro_rules! striped {
+    ($x:expr, $y:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
+        let (x, y) = ($x, $y);
+        let (xc, xr) = x.as_chunks::<8>();
+        let (yc, yr) = y.as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (xg, yg) in xc.iter().zip(yc) {
+            let v: [__m256i; 8] = core::array::from_fn(|k| $block(&xg[k], &yg[k]));
+            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            let ($dx, $ex) = f16_pairs(&head_words(xg));
+            let ($dy, $ey) = f16_pairs(&head_words(yg));
+            acc = _mm256_add_ps(acc, $terms);
+        }
+        if !xr.is_empty() {
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (v, (xb, yb)) in v.iter_mut().zip(xr.iter().zip(yr)) {
+                *v = $block(xb, yb);
+            }
+            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            let ($dx, $ex) = f16_pairs(&head_words(xr));
+            let ($dy, $ey) = f16_pairs(&head_words(yr));
+            acc = _mm256_add_ps(acc, $terms);
+        }
+        lane_total(&lanes(acc))
+    }};
 }
 
-/// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
-/// [`lane_total`]: whole chunks of eight blocks go through `chunk` (which returns the eight
-/// f32 block terms, block `k` of the chunk in lane `k`, and is added to the lane vector);
-/// the last `n % 8` blocks go through `tail` (one block's f32 term, the same expression in
-/// scalar f32) into lanes `0..n % 8`, after every whole chunk — the reference's order.
+/// [`striped!`] with the activation scales already in f32 (`$yd`, `$ys`: one per block,
+/// zero-padded to a multiple of 8, as [`QuantizedActs`](super::quants::QuantizedActs) keeps
+/// them): the per-row work of gathering and converting them disappears. Same order, same
+/// terms, same bits.
+macro_rules! striped_pre {
+    ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
+        let (x, y, yd, ys): (&[_], &[_], &[f32], &[f32]) = ($x, $y, $yd, $ys);
+        let (xc, xr) = x.as_chunks::<8>();
+        let (yc, yr) = y.as_chunks::<8>();
+        let (ydc, _) = yd.as_chunks::<8>();
+        let (ysc, _) = ys.as_chunks::<8>();
+        let groups = xc.len() + !xr.is_empty() as usize;
+        assert!(
+            ydc.len() >= groups && ysc.len() >= groups,
+            "activation scales missing"
+        );
+        let mut acc = _mm256_setzero_ps();
+        for (g, (xg, yg)) in xc.iter().zip(yc).enumerate() {
+            let v: [__m256i; 8] = core::array::from_fn(|k| $block(&xg[k], &yg[k]));
+            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            let ($dx, $ex) = f16_pairs(&head_words(xg));
+            let ($dy, $ey) = (
+                _mm256_loadu_ps(ydc[g].as_ptr()),
+                _mm256_loadu_ps(ysc[g].as_ptr()),
+            );
+            acc = _mm256_add_ps(acc, $terms);
+        }
+        if !xr.is_empty() {
+            let g = xc.len();
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (v, (xb, yb)) in v.iter_mut().zip(xr.iter().zip(yr)) {
+                *v = $block(xb, yb);
+            }
+            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            let ($dx, $ex) = f16_pairs(&head_words(xr));
+            let ($dy, $ey) = (
+                _mm256_loadu_ps(ydc[g].as_ptr()),
+                _mm256_loadu_ps(ysc[g].as_ptr()),
+            );
+            acc = _mm256_add_ps(acc, $terms);
+        }
+        lane_total(&lanes(acc))
+    }};
+}
+
+/// The 32-bit words at the starts of up to eight consecutive blocks (`stride` bytes apart),
+/// zero for absent ones: for Q4_1 / Q8_1 blocks the f16 pair (d, m) / (d, s).
 #[inline(always)]
-fn striped<X, Y>(
-    x: &[X],
-    y: &[Y],
-    chunk: impl Fn(&[X; 8], &[Y; 8]) -> __m256,
-    tail: impl Fn(&X, &Y) -> f32,
-) -> f32 {
-    let (xc, xr) = x.as_chunks::<8>();
-    let (yc, yr) = y.as_chunks::<8>();
-    // SAFETY: the callers are `avx2,fma,f16c` functions entered only on such a CPU.
-    let mut acc = unsafe { _mm256_setzero_ps() };
-    for (xc, yc) in xc.iter().zip(yc) {
-        // SAFETY: as above.
-        acc = unsafe { _mm256_add_ps(acc, chunk(xc, yc)) };
+fn head_words<B>(b: &[B]) -> [u32; 8] {
+    let mut w = [0u32; 8];
+    for (w, b) in w.iter_mut().zip(b) {
+        // SAFETY: every block type here starts with two f16 fields (≥ 4 bytes), and the read
+        // is unaligned-safe.
+        *w = unsafe { std::ptr::read_unaligned((b as *const B).cast::<u32>()) };
     }
-    // SAFETY: as above.
-    let mut l = unsafe { lanes(acc) };
-    for (k, (xb, yb)) in xr.iter().zip(yr).enumerate() {
-        l[k] += tail(xb, yb);
+    w
+}
+
+/// Eight 32-bit words of two f16 each → (the eight low halves, the eight high halves) as f32
+/// (F16C `vcvtph2ps`: exact, the bits of [`F16Le::get`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_pairs(w: &[u32; 8]) -> (__m256, __m256) {
+    // SAFETY: AVX2/F16C by contract; `w` is 32 bytes.
+    unsafe {
+        let v = _mm256_loadu_si256(w.as_ptr().cast());
+        let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+        let hi = _mm256_srli_epi32::<16>(v);
+        // [lo0..3, hi0..3 | lo4..7, hi4..7] → [lo0..3, lo4..7 | hi0..3, hi4..7].
+        let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(lo, hi));
+        (
+            _mm256_cvtph_ps(_mm256_castsi256_si128(p)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(p)),
+        )
     }
-    lane_total(&l)
 }
 
 /// `Σ (q − 8)·a` of one Q4_0 × Q8_0 block as eight i32 partial sums.
@@ -190,9 +270,9 @@ unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
     }
 }
 
-/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per chunk of
-/// eight blocks, their exact i32 sums ([`block_sums_8`]) and f16 scales become the eight terms
-/// `(sumi · dx) · dy` in one vector, added to the block-striped lanes.
+/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per group of
+/// eight blocks, their exact i32 sums ([`block_sums_8`]) and F16C-converted scales give the
+/// eight terms `(sumi · dx) · dy` in one vector, added to the block-striped lanes.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (`is_x86_feature_detected!`).
@@ -202,22 +282,13 @@ unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
-        |xc, yc| unsafe {
-            let v: [__m256i; 8] = core::array::from_fn(|k| q4_0_block(&xc[k], &yc[k]));
-            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
-            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
-            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            _mm256_mul_ps(_mm256_mul_ps(s, f16x8(&dx)), f16x8(&dy))
-        },
-        |xb, yb| {
-            let s = unsafe { hsum_i32_8(q4_0_block(xb, yb)) };
-            s as f32 * f16(xb.d) * f16(yb.d)
-        },
-    )
+    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
+    unsafe {
+        striped!(x, y, q4_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+            _mm256_mul_ps(s, dx),
+            dy
+        ))
+    }
 }
 
 /// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]: eight terms
@@ -231,27 +302,13 @@ pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
-        |xc, yc| unsafe {
-            let v: [__m256i; 8] = core::array::from_fn(|k| q4_1_block(&xc[k], &yc[k]));
-            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
-            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
-            let mx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].m));
-            let sy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].s));
-            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            _mm256_add_ps(
-                _mm256_mul_ps(_mm256_mul_ps(f16x8(&dx), f16x8(&dy)), s),
-                _mm256_mul_ps(f16x8(&mx), f16x8(&sy)),
-            )
-        },
-        |xb, yb| {
-            let s = unsafe { hsum_i32_8(q4_1_block(xb, yb)) };
-            (f16(xb.d) * f16(yb.d)) * s as f32 + f16(xb.m) * f16(yb.s)
-        },
-    )
+    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
+    unsafe {
+        striped!(x, y, q4_1_block, |s, dx, mx, dy, sy| _mm256_add_ps(
+            _mm256_mul_ps(_mm256_mul_ps(dx, dy), s),
+            _mm256_mul_ps(mx, sy),
+        ))
+    }
 }
 
 /// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`]: eight terms
@@ -265,22 +322,83 @@ pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        // SAFETY (both closures): inlined into this `avx2,fma,f16c` function.
-        |xc, yc| unsafe {
-            let v: [__m256i; 8] = core::array::from_fn(|k| q8_0_block(&xc[k], &yc[k]));
-            let dx: [u16; 8] = core::array::from_fn(|k| h16(xc[k].d));
-            let dy: [u16; 8] = core::array::from_fn(|k| h16(yc[k].d));
-            let s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            _mm256_mul_ps(s, _mm256_mul_ps(f16x8(&dx), f16x8(&dy)))
-        },
-        |xb, yb| {
-            let s = unsafe { hsum_i32_8(q8_0_block(xb, yb)) };
-            s as f32 * (f16(xb.d) * f16(yb.d))
-        },
-    )
+    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
+    unsafe {
+        striped!(x, y, q8_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+            s,
+            _mm256_mul_ps(dx, dy)
+        ))
+    }
+}
+
+/// [`vec_dot_q4_0_q8_0`] with the activation scales `yd` pre-converted to f32 (one per
+/// block, zero-padded to a multiple of 8: [`QuantizedActs::scales`]). Bit-identical to it.
+///
+/// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd` is shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_q8_0_pre(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
+    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks and the
+    // (length-checked) scale slices.
+    unsafe {
+        striped_pre!(x, y, yd, yd, q4_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+            _mm256_mul_ps(s, dx),
+            dy
+        ))
+    }
+}
+
+/// [`vec_dot_q4_1_q8_1`] with the activation scales `yd` and sums `ys` pre-converted to f32
+/// ([`QuantizedActs::scales`] / [`QuantizedActs::sums`]). Bit-identical to it.
+///
+/// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
+/// [`QuantizedActs::sums`]: super::quants::QuantizedActs::sums
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd`/`ys` are shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_1_q8_1_pre(
+    x: &[BlockQ4_1],
+    y: &[BlockQ8_1],
+    yd: &[f32],
+    ys: &[f32],
+) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
+    // SAFETY: as in `vec_dot_q4_0_q8_0_pre`.
+    unsafe {
+        striped_pre!(x, y, yd, ys, q4_1_block, |s, dx, mx, dy, sy| _mm256_add_ps(
+            _mm256_mul_ps(_mm256_mul_ps(dx, dy), s),
+            _mm256_mul_ps(mx, sy),
+        ))
+    }
+}
+
+/// [`vec_dot_q8_0_q8_0`] with the activation scales pre-converted to f32. Bit-identical to it.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd` is shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q8_0_q8_0_pre(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
+    // SAFETY: as in `vec_dot_q4_0_q8_0_pre`.
+    unsafe {
+        striped_pre!(x, y, yd, yd, q8_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+            s,
+            _mm256_mul_ps(dx, dy)
+        ))
+    }
 }
 
 /// Permute the 32 bytes of a chunk (elements `e0..e32`) so that byte `4k + r` of each 128-bit
@@ -676,6 +794,14 @@ mod tests {
             .collect()
     }
 
+    /// Pre-converted activation scales as `QuantizedActs` keeps them: f32, zero-padded to 8.
+    fn pre(h: impl Iterator<Item = (F16Le, F16Le)>) -> (Vec<f32>, Vec<f32>) {
+        let (mut d, mut s): (Vec<f32>, Vec<f32>) = h.map(|(a, b)| (a.get(), b.get())).unzip();
+        d.resize(d.len().next_multiple_of(8), 0.0);
+        s.resize(s.len().next_multiple_of(8), 0.0);
+        (d, s)
+    }
+
     /// `same` is bit-for-bit equality (NaN == NaN); the kernels are bit-identical to the
     /// reference, so no tolerance is needed (and none is used).
     fn same(a: f32, b: f32) -> bool {
@@ -705,6 +831,10 @@ mod tests {
             // SAFETY: avx2+fma checked above; equal lengths.
             let got = unsafe { vec_dot_q4_0_q8_0(&x, &y) };
             assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+            let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
+            // SAFETY: as above; `yd` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q4_0_q8_0_pre(&x, &y, &yd) };
+            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -742,6 +872,10 @@ mod tests {
             // SAFETY: avx2+fma checked above; equal lengths.
             let got = unsafe { vec_dot_q4_1_q8_1(&x, &y) };
             assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+            let (yd, ys) = pre(y.iter().map(|b| (b.d, b.s)));
+            // SAFETY: as above; `yd`, `ys` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q4_1_q8_1_pre(&x, &y, &yd, &ys) };
+            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -759,6 +893,10 @@ mod tests {
             // SAFETY: avx2+fma checked above; equal lengths.
             let got = unsafe { vec_dot_q8_0_q8_0(&x, &y) };
             assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+            let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
+            // SAFETY: as above; `yd` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q8_0_q8_0_pre(&x, &y, &yd) };
+            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -905,13 +1043,15 @@ mod tests {
     #[test]
     fn f16_matches_half_for_all_bit_patterns() {
         if have_avx2() {
-            for base in (0..=u16::MAX).step_by(8) {
-                let h: [u16; 8] = core::array::from_fn(|k| base + k as u16);
-                // SAFETY: avx2+fma checked above.
-                let got = unsafe { lanes(f16x8(&h)) };
+            for base in (0..=u16::MAX).step_by(16) {
+                let h: [u16; 16] = core::array::from_fn(|k| base + k as u16);
+                let w: [u32; 8] = core::array::from_fn(|k| h[k] as u32 | (h[k + 8] as u32) << 16);
+                // SAFETY: avx2, fma and f16c checked above.
+                let (lo, hi) = unsafe { f16_pairs(&w) };
+                let got = [unsafe { lanes(lo) }, unsafe { lanes(hi) }].concat();
                 for (g, h) in got.iter().zip(h) {
                     let want = F16Le(h.to_le_bytes()).get();
-                    assert_eq!(g.to_bits(), want.to_bits(), "f16x8 {h:#06x}");
+                    assert_eq!(g.to_bits(), want.to_bits(), "f16_pairs {h:#06x}");
                 }
             }
         }
@@ -968,7 +1108,7 @@ mod tests {
             }
         }
         let mut r = Rng(7);
-        for n in [576usize, 1536] {
+        for n in [512usize, 576, 1536] {
             let nb = n / QK;
             let xf: Vec<f32> = (0..n).map(|_| r.f()).collect();
             let mut a0 = vec![bytemuck::Zeroable::zeroed(); nb];

@@ -15,6 +15,7 @@ use crate::kernels::GgmlType;
 use crate::llm::gguf::{GgufFile, TensorInfo};
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::path::Path;
 
 /// Architectures we run.
@@ -90,6 +91,8 @@ pub struct State {
     xn: Vec<f32>,
     q: Vec<f32>,
     qh: Vec<f32>,
+    /// One cached key/value row converted to f32 (head_dim).
+    kv_row: Vec<f32>,
     kk: Vec<f32>,
     vv: Vec<f32>,
     att_out: Vec<f32>,
@@ -332,6 +335,7 @@ impl Model {
             xn: vec![0.0; c.n_embd],
             q: vec![0.0; c.n_head * c.head_dim],
             qh: vec![0.0; c.head_dim],
+            kv_row: vec![0.0; c.head_dim],
             kk: vec![0.0; c.n_head_kv * c.head_dim],
             vv: vec![0.0; c.n_head_kv * c.head_dim],
             att_out: vec![0.0; c.n_head * c.head_dim],
@@ -464,8 +468,8 @@ impl Model {
                 st.scores.clear();
                 for p in 0..n {
                     let kr = &kc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                    let dot: f32 = st.qh.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum();
-                    st.scores.push(dot * scale);
+                    kr.convert_to_f32_slice(&mut st.kv_row);
+                    st.scores.push(dot_striped(&st.qh, &st.kv_row) * scale);
                 }
                 softmax(&mut st.scores);
                 let out = &mut st.att_out[h * c.head_dim..(h + 1) * c.head_dim];
@@ -473,9 +477,10 @@ impl Model {
                 for p in 0..n {
                     let w = f16::from_f32(st.scores[p]).to_f32();
                     let vr = &vc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
+                    vr.convert_to_f32_slice(&mut st.kv_row);
                     out.iter_mut()
-                        .zip(vr)
-                        .for_each(|(o, v)| *o += w * v.to_f32());
+                        .zip(&st.kv_row)
+                        .for_each(|(o, v)| *o += w * v);
                 }
             }
             st.acts
@@ -519,6 +524,25 @@ impl Model {
 }
 
 /// RMSNorm as ggml: mean of squares accumulated in f64, then `x * w / sqrt(mean + eps)`.
+/// `Σ a·b` in f32 with eight lane sums (element `i` in lane `i % 8`, lanes reduced like
+/// [`crate::kernels::quants::lane_total`]): written out so that the compiler may vectorize it
+/// on every target without changing a bit (plain left-to-right sums cannot be vectorized),
+/// and every build gives the same result.
+pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    let (ac, ar) = a.as_chunks::<8>();
+    let (bc, br) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for k in 0..8 {
+            l[k] += x[k] * y[k];
+        }
+    }
+    for (k, (x, y)) in ar.iter().zip(br).enumerate() {
+        l[k] += x * y;
+    }
+    crate::kernels::quants::lane_total(&l)
+}
+
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;

@@ -340,6 +340,10 @@ pub struct QuantizedActs {
     bytes: Vec<u8>,
     /// The values, for F32.
     f32s: Vec<f32>,
+    /// Q8_0/Q8_1: every block's scale `d` (and Q8_1's `s`) as f32, zero-padded to a multiple
+    /// of 8 blocks, so SIMD kernels load eight at once instead of converting them per row.
+    scales: Vec<f32>,
+    sums: Vec<f32>,
 }
 
 impl Default for QuantizedActs {
@@ -356,6 +360,8 @@ impl QuantizedActs {
             len: 0,
             bytes: Vec::new(),
             f32s: Vec::new(),
+            scales: Vec::new(),
+            sums: Vec::new(),
         }
     }
 
@@ -375,8 +381,38 @@ impl QuantizedActs {
                 quantize_row(ty, x, &mut self.bytes)?;
             }
         }
+        self.scales.clear();
+        self.sums.clear();
+        match ty {
+            GgmlType::Q8_0 => {
+                let b: &[BlockQ8_0] = blocks(&self.bytes);
+                self.scales.extend(b.iter().map(|b| b.d.get()));
+            }
+            GgmlType::Q8_1 => {
+                let b: &[BlockQ8_1] = blocks(&self.bytes);
+                self.scales.extend(b.iter().map(|b| b.d.get()));
+                self.sums.extend(b.iter().map(|b| b.s.get()));
+            }
+            _ => {}
+        }
+        for v in [&mut self.scales, &mut self.sums] {
+            if !v.is_empty() {
+                v.resize(v.len().next_multiple_of(LANES), 0.0);
+            }
+        }
         self.len = x.len();
         Ok(())
+    }
+
+    /// Q8_0/Q8_1 activations: each block's `d` as f32, then zeros up to a multiple of 8
+    /// blocks (empty for other types).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Q8_1 activations: each block's `s` as f32, zero-padded like [`scales`](Self::scales).
+    pub fn sums(&self) -> &[f32] {
+        &self.sums
     }
 
     /// Number of elements.
@@ -551,24 +587,26 @@ fn row_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> RowsFn {
         // `check_acts` made the activation count equal the row length, so
         // `x.len() == y.len()`.
         match weight {
+            // The `_pre` kernels also take the activation scales `QuantizedActs` keeps in f32
+            // (zero-padded to a multiple of 8 blocks, which they assert).
             GgmlType::Q4_0 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q4_0_q8_0(x, y)
+                        x86::vec_dot_q4_0_q8_0_pre(x, y, a.scales())
                     })
                 }
             }
             GgmlType::Q4_1 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q4_1_q8_1(x, y)
+                        x86::vec_dot_q4_1_q8_1_pre(x, y, a.scales(), a.sums())
                     })
                 }
             }
             GgmlType::Q8_0 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q8_0_q8_0(x, y)
+                        x86::vec_dot_q8_0_q8_0_pre(x, y, a.scales())
                     })
                 }
             }

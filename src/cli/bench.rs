@@ -71,6 +71,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         shapes: !a.no_shapes,
     };
     if a.single {
+        if let Some(k) = a.kernels.first() {
+            let p = KernelPath::parse(k)
+                .with_context(|| format!("--kernels: {k:?} is not a kernel path"))?;
+            if !crate::kernels::set_active(p) {
+                bail!("--kernels: this CPU cannot run {k}");
+            }
+        }
         if let Some(&t) = a.threads.first() {
             pool::set_threads(t as usize);
         }
@@ -132,7 +139,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let _ = std::io::stderr().flush();
         let mut cmd = Proc::new(&exe);
         cmd.env("EXPLLM_KERNEL", k.as_str())
-            .args(["bench", "--stage", "llm", "--single", "--model"])
+            .args([
+                "bench",
+                "--stage",
+                "llm",
+                "--single",
+                "--kernels",
+                k.as_str(),
+                "--model",
+            ])
             .arg(&a.model)
             .args(["--threads", &t.to_string()])
             .args(["--prompt-tokens", &opts.prompt_tokens.to_string()])

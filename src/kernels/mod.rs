@@ -17,7 +17,6 @@ pub use ggml_type::GgmlType;
 /// CPU supports (the CLI refuses an unsupported one with a clear error before we get here),
 /// else the best path detected.
 pub fn active() -> KernelPath {
-    static ACTIVE: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
     *ACTIVE.get_or_init(|| {
         std::env::var("EXPLLM_KERNEL")
             .ok()
@@ -25,6 +24,14 @@ pub fn active() -> KernelPath {
             .filter(|p| p.supported())
             .unwrap_or_else(KernelPath::detect)
     })
+}
+
+static ACTIVE: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+
+/// Choose the kernel path before the first matmul (a benchmark child, a test). Returns
+/// `false` if the path is already fixed to another one or this CPU cannot run `p`.
+pub fn set_active(p: KernelPath) -> bool {
+    p.supported() && (ACTIVE.set(p).is_ok() || active() == p)
 }
 
 /// Which kernel path this CPU runs, best first.

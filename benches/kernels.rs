@@ -1,0 +1,153 @@
+//! `cargo bench --bench kernels`: one row's quantized dot product, scalar reference against
+//! the SIMD path of this machine (AVX2 on x86_64; NEON and NEON+dotprod on aarch64), on
+//! SmolLM2-135M's row lengths (576 = 18 blocks with a tail of 2, 1536 = 48) and 512 (16 whole
+//! blocks), plus the Q8 activation quantizers. Hot cache (one row, repeated): this is the
+//! kernels' compute cost; `expllm bench --stage llm` measures whole matvecs from memory.
+//!
+//! No criterion: repetitions until ≥ 100 ms, best of three, nanoseconds per row.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use expllm_edge::kernels::quants::{q4_0, q4_1, q8, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+fn ns(mut f: impl FnMut() -> f32) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let mut reps = 1000u32;
+        loop {
+            let t = Instant::now();
+            let mut s = 0f32;
+            for _ in 0..reps {
+                s += f();
+            }
+            black_box(s);
+            let e = t.elapsed();
+            if e.as_millis() >= 100 {
+                best = best.min(e.as_nanos() as f64 / reps as f64);
+                break;
+            }
+            reps *= 4;
+        }
+    }
+    best
+}
+
+struct Rows {
+    xf: Vec<f32>,
+    w40: Vec<BlockQ4_0>,
+    w41: Vec<BlockQ4_1>,
+    a0: Vec<BlockQ8_0>,
+    a1: Vec<BlockQ8_1>,
+}
+
+fn rows(n: usize) -> Rows {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let xf: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let nb = n / 32;
+    use bytemuck::Zeroable;
+    let mut w40 = vec![BlockQ4_0::zeroed(); nb];
+    let mut w41 = vec![BlockQ4_1::zeroed(); nb];
+    let mut a0 = vec![BlockQ8_0::zeroed(); nb];
+    let mut a1 = vec![BlockQ8_1::zeroed(); nb];
+    q4_0::quantize_row_q4_0(&xf, &mut w40);
+    q4_1::quantize_row_q4_1(&xf, &mut w41);
+    q8::quantize_row_q8_0(&xf, &mut a0);
+    q8::quantize_row_q8_1(&xf, &mut a1);
+    Rows {
+        xf,
+        w40,
+        w41,
+        a0,
+        a1,
+    }
+}
+
+fn print(n: usize, name: &str, path: &str, scalar: f64, simd: f64) {
+    println!(
+        "n={n:5} {name:14} scalar {scalar:8.1} ns  {path:<12} {simd:8.1} ns  x{:.1}",
+        scalar / simd
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    use expllm_edge::kernels::x86;
+    if !expllm_edge::kernels::KernelPath::Avx2.supported() {
+        println!("no AVX2/FMA/F16C on this CPU: nothing to compare");
+        return;
+    }
+    println!("x86_64, one thread, hot cache; ns per row (best of 3)");
+    for n in [512usize, 576, 1536] {
+        let r = rows(n);
+        let (a0, a1, w40, w41) = (&r.a0, &r.a1, &r.w40, &r.w41);
+        // SAFETY (every call): AVX2, FMA and F16C checked above; equal lengths.
+        let s = ns(|| q4_0::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)));
+        let v = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)) });
+        print(n, "q4_0·q8_0", "avx2", s, v);
+        let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
+        let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)) });
+        print(n, "q4_1·q8_1", "avx2", s, v);
+        let s = ns(|| q8::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0)));
+        let v = ns(|| unsafe { x86::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0)) });
+        print(n, "q8_0·q8_0", "avx2", s, v);
+        let mut q0 = r.a0.clone();
+        let mut q1 = r.a1.clone();
+        let s = ns(|| {
+            q8::quantize_row_q8_0(black_box(&r.xf), &mut q0);
+            0.0
+        });
+        let v = ns(|| {
+            unsafe { x86::quantize_row_q8_0(black_box(&r.xf), &mut q0) };
+            0.0
+        });
+        print(n, "quantize q8_0", "avx2", s, v);
+        let s = ns(|| {
+            q8::quantize_row_q8_1(black_box(&r.xf), &mut q1);
+            0.0
+        });
+        let v = ns(|| {
+            unsafe { x86::quantize_row_q8_1(black_box(&r.xf), &mut q1) };
+            0.0
+        });
+        print(n, "quantize q8_1", "avx2", s, v);
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn main() {
+    use expllm_edge::kernels::aarch64 as a64;
+    let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+    println!("aarch64, one thread, hot cache; ns per row (best of 3)");
+    for n in [512usize, 576, 1536] {
+        let r = rows(n);
+        let (a0, a1, w40, w41) = (&r.a0, &r.a1, &r.w40, &r.w41);
+        let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
+        // SAFETY: NEON is baseline; the dotprod kernels only where detected.
+        let v = ns(|| unsafe { a64::vec_dot_q4_1_q8_1_neon(black_box(w41), black_box(a1)) });
+        print(n, "q4_1·q8_1", "neon", s, v);
+        if dot {
+            let v = ns(|| unsafe { a64::vec_dot_q4_1_q8_1_dotprod(black_box(w41), black_box(a1)) });
+            print(n, "q4_1·q8_1", "neon-dotprod", s, v);
+        }
+        let s = ns(|| q4_0::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)));
+        let v = ns(|| unsafe { a64::vec_dot_q4_0_q8_0_neon(black_box(w40), black_box(a0)) });
+        print(n, "q4_0·q8_0", "neon", s, v);
+        if dot {
+            let v = ns(|| unsafe { a64::vec_dot_q4_0_q8_0_dotprod(black_box(w40), black_box(a0)) });
+            print(n, "q4_0·q8_0", "neon-dotprod", s, v);
+        }
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn main() {
+    println!("no SIMD kernels on this architecture");
+}

@@ -57,7 +57,8 @@ pub struct LlmRun {
     /// `bandwidth_model_size_gbs · 1e9 / bytes_per_token`.
     pub roofline_tok_s: f64,
     pub prefill_tokens: usize,
-    /// Median over runs; prompt processed one token at a time (no batched prefill yet).
+    /// Median over runs; the prompt goes through `Model::prefill` (batches of
+    /// `llm::model::MAX_BATCH` tokens, every weight row loaded once per batch).
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
     /// Median over runs of greedy decode (forward + argmax), after the prompt.
@@ -146,9 +147,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         progress(&format!("run {}/{}", r + 1, o.runs.max(1)));
         st.reset();
         let t = Instant::now();
-        for (i, &id) in prompt.iter().enumerate() {
-            model.forward(&mut st, id, i + 1 == prompt.len())?;
-        }
+        model.prefill(&mut st, &prompt, true)?;
         pre.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(st.logits());
         let t = Instant::now();

@@ -179,9 +179,7 @@ pub fn generate(
             st.n_past()
         );
     }
-    for (i, &t) in prompt.iter().enumerate() {
-        model.forward(st, t, i + 1 == prompt.len())?;
-    }
+    model.prefill(st, prompt, true)?;
     let mut rng = Rng::new(opts.sampler.seed);
     let mut picker = Picker::default();
     let mut out = Vec::with_capacity(opts.max_tokens);

@@ -525,37 +525,51 @@ fn rows_with<W: WeightBlock>(
 /// Rows handed to one compute thread at a time: enough work (≥ ~10 µs) to hide the hand-off.
 const ROWS_PER_PART: usize = 32;
 
-fn matvec_dyn(weight: GgmlType, w: &[u8], row_bytes: usize, acts: &QuantizedActs, out: &mut [f32]) {
+/// Weight rows per group inside a part: the group (≤ 16 rows, a few KB) stays in L1 while
+/// every activation row of a batch is dotted with it.
+const ROW_GROUP: usize = 16;
+
+fn matmul_dyn(
+    weight: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    n: usize,
+    acts: &[QuantizedActs],
+    out: &mut [f32],
+) {
     if row_bytes == 0 {
         out.fill(0.0);
         return;
     }
     let rows = row_kernel(crate::kernels::active(), weight);
-    let n = out.len();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // Rows `r0..r1` (a group at a time) for every activation row, into `out[b·n + r]`.
+    let run = |r0: usize, r1: usize| {
+        let mut g = r0;
+        while g < r1 {
+            let g1 = (g + ROW_GROUP).min(r1);
+            for (b, a) in acts.iter().enumerate() {
+                // SAFETY: `b·n + g .. b·n + g1` lies inside `out` (g1 ≤ n, out.len() =
+                // n · acts.len()). Concurrent calls of `run` get disjoint row ranges `r0..r1`
+                // (see below), so no two live sub-slices overlap, and `out` outlives them
+                // (`pool::run` returns only after every part is done).
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(b * n + g), g1 - g) };
+                rows(&w[g * row_bytes..g1 * row_bytes], row_bytes, a, o);
+            }
+            g = g1;
+        }
+    };
     let threads = crate::kernels::pool::threads();
-    if threads <= 1 || n < 2 * ROWS_PER_PART {
-        rows(w, row_bytes, acts, out);
+    if threads <= 1 || n * acts.len() < 2 * ROWS_PER_PART {
+        run(0, n);
         return;
     }
     // Contiguous row ranges, a few per thread so a slow core does not hold the others up.
-    let parts = (n / ROWS_PER_PART).min(threads * 4);
+    let parts = (n / ROWS_PER_PART).clamp(1, threads * 4);
     let per = n.div_ceil(parts);
     let parts = n.div_ceil(per);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    crate::kernels::pool::run(parts, &|p| {
-        let start = p * per;
-        let len = per.min(n - start);
-        // SAFETY: the parts are the disjoint ranges `p·per .. p·per + len` of `out` (len ≤
-        // n − start), each handed to exactly one call, and `run` returns only after every
-        // call did, so this is a unique borrow of a live sub-slice of `out`.
-        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
-        rows(
-            &w[start * row_bytes..(start + len) * row_bytes],
-            row_bytes,
-            acts,
-            o,
-        );
-    });
+    crate::kernels::pool::run(parts, &|p| run(p * per, (p * per + per).min(n)));
 }
 
 /// A raw pointer that may cross to the compute threads (see the SAFETY note at its use).
@@ -710,12 +724,19 @@ pub fn vec_dot(weight: GgmlType, row: &[u8], acts: &QuantizedActs) -> Result<f32
         });
     }
     let mut out = [0f32];
-    matvec_dyn(weight, row, expected, acts, &mut out);
+    matmul_dyn(
+        weight,
+        row,
+        expected,
+        1,
+        std::slice::from_ref(acts),
+        &mut out,
+    );
     Ok(out[0])
 }
 
-/// `out[r] = dot(row r of w, acts)` for a row-major `n_rows × n_cols` weight matrix `w` of
-/// type `weight` (rows contiguous, `w` exactly the matrix's bytes).
+/// `out = W · acts`: `W` is `n_rows` rows of `n_cols` elements of type `weight` (GGUF bytes),
+/// `acts` quantized for it. One matrix-vector product (decode).
 pub fn matvec(
     weight: GgmlType,
     w: &[u8],
@@ -724,7 +745,24 @@ pub fn matvec(
     acts: &QuantizedActs,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    check_acts(weight, acts, n_cols)?;
+    matmul(weight, w, n_rows, n_cols, std::slice::from_ref(acts), out)
+}
+
+/// `out[b·n_rows + r] = W[r] · acts[b]` for every activation row `b` (prefill: several tokens
+/// at once). Each weight row is loaded once for all of them (rows are taken in small groups
+/// that stay in L1 while every activation row passes), and the rows are split over the
+/// compute threads. Every value is the same bits as [`matvec`] of that row would give.
+pub fn matmul(
+    weight: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    n_cols: usize,
+    acts: &[QuantizedActs],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    for a in acts {
+        check_acts(weight, a, n_cols)?;
+    }
     let rb = row_bytes(weight, n_cols)?;
     let expected = rb.checked_mul(n_rows).ok_or(QuantError::TooLarge {
         ty: weight,
@@ -740,14 +778,14 @@ pub fn matvec(
             got: w.len(),
         });
     }
-    if out.len() != n_rows {
+    if out.len() != n_rows * acts.len() {
         return Err(QuantError::Len {
-            what: "matvec output",
-            expected: n_rows,
+            what: "matmul output",
+            expected: n_rows * acts.len(),
             got: out.len(),
         });
     }
-    matvec_dyn(weight, w, rb, acts, out);
+    matmul_dyn(weight, w, rb, n_rows, acts, out);
     Ok(())
 }
 

@@ -541,21 +541,57 @@ fn matmul_dyn(
         out.fill(0.0);
         return;
     }
-    let rows = row_kernel(crate::kernels::active(), weight);
+    let path = crate::kernels::active();
+    let rows = row_kernel(path, weight);
+    let pair = pair_kernel(path, weight).filter(|_| acts.len() >= 2);
     let out_ptr = SendPtr(out.as_mut_ptr());
     // Rows `r0..r1` (a group at a time) for every activation row, into `out[b·n + r]`.
     let run = |r0: usize, r1: usize| {
         let mut g = r0;
         while g < r1 {
             let g1 = (g + ROW_GROUP).min(r1);
-            for (b, a) in acts.iter().enumerate() {
-                // SAFETY: `b·n + g .. b·n + g1` lies inside `out` (g1 ≤ n, out.len() =
-                // n · acts.len()). Concurrent calls of `run` get disjoint row ranges `r0..r1`
-                // (see below), so no two live sub-slices overlap, and `out` outlives them
-                // (`pool::run` returns only after every part is done).
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(b * n + g), g1 - g) };
-                rows(&w[g * row_bytes..g1 * row_bytes], row_bytes, a, o);
+            // SAFETY: `b·n + r` for r in g..g1 lies inside `out` (g1 ≤ n, out.len() =
+            // n · acts.len()). Concurrent calls of `run` get disjoint row ranges `r0..r1`
+            // (see below), so no two live references overlap, and `out` outlives them
+            // (`pool::run` returns only after every part is done).
+            let slot = |b: usize, r: usize, len: usize| unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(b * n + r), len)
+            };
+            let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+            let mut done_rows = g;
+            if let Some(pair) = pair {
+                // Two weight rows × two activation rows per call (i8mm `smmla`).
+                done_rows = g + (g1 - g) / 2 * 2;
+                let done_acts = acts.len() / 2 * 2;
+                for r in (g..done_rows).step_by(2) {
+                    for b in (0..done_acts).step_by(2) {
+                        let v = pair(row(r), row(r + 1), &acts[b], &acts[b + 1]);
+                        slot(b, r, 1)[0] = v[0];
+                        slot(b + 1, r, 1)[0] = v[1];
+                        slot(b, r + 1, 1)[0] = v[2];
+                        slot(b + 1, r + 1, 1)[0] = v[3];
+                    }
+                }
+                // The odd activation row, for the paired rows.
+                for (b, a) in acts.iter().enumerate().skip(done_acts) {
+                    rows(
+                        &w[g * row_bytes..done_rows * row_bytes],
+                        row_bytes,
+                        a,
+                        slot(b, g, done_rows - g),
+                    );
+                }
+            }
+            // The rows not paired (all of them without a pair kernel), for every activation.
+            if done_rows < g1 {
+                for (b, a) in acts.iter().enumerate() {
+                    rows(
+                        &w[done_rows * row_bytes..g1 * row_bytes],
+                        row_bytes,
+                        a,
+                        slot(b, done_rows, g1 - done_rows),
+                    );
+                }
             }
             g = g1;
         }
@@ -584,6 +620,50 @@ impl SendPtr {
     fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Two weight rows × two activation rows → `[x0·y0, x0·y1, x1·y0, x1·y1]`.
+type PairFn = fn(x0: &[u8], x1: &[u8], y0: &QuantizedActs, y1: &QuantizedActs) -> [f32; 4];
+
+/// The 2×2 kernel for `weight` on `path`, if there is one (NEON + i8mm `smmla`). Bit-identical
+/// to four one-row dots (tested in `kernels::aarch64`), so it only changes speed.
+#[allow(unused_variables)]
+fn pair_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> Option<PairFn> {
+    #[cfg(target_arch = "aarch64")]
+    if path == crate::kernels::KernelPath::NeonI8mm {
+        use crate::kernels::aarch64 as a64;
+        // SAFETY (every call below): `active()` returns `NeonI8mm` only when the CPU has i8mm
+        // and dotprod (checked once at start-up), the `_i8mm_2x2` kernels' contract; the block
+        // slices come from `blocks` and `check_acts` made all four lengths equal.
+        return match weight {
+            GgmlType::Q4_0 => Some(|x0, x1, y0, y1| unsafe {
+                a64::vec_dot_q4_0_q8_0_i8mm_2x2(
+                    blocks(x0),
+                    blocks(x1),
+                    blocks(y0.bytes()),
+                    blocks(y1.bytes()),
+                )
+            }),
+            GgmlType::Q4_1 => Some(|x0, x1, y0, y1| unsafe {
+                a64::vec_dot_q4_1_q8_1_i8mm_2x2(
+                    blocks(x0),
+                    blocks(x1),
+                    blocks(y0.bytes()),
+                    blocks(y1.bytes()),
+                )
+            }),
+            GgmlType::Q8_0 => Some(|x0, x1, y0, y1| unsafe {
+                a64::vec_dot_q8_0_q8_0_i8mm_2x2(
+                    blocks(x0),
+                    blocks(x1),
+                    blocks(y0.bytes()),
+                    blocks(y1.bytes()),
+                )
+            }),
+            _ => None,
+        };
+    }
+    None
 }
 
 /// The row kernel for `weight` on `path`: a SIMD one where there is one, else the scalar

@@ -891,3 +891,69 @@ fn empty_rows_are_fine() {
     matvec(GgmlType::Q4_0, &[], 3, 0, &acts, &mut out).unwrap();
     assert_eq!(out, [0.0; 3]);
 }
+
+/// `matmul` (whatever kernel path is active — AVX2, NEON, dotprod, or the i8mm 2×2 pairs under
+/// `qemu -cpu max` — and with the thread pool) gives, for every weight row and activation row,
+/// the same bits as the scalar reference dot: odd row counts, row groups, odd activation
+/// counts (the i8mm leftover paths), 1 to 5 activation rows.
+#[test]
+fn prop_matmul_equals_the_scalar_reference_dot_bit_for_bit() {
+    fn scalar<W: WeightBlock>(row: &[u8], a: &QuantizedActs) -> f32 {
+        W::vec_dot(blocks::<W>(row), a.blocks::<W::VecDot>().unwrap())
+    }
+    let mut rng = Rng(0x5eed_0f_3a7_2025);
+    eprintln!("kernel path: {}", crate::kernels::active().as_str());
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        for &(n_rows, n_cols) in &[
+            (1usize, 256usize),
+            (3, 576),
+            (17, 512),
+            (40, 1536),
+            (130, 288),
+        ] {
+            if n_cols % ty.block_size() != 0 {
+                continue;
+            }
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| random_row(&mut rng, ty, n_cols))
+                .collect();
+            for n_acts in 1..=5 {
+                let acts: Vec<QuantizedActs> = (0..n_acts)
+                    .map(|_| {
+                        let mut a = QuantizedActs::new();
+                        a.quantize_for(ty, &random_values(&mut rng, n_cols, 32))
+                            .unwrap();
+                        a
+                    })
+                    .collect();
+                let mut out = vec![f32::NAN; n_rows * n_acts];
+                matmul(ty, &w, n_rows, n_cols, &acts, &mut out).unwrap();
+                let rb = w.len() / n_rows;
+                for (b, a) in acts.iter().enumerate() {
+                    for r in 0..n_rows {
+                        let row = &w[r * rb..(r + 1) * rb];
+                        let want = match ty {
+                            GgmlType::Q4_0 => scalar::<BlockQ4_0>(row, a),
+                            GgmlType::Q4_1 => scalar::<BlockQ4_1>(row, a),
+                            GgmlType::Q8_0 => scalar::<BlockQ8_0>(row, a),
+                            GgmlType::Q4K => scalar::<BlockQ4K>(row, a),
+                            _ => scalar::<BlockQ6K>(row, a),
+                        };
+                        let got = out[b * n_rows + r];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{ty:?} {n_rows}x{n_cols}, {n_acts} acts: row {r} act {b}: {got:e} vs {want:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

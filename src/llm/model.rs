@@ -357,15 +357,22 @@ impl Model {
 
     /// `out[b] = W · x[b]` for the rows `x` (each `w.cols` long): quantize each row for `W`'s
     /// type into `acts`, then one matmul that loads every weight row once for all of them.
+    /// `fresh`: `acts` already hold `x` quantized for `w.ty` (the previous matmul read the
+    /// same input with the same weight type): skip quantizing it again.
     fn matmul(
         &self,
         w: &Weight,
         x: &[f32],
         acts: &mut [QuantizedActs],
         out: &mut [f32],
+        fresh: bool,
     ) -> Result<()> {
         let nb = x.len() / w.cols;
-        for (a, row) in acts.iter_mut().zip(x.chunks_exact(w.cols)) {
+        for (a, row) in acts
+            .iter_mut()
+            .zip(x.chunks_exact(w.cols))
+            .filter(|_| !fresh)
+        {
             a.quantize_for(w.ty, row)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -458,18 +465,26 @@ impl Model {
                     &mut st.xn[b * d..(b + 1) * d],
                 );
             }
-            self.matmul(&l.wq, &st.xn[..nb * d], &mut st.acts, &mut st.q[..nb * dq])?;
+            self.matmul(
+                &l.wq,
+                &st.xn[..nb * d],
+                &mut st.acts,
+                &mut st.q[..nb * dq],
+                false,
+            )?;
             self.matmul(
                 &l.wk,
                 &st.xn[..nb * d],
                 &mut st.acts,
                 &mut st.kk[..nb * kv_dim],
+                l.wk.ty == l.wq.ty,
             )?;
             self.matmul(
                 &l.wv,
                 &st.xn[..nb * d],
                 &mut st.acts,
                 &mut st.vv[..nb * kv_dim],
+                l.wv.ty == l.wk.ty,
             )?;
             for (bias, t, n) in [
                 (&l.bq, &mut st.q, dq),
@@ -543,6 +558,7 @@ impl Model {
                 &st.att_out[..nb * dq],
                 &mut st.acts,
                 &mut st.proj[..nb * d],
+                false,
             )?;
             st.x[..nb * d]
                 .iter_mut()
@@ -563,12 +579,14 @@ impl Model {
                 &st.xn[..nb * d],
                 &mut st.acts,
                 &mut st.gate[..nb * dff],
+                false,
             )?;
             self.matmul(
                 &l.w_up,
                 &st.xn[..nb * d],
                 &mut st.acts,
                 &mut st.up[..nb * dff],
+                l.w_up.ty == l.w_gate.ty,
             )?;
             for ((o, g), u) in st.ffn_out[..nb * dff].iter_mut().zip(&st.gate).zip(&st.up) {
                 *o = silu(*g) * u;
@@ -578,6 +596,7 @@ impl Model {
                 &st.ffn_out[..nb * dff],
                 &mut st.acts,
                 &mut st.proj[..nb * d],
+                false,
             )?;
             st.x[..nb * d]
                 .iter_mut()
@@ -590,7 +609,13 @@ impl Model {
         }
         let lastx = &st.x[(nb - 1) * d..nb * d];
         rms_norm(lastx, &self.output_norm, c.rms_eps, &mut st.xn[..d]);
-        self.matmul(&self.output, &st.xn[..d], &mut st.acts, &mut st.logits)?;
+        self.matmul(
+            &self.output,
+            &st.xn[..d],
+            &mut st.acts,
+            &mut st.logits,
+            false,
+        )?;
         Ok(Some(&st.logits))
     }
 

@@ -54,6 +54,22 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         .run(parts, f);
 }
 
+/// Call `f(i, &mut items[i])` for every item, spread over the threads like [`run`]: each
+/// item is handed to exactly one call, so the calls may run in parallel.
+pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)) {
+    struct Items<T>(*mut T);
+    // SAFETY: only used below to hand each element to one call at a time.
+    unsafe impl<T: Send> Sync for Items<T> {}
+    let base = Items(items.as_mut_ptr());
+    let base = &base;
+    run(items.len(), &|i| {
+        // SAFETY: `run` calls each index in 0..items.len() exactly once, so this is a unique
+        // reference to a live element of `items`, which outlives `run`.
+        let item = unsafe { &mut *base.0.add(i) };
+        f(i, item)
+    });
+}
+
 /// The ticket word: `generation << 32 | parts << 16 | next`. Parts are claimed by a CAS that
 /// must see the claimer's generation, so a worker that wakes up late for an old job claims
 /// nothing, and the caller never has to wait for a worker that is not running: if no worker

@@ -10,6 +10,7 @@
 //! sums squares in f64, Q and the softmax weights are rounded to f16 before meeting the f16
 //! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
 
+use crate::kernels::pool;
 use crate::kernels::quants::{self, QuantizedActs};
 use crate::kernels::GgmlType;
 use crate::llm::gguf::{GgufFile, TensorInfo};
@@ -90,13 +91,11 @@ pub struct State {
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
-    qh: Vec<f32>,
-    /// One cached key/value row converted to f32 (head_dim).
-    kv_row: Vec<f32>,
+    /// Per attention head: its scratch (heads run on the compute threads in parallel).
+    heads: Vec<HeadScratch>,
     kk: Vec<f32>,
     vv: Vec<f32>,
     att_out: Vec<f32>,
-    scores: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     ffn_out: Vec<f32>,
@@ -106,6 +105,15 @@ pub struct State {
     acts: Vec<QuantizedActs>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+}
+
+/// One attention head's scratch for one token: the query rounded through f16, one cached
+/// key/value row in f32, the scores over the context, the head's output.
+struct HeadScratch {
+    qh: Vec<f32>,
+    kv_row: Vec<f32>,
+    scores: Vec<f32>,
+    out: Vec<f32>,
 }
 
 /// Tokens per [`Model::forward_batch`] (prefill chunk); the state's buffers hold this many.
@@ -338,12 +346,17 @@ impl Model {
             x: vec![0.0; MAX_BATCH * c.n_embd],
             xn: vec![0.0; MAX_BATCH * c.n_embd],
             q: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
-            qh: vec![0.0; c.head_dim],
-            kv_row: vec![0.0; c.head_dim],
+            heads: (0..c.n_head)
+                .map(|_| HeadScratch {
+                    qh: vec![0.0; c.head_dim],
+                    kv_row: vec![0.0; c.head_dim],
+                    scores: vec![0.0; max_ctx],
+                    out: vec![0.0; c.head_dim],
+                })
+                .collect(),
             kk: vec![0.0; MAX_BATCH * c.n_head_kv * c.head_dim],
             vv: vec![0.0; MAX_BATCH * c.n_head_kv * c.head_dim],
             att_out: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
-            scores: vec![0.0; max_ctx],
             gate: vec![0.0; MAX_BATCH * c.n_ff],
             up: vec![0.0; MAX_BATCH * c.n_ff],
             ffn_out: vec![0.0; MAX_BATCH * c.n_ff],
@@ -524,33 +537,38 @@ impl Model {
                 }
             }
 
-            // attention per token and head over positions 0..=pos (causal)
+            // attention per token and head over positions 0..=pos (causal); the heads of a
+            // token are spread over the compute threads, each with its own scratch
             let (kc, vc) = (&st.k[li], &st.v[li]);
             for b in 0..nb {
                 let n = st.n_past + b + 1;
-                for h in 0..c.n_head {
+                let q_tok = &st.q[b * dq..(b + 1) * dq];
+                pool::for_each_mut(&mut st.heads[..c.n_head], &|h, hs: &mut HeadScratch| {
                     let kvh = h / group;
-                    let q = &st.q[b * dq + h * c.head_dim..][..c.head_dim];
-                    for (dst, s) in st.qh.iter_mut().zip(q) {
+                    let q = &q_tok[h * c.head_dim..][..c.head_dim];
+                    for (dst, s) in hs.qh.iter_mut().zip(q) {
                         *dst = f16::from_f32(*s).to_f32();
                     }
-                    let scores = &mut st.scores[..n];
+                    let scores = &mut hs.scores[..n];
                     for (p, sc) in scores.iter_mut().enumerate() {
                         let kr = &kc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        kr.convert_to_f32_slice(&mut st.kv_row);
-                        *sc = dot_striped(&st.qh, &st.kv_row) * scale;
+                        kr.convert_to_f32_slice(&mut hs.kv_row);
+                        *sc = dot_striped(&hs.qh, &hs.kv_row) * scale;
                     }
                     softmax(scores);
-                    let out = &mut st.att_out[b * dq + h * c.head_dim..][..c.head_dim];
-                    out.fill(0.0);
+                    hs.out.fill(0.0);
                     for (p, &sc) in scores.iter().enumerate() {
                         let w = f16::from_f32(sc).to_f32();
                         let vr = &vc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        vr.convert_to_f32_slice(&mut st.kv_row);
-                        out.iter_mut()
-                            .zip(&st.kv_row)
+                        vr.convert_to_f32_slice(&mut hs.kv_row);
+                        hs.out
+                            .iter_mut()
+                            .zip(&hs.kv_row)
                             .for_each(|(o, v)| *o += w * v);
                     }
+                });
+                for (h, hs) in st.heads[..c.n_head].iter().enumerate() {
+                    st.att_out[b * dq + h * c.head_dim..][..c.head_dim].copy_from_slice(&hs.out);
                 }
             }
             self.matmul(

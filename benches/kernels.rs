@@ -88,15 +88,24 @@ fn main() {
     for n in [512usize, 576, 1536] {
         let r = rows(n);
         let (a0, a1, w40, w41) = (&r.a0, &r.a1, &r.w40, &r.w41);
-        // SAFETY (every call): AVX2, FMA and F16C checked above; equal lengths.
+        // The activation scales in f32, zero-padded to 8, as `QuantizedActs` keeps them.
+        let pad = |v: Vec<f32>| {
+            let mut v = v;
+            v.resize(v.len().next_multiple_of(8), 0.0);
+            v
+        };
+        let d0 = pad(a0.iter().map(|b| b.d.get()).collect());
+        let d1 = pad(a1.iter().map(|b| b.d.get()).collect());
+        let s1 = pad(a1.iter().map(|b| b.s.get()).collect());
+        // SAFETY (every call): AVX2, FMA and F16C checked above; equal lengths; scales padded.
         let s = ns(|| q4_0::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)));
-        let v = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)) });
+        let v = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0) });
         print(n, "q4_0·q8_0", "avx2", s, v);
         let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
-        let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)) });
+        let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1) });
         print(n, "q4_1·q8_1", "avx2", s, v);
         let s = ns(|| q8::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0)));
-        let v = ns(|| unsafe { x86::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0)) });
+        let v = ns(|| unsafe { x86::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0), &d0) });
         print(n, "q8_0·q8_0", "avx2", s, v);
         let mut q0 = r.a0.clone();
         let mut q1 = r.a1.clone();

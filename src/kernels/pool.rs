@@ -179,9 +179,9 @@ impl Pool {
 
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if parts > MAX_PARTS {
-            // Never the case for matmuls (parts ≤ 4 · threads); keep the ticket exact.
-            for chunk in (0..parts).collect::<Vec<_>>().chunks(MAX_PARTS) {
-                self.run(chunk.len(), &|p| f(chunk[p]));
+            // Never the case for matmuls (parts ≤ 4 · threads); keeps the ticket exact.
+            for start in (0..parts).step_by(MAX_PARTS) {
+                self.run(MAX_PARTS.min(parts - start), &|p| f(start + p));
             }
             return;
         }

@@ -112,49 +112,20 @@ unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
 /// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
 /// [`lane_total`]. Per group of eight consecutive blocks: `$block(&x[k], &y[k])` gives block
 /// `k`'s i32 partial sums, [`block_sums_8`] their exact totals `s` (as f32), [`f16_pairs`] of
-/// the blocks' first 32-bit words the scales `(dx, ex)` and `(dy, ey)` (the two f16 fields
-/// that start each block; `ex`/`ey` are meaningless for one-scale blocks and unused), and
-/// `$terms` the eight f32 terms, added to the lane vector. The last `n % 8` blocks form a
-/// group whose absent blocks have zero sums and zero scales, so their terms are +0.0 (for
-/// every kernel's expression), and adding +0.0 leaves a lane unchanged (a lane that starts at
-/// +0.0 is never -0.0): the tail lands in lanes `0..n % 8` after every whole group, the
-/// reference's order.
+/// the weight blocks' first 32-bit words the scales `(dx, ex)` (the two f16 fields that start
+/// each block; `ex` is meaningless for one-scale blocks and unused), the activation scales
+/// `(dy, ey)` come from `$yd`/`$ys` (f32, one per block, zero-padded to a multiple of 8, as
+/// [`QuantizedActs`](super::quants::QuantizedActs) keeps them, so no row converts them
+/// again), and `$terms` gives the eight f32 terms, added to the lane vector. The last `n % 8`
+/// blocks form a group whose absent blocks have zero sums and zero scales, so their terms are
+/// +0.0 (for every kernel's expression), and adding +0.0 leaves a lane unchanged (a lane that
+/// starts at +0.0 is never -0.0): the tail lands in lanes `0..n % 8` after every whole group,
+/// the reference's order.
 ///
 /// A macro, not a function taking closures: a closure does not inherit the caller's target
 /// features, and out of line every intrinsic in it becomes a call (measured: 2–3× slower).
 /// Expands to `unsafe` code: use only inside an `avx2,fma,f16c` function.
 macro_rules! striped {
-    ($x:expr, $y:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
-        let (x, y) = ($x, $y);
-        let (xc, xr) = x.as_chunks::<8>();
-        let (yc, yr) = y.as_chunks::<8>();
-        let mut acc = _mm256_setzero_ps();
-        for (xg, yg) in xc.iter().zip(yc) {
-            let v: [__m256i; 8] = core::array::from_fn(|k| $block(&xg[k], &yg[k]));
-            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            let ($dx, $ex) = f16_pairs(&head_words(xg));
-            let ($dy, $ey) = f16_pairs(&head_words(yg));
-            acc = _mm256_add_ps(acc, $terms);
-        }
-        if !xr.is_empty() {
-            let mut v = [_mm256_setzero_si256(); 8];
-            for (v, (xb, yb)) in v.iter_mut().zip(xr.iter().zip(yr)) {
-                *v = $block(xb, yb);
-            }
-            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            let ($dx, $ex) = f16_pairs(&head_words(xr));
-            let ($dy, $ey) = f16_pairs(&head_words(yr));
-            acc = _mm256_add_ps(acc, $terms);
-        }
-        lane_total(&lanes(acc))
-    }};
-}
-
-/// [`striped!`] with the activation scales already in f32 (`$yd`, `$ys`: one per block,
-/// zero-padded to a multiple of 8, as [`QuantizedActs`](super::quants::QuantizedActs) keeps
-/// them): the per-row work of gathering and converting them disappears. Same order, same
-/// terms, same bits.
-macro_rules! striped_pre {
     ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
         let (x, y, yd, ys): (&[_], &[_], &[f32], &[f32]) = ($x, $y, $yd, $ys);
         let (xc, xr) = x.as_chunks::<8>();
@@ -271,68 +242,9 @@ unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
 }
 
 /// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per group of
-/// eight blocks, their exact i32 sums ([`block_sums_8`]) and F16C-converted scales give the
-/// eight terms `(sumi · dx) · dy` in one vector, added to the block-striped lanes.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C (`is_x86_feature_detected!`).
-///
-/// # Panics
-/// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
-    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
-    unsafe {
-        striped!(x, y, q4_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
-            _mm256_mul_ps(s, dx),
-            dy
-        ))
-    }
-}
-
-/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]: eight terms
-/// `(dx · dy) · sumi + mx · sy` per vector, block-striped.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
-    unsafe {
-        striped!(x, y, q4_1_block, |s, dx, mx, dy, sy| _mm256_add_ps(
-            _mm256_mul_ps(_mm256_mul_ps(dx, dy), s),
-            _mm256_mul_ps(mx, sy),
-        ))
-    }
-}
-
-/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`]: eight terms
-/// `sumi · (dx · dy)` per vector, block-striped.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If `x.len() != y.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks (see each fn).
-    unsafe {
-        striped!(x, y, q8_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
-            s,
-            _mm256_mul_ps(dx, dy)
-        ))
-    }
-}
-
-/// [`vec_dot_q4_0_q8_0`] with the activation scales `yd` pre-converted to f32 (one per
-/// block, zero-padded to a multiple of 8: [`QuantizedActs::scales`]). Bit-identical to it.
+/// eight blocks the terms `(sumi · dx) · dy` in one vector ([`striped!`]). `yd`: the
+/// activation blocks' scales in f32, zero-padded to a multiple of 8
+/// ([`QuantizedActs::scales`]).
 ///
 /// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
 ///
@@ -342,20 +254,22 @@ pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 /// # Panics
 /// If `x.len() != y.len()` or `yd` is shorter than `y` rounded up to 8.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_0_q8_0_pre(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
+pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
     // SAFETY: AVX2, FMA and F16C by contract; the loads are within the blocks and the
     // (length-checked) scale slices.
     unsafe {
-        striped_pre!(x, y, yd, yd, q4_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+        striped!(x, y, yd, yd, q4_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
             _mm256_mul_ps(s, dx),
             dy
         ))
     }
 }
 
-/// [`vec_dot_q4_1_q8_1`] with the activation scales `yd` and sums `ys` pre-converted to f32
-/// ([`QuantizedActs::scales`] / [`QuantizedActs::sums`]). Bit-identical to it.
+/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]: eight terms
+/// `(dx · dy) · sumi + mx · sy` per vector ([`striped!`]). `yd`, `ys`: the activation blocks'
+/// `d` and `s` in f32, zero-padded to a multiple of 8 ([`QuantizedActs::scales`] /
+/// [`QuantizedActs::sums`]).
 ///
 /// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
 /// [`QuantizedActs::sums`]: super::quants::QuantizedActs::sums
@@ -366,23 +280,19 @@ pub unsafe fn vec_dot_q4_0_q8_0_pre(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32]
 /// # Panics
 /// If `x.len() != y.len()` or `yd`/`ys` are shorter than `y` rounded up to 8.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_1_q8_1_pre(
-    x: &[BlockQ4_1],
-    y: &[BlockQ8_1],
-    yd: &[f32],
-    ys: &[f32],
-) -> f32 {
+pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], yd: &[f32], ys: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    // SAFETY: as in `vec_dot_q4_0_q8_0_pre`.
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
     unsafe {
-        striped_pre!(x, y, yd, ys, q4_1_block, |s, dx, mx, dy, sy| _mm256_add_ps(
+        striped!(x, y, yd, ys, q4_1_block, |s, dx, mx, dy, sy| _mm256_add_ps(
             _mm256_mul_ps(_mm256_mul_ps(dx, dy), s),
             _mm256_mul_ps(mx, sy),
         ))
     }
 }
 
-/// [`vec_dot_q8_0_q8_0`] with the activation scales pre-converted to f32. Bit-identical to it.
+/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`]: eight terms
+/// `sumi · (dx · dy)` per vector ([`striped!`]); `yd` as for [`vec_dot_q4_0_q8_0`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
@@ -390,11 +300,11 @@ pub unsafe fn vec_dot_q4_1_q8_1_pre(
 /// # Panics
 /// If `x.len() != y.len()` or `yd` is shorter than `y` rounded up to 8.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q8_0_q8_0_pre(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
+pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    // SAFETY: as in `vec_dot_q4_0_q8_0_pre`.
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
     unsafe {
-        striped_pre!(x, y, yd, yd, q8_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
+        striped!(x, y, yd, yd, q8_0_block, |s, dx, _e, dy, _f| _mm256_mul_ps(
             s,
             _mm256_mul_ps(dx, dy)
         ))
@@ -828,13 +738,10 @@ mod tests {
                 .collect();
             let y = q8_0_row(&mut r, n);
             let want = q4_0::vec_dot_q4_0_q8_0(&x, &y);
-            // SAFETY: avx2+fma checked above; equal lengths.
-            let got = unsafe { vec_dot_q4_0_q8_0(&x, &y) };
-            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
             let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
             // SAFETY: as above; `yd` padded to a multiple of 8.
-            let got = unsafe { vec_dot_q4_0_q8_0_pre(&x, &y, &yd) };
-            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
+            let got = unsafe { vec_dot_q4_0_q8_0(&x, &y, &yd) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -869,13 +776,10 @@ mod tests {
                 })
                 .collect();
             let want = q4_1::vec_dot_q4_1_q8_1(&x, &y);
-            // SAFETY: avx2+fma checked above; equal lengths.
-            let got = unsafe { vec_dot_q4_1_q8_1(&x, &y) };
-            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
             let (yd, ys) = pre(y.iter().map(|b| (b.d, b.s)));
             // SAFETY: as above; `yd`, `ys` padded to a multiple of 8.
-            let got = unsafe { vec_dot_q4_1_q8_1_pre(&x, &y, &yd, &ys) };
-            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
+            let got = unsafe { vec_dot_q4_1_q8_1(&x, &y, &yd, &ys) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -890,13 +794,10 @@ mod tests {
             let x = q8_0_row(&mut r, n);
             let y = q8_0_row(&mut r, n);
             let want = q8::vec_dot_q8_0_q8_0(&x, &y);
-            // SAFETY: avx2+fma checked above; equal lengths.
-            let got = unsafe { vec_dot_q8_0_q8_0(&x, &y) };
-            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
             let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
             // SAFETY: as above; `yd` padded to a multiple of 8.
-            let got = unsafe { vec_dot_q8_0_q8_0_pre(&x, &y, &yd) };
-            assert!(same(got, want), "pre n={n} iter={iter}: {got} vs {want}");
+            let got = unsafe { vec_dot_q8_0_q8_0(&x, &y, &yd) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
         }
     }
 
@@ -1079,6 +980,6 @@ mod tests {
             qs: [0; 16],
         }];
         // SAFETY: avx2+fma checked above; the length check panics before any SIMD.
-        unsafe { vec_dot_q4_0_q8_0(&x, &[]) };
+        unsafe { vec_dot_q4_0_q8_0(&x, &[], &[0.0; 8]) };
     }
 }

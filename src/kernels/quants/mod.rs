@@ -681,26 +681,26 @@ fn row_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> RowsFn {
         // `check_acts` made the activation count equal the row length, so
         // `x.len() == y.len()`.
         match weight {
-            // The `_pre` kernels also take the activation scales `QuantizedActs` keeps in f32
-            // (zero-padded to a multiple of 8 blocks, which they assert).
+            // The AVX2 Q4/Q8 kernels also take the activation scales `QuantizedActs` keeps in
+            // f32 (zero-padded to a multiple of 8 blocks, which they assert).
             GgmlType::Q4_0 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q4_0_q8_0_pre(x, y, a.scales())
+                        x86::vec_dot_q4_0_q8_0(x, y, a.scales())
                     })
                 }
             }
             GgmlType::Q4_1 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q4_1_q8_1_pre(x, y, a.scales(), a.sums())
+                        x86::vec_dot_q4_1_q8_1(x, y, a.scales(), a.sums())
                     })
                 }
             }
             GgmlType::Q8_0 => {
                 return |w, rb, a, o| {
                     rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
-                        x86::vec_dot_q8_0_q8_0_pre(x, y, a.scales())
+                        x86::vec_dot_q8_0_q8_0(x, y, a.scales())
                     })
                 }
             }

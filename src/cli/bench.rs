@@ -120,6 +120,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     } else {
         a.threads.clone()
     };
+    // A bad model file is one error line here, not one per child.
+    drop(crate::llm::model::Model::load(&a.model)?);
     let exe = std::env::current_exe().context("locating the expllm binary")?;
     let total = kernels.len() * threads.len();
     let mut runs: Vec<LlmRun> = Vec::new();

@@ -1,8 +1,9 @@
 //! A persistent pool of compute threads for the matmuls: `run(parts, f)` calls `f(0..parts)`
 //! spread over the calling thread and the pool's workers and returns when every part is done.
 //!
-//! Owns the worker threads and the one `unsafe` lifetime erasure that lets them borrow the
-//! caller's closure. Must not know what the parts compute.
+//! Owns the worker threads, the `unsafe` lifetime erasure that lets them borrow the caller's
+//! closure, and [`for_each_mut`]'s hand-out of disjoint `&mut` items. Must not know what the
+//! parts compute.
 //!
 //! Like ggml's thread pool the workers **spin** between jobs (a decode step is ~200 matmuls
 //! a few µs to a few hundred µs apart, far shorter than a futex wake-up), and **park** after

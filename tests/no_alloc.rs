@@ -40,7 +40,9 @@ static A: Counting = Counting;
 fn models() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut v = vec![root.join("tests/golden/llm/tiny-llama-kq.gguf")];
-    let smol = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smol = std::env::var_os("EXPLLM_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if smol.exists() {
         v.push(smol);
     } else if std::env::var("EXPLLM_SKIP_MODEL_TESTS").as_deref() != Ok("1") {

@@ -470,14 +470,12 @@ impl Model {
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
-            for b in 0..nb {
-                rms_norm(
-                    &st.x[b * d..(b + 1) * d],
-                    &l.attn_norm,
-                    c.rms_eps,
-                    &mut st.xn[b * d..(b + 1) * d],
-                );
-            }
+            rms_norm_rows(
+                &st.x[..nb * d],
+                &l.attn_norm,
+                c.rms_eps,
+                &mut st.xn[..nb * d],
+            );
             self.matmul(
                 &l.wq,
                 &st.xn[..nb * d],
@@ -584,14 +582,12 @@ impl Model {
                 .for_each(|(x, p)| *x += p);
 
             // SwiGLU FFN
-            for b in 0..nb {
-                rms_norm(
-                    &st.x[b * d..(b + 1) * d],
-                    &l.ffn_norm,
-                    c.rms_eps,
-                    &mut st.xn[b * d..(b + 1) * d],
-                );
-            }
+            rms_norm_rows(
+                &st.x[..nb * d],
+                &l.ffn_norm,
+                c.rms_eps,
+                &mut st.xn[..nb * d],
+            );
             self.matmul(
                 &l.w_gate,
                 &st.xn[..nb * d],
@@ -675,6 +671,13 @@ pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
         l[k] += x * y;
     }
     crate::kernels::quants::lane_total(&l)
+}
+
+/// [`rms_norm`] of every row of `x` (rows of `w.len()` values) into the same rows of `out`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        rms_norm(x, w, eps, o);
+    }
 }
 
 /// RMSNorm as ggml: mean of squares accumulated in f64, then `x * w / sqrt(mean + eps)`.

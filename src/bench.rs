@@ -299,3 +299,208 @@ pub fn llm_table(runs: &[LlmRun]) -> String {
     }
     s
 }
+
+/// One vision configuration (precision × threads) over a set of images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VisionRun {
+    pub precision: String,
+    pub threads: usize,
+    /// The four ONNX files loaded.
+    pub models: Vec<String>,
+    /// Model loading (parse + optimise + plan), milliseconds.
+    pub load_ms: f64,
+    pub images: Vec<VisionImageRun>,
+    /// Medians over all timed frames of all images, per stage, milliseconds per *call*:
+    /// detector per frame, mesh per candidate box, blendshapes and classifier per face.
+    pub detect_ms: f64,
+    pub mesh_ms: f64,
+    pub blendshapes_ms: f64,
+    pub classifier_ms: f64,
+    /// Mean over images of (whole-frame median ÷ faces in the frame).
+    pub total_per_face_ms: f64,
+}
+
+/// One image under one configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VisionImageRun {
+    pub image: String,
+    pub width: usize,
+    pub height: usize,
+    pub faces: usize,
+    /// Detector boxes sent to the mesh (faces + rejected by presence).
+    pub candidates: usize,
+    /// `FaceLandmarker::detect` on the decoded image (all stages, all faces): median, p90,
+    /// min over the timed runs.
+    pub frame_ms: Stats,
+}
+
+/// Latency statistics, milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Stats {
+    pub median: f64,
+    pub p90: f64,
+    pub min: f64,
+    pub n: usize,
+}
+
+impl Stats {
+    pub fn of(v: &mut [f64]) -> Stats {
+        if v.is_empty() {
+            return Stats {
+                median: 0.0,
+                p90: 0.0,
+                min: 0.0,
+                n: 0,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        let p90 = v[((v.len() - 1) as f64 * 0.9).round() as usize];
+        Stats {
+            median: median(v),
+            p90,
+            min: v[0],
+            n: v.len(),
+        }
+    }
+}
+
+/// Times the vision pipeline on decoded images: `warmup` untimed then `runs` timed calls per
+/// image, one configuration. Images are `(name, width, height, rgb)`.
+pub fn vision(
+    cfg: crate::vision::VisionConfig,
+    precision: crate::vision::Precision,
+    images: &[(String, usize, usize, Vec<u8>)],
+    warmup: usize,
+    runs: usize,
+    progress: &dyn Fn(&str),
+) -> Result<VisionRun> {
+    use crate::vision::{geometry::Rgb, FaceLandmarker, VisionStage};
+    let threads = cfg.threads;
+    let t = Instant::now();
+    let mut lm = FaceLandmarker::load(cfg, precision)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (mut det, mut mesh, mut bs, mut cls) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_image = Vec::new();
+    let mut faces = Vec::new();
+    for (name, w, h, rgb) in images {
+        progress(name);
+        let img = Rgb::new(*w, *h, rgb).context("image buffer size")?;
+        for _ in 0..warmup {
+            lm.detect(img, &mut faces)?;
+        }
+        let mut frame = Vec::with_capacity(runs);
+        let mut st = Default::default();
+        for _ in 0..runs {
+            let t = Instant::now();
+            lm.detect(img, &mut faces)?;
+            frame.push(t.elapsed().as_secs_f64() * 1e3);
+            st = lm.last_times().unwrap_or_default();
+            det.push(st.detect as f64);
+            if st.candidates > 0 {
+                mesh.push(st.mesh as f64 / st.candidates as f64);
+            }
+            if st.faces > 0 {
+                bs.push(st.blendshapes as f64 / st.faces as f64);
+                cls.push(st.classifier as f64 / st.faces as f64);
+            }
+        }
+        per_image.push(VisionImageRun {
+            image: name.clone(),
+            width: *w,
+            height: *h,
+            faces: st.faces as usize,
+            candidates: st.candidates as usize,
+            frame_ms: Stats::of(&mut frame),
+        });
+    }
+    let with_faces: Vec<f64> = per_image
+        .iter()
+        .filter(|r| r.faces > 0)
+        .map(|r| r.frame_ms.median / r.faces as f64)
+        .collect();
+    Ok(VisionRun {
+        precision: precision.as_str().into(),
+        threads,
+        models: lm.files().iter().map(|s| s.to_string()).collect(),
+        load_ms,
+        images: per_image,
+        detect_ms: Stats::of(&mut det).median,
+        mesh_ms: Stats::of(&mut mesh).median,
+        blendshapes_ms: Stats::of(&mut bs).median,
+        classifier_ms: Stats::of(&mut cls).median,
+        total_per_face_ms: with_faces.iter().sum::<f64>() / with_faces.len().max(1) as f64,
+    })
+}
+
+/// The human table of [`vision`] runs, with MediaPipe's figures beside them when given
+/// (`tests/golden/vision/mediapipe_bench.json` format: `threads.N.images.X.landmarker_ms`).
+pub fn vision_table(runs: &[VisionRun], mediapipe: Option<&serde_json::Value>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<9} {:>3} | {:>8} {:>8} {:>8} {:>8} | {:>9} | {:>9} {:>6}",
+        "precision",
+        "thr",
+        "detect",
+        "mesh",
+        "blendsh",
+        "classif",
+        "per face",
+        "MediaPipe",
+        "ratio"
+    );
+    for r in runs {
+        let mp = mediapipe.and_then(|m| mediapipe_per_face(m, r.threads, &r.images));
+        let (mp_s, ratio) = match mp {
+            Some(v) => (format!("{v:.2}"), format!("{:.2}", r.total_per_face_ms / v)),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            s,
+            "{:<9} {:>3} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>9.2} | {:>9} {:>6}",
+            r.precision,
+            r.threads,
+            r.detect_ms,
+            r.mesh_ms,
+            r.blendshapes_ms,
+            r.classifier_ms,
+            r.total_per_face_ms,
+            mp_s,
+            ratio
+        );
+    }
+    let _ = writeln!(
+        s,
+        "ms, medians: detect per frame, mesh per candidate box, blendshapes (+AUs) and classifier per face;\n\
+         per face = whole-frame median / faces, averaged over the images with faces. MediaPipe = \
+         FaceLandmarker.detect() per face on the same images (its detector + mesh + blendshapes, no classifier)."
+    );
+    for r in runs.iter().take(1) {
+        for i in &r.images {
+            let _ = writeln!(
+                s,
+                "  {} ({}x{}): {} face(s), {} candidate box(es)",
+                i.image, i.width, i.height, i.faces, i.candidates
+            );
+        }
+    }
+    s
+}
+
+/// MediaPipe's per-face latency for `threads` on the same images (mean over images with faces
+/// of median ÷ faces), if the JSON has all of them.
+pub fn mediapipe_per_face(
+    m: &serde_json::Value,
+    threads: usize,
+    images: &[VisionImageRun],
+) -> Option<f64> {
+    let t = m.get("threads")?.get(threads.to_string())?.get("images")?;
+    let mut v = Vec::new();
+    for i in images.iter().filter(|i| i.faces > 0) {
+        let e = t.get(&i.image)?;
+        let faces = e.get("faces")?.as_f64()?;
+        v.push(e.get("landmarker_ms")?.get("median")?.as_f64()? / faces.max(1.0));
+    }
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}

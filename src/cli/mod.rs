@@ -11,14 +11,14 @@ use crate::capture::{open_input, still, InputSpec, Source};
 use crate::daemon::{self, DaemonConfig, Exit};
 use crate::kernels::{cpu_features, KernelPath};
 use crate::publish::{LineFormat, Publisher, RunInfo};
-use crate::vision::{Passthrough, VisionStage};
+use crate::vision::{FaceLandmarker, Passthrough, Precision, VisionConfig, VisionStage};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,6 +113,21 @@ struct OutputArgs {
     no_frame_topic: bool,
 }
 
+/// Which vision models to run.
+#[derive(Args, Debug, Clone)]
+struct VisionArgs {
+    /// Vision stage: `mediapipe` (face detector, 478-point mesh, blendshapes, AUs, fer
+    /// classifier, through tract) or `off` (no faces; for testing capture and output).
+    #[arg(long, default_value = "mediapipe", value_parser = ["mediapipe", "off"])]
+    vision: String,
+    /// Folder with the vision ONNX files (default: $EXPLLM_MODELS/vision, else models/vision).
+    #[arg(long)]
+    vision_models: Option<PathBuf>,
+    /// Faces per frame at most.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=32))]
+    max_faces: u64,
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     /// What to read: /dev/videoN, a .y4m/.mjpeg file, an image or folder, or `-` for stdin.
@@ -160,6 +175,8 @@ struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
     #[command(flatten)]
+    vision: VisionArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -168,6 +185,15 @@ struct InferArgs {
     /// Image files (JPEG, PNG) and folders of them.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
+    /// Write one PNG per input into this folder with each face's box, mesh, keypoints,
+    /// label and strongest AUs drawn on it.
+    #[arg(long, value_name = "DIR")]
+    annotate: Option<PathBuf>,
+    /// Threads for the models (default 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+    #[command(flatten)]
+    vision: VisionArgs,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -210,7 +236,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    match dispatch(cli.cmd) {
+    match dispatch(cli.cmd, cli.verbose) {
         Ok(code) => code,
         // A reader that closed our stdout (`expllm llm info F | head`) is not an error.
         Err(e)
@@ -228,11 +254,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cmd: Command) -> Result<ExitCode> {
+fn dispatch(cmd: Command, verbose: u8) -> Result<ExitCode> {
     kernel_path()?;
     match cmd {
         Command::Run(a) => run(a),
-        Command::Infer(a) => infer(a),
+        Command::Infer(a) => infer(a, verbose),
         Command::Llm(c) => llm::run(c),
         Command::Bench(a) => bench::run(a),
         Command::Eval(_) => stub("eval", "#6 (Exp-CoT)"),
@@ -274,11 +300,28 @@ fn kernel_path() -> Result<KernelPath> {
     }
 }
 
-fn vision_stage() -> Box<dyn VisionStage> {
-    log::warn!(
-        "vision models are not integrated yet (issue #3): frames pass through with no faces"
+fn vision_stage(a: &VisionArgs, threads: usize) -> Result<Box<dyn VisionStage>> {
+    if a.vision == "off" {
+        log::warn!("--vision off: frames pass through with no faces");
+        return Ok(Box::new(Passthrough));
+    }
+    // f32 only: the int8 variants are slower in tract and miss parity (Precision::Int8).
+    let precision = Precision::F32;
+    let dir = a
+        .vision_models
+        .clone()
+        .unwrap_or_else(crate::vision::default_dir);
+    let mut cfg = VisionConfig::from_dir(&dir, precision);
+    cfg.threads = threads;
+    cfg.max_faces = a.max_faces as usize;
+    let t = Instant::now();
+    let lm = FaceLandmarker::load(cfg, precision)?;
+    log::info!(
+        "vision models loaded in {:.0} ms: {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        lm.files().join(", ")
     );
-    Box::new(Passthrough)
+    Ok(Box::new(lm))
 }
 
 fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
@@ -353,7 +396,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         .or(board.as_ref().map(|b| b.threads))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = crate::kernels::pool::set_threads(threads);
-    let vision = vision_stage();
+    let vision = vision_stage(&a.vision, threads)?;
     let info = RunInfo {
         version: env!("CARGO_PKG_VERSION"),
         source: source.describe(),
@@ -379,6 +422,8 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         heartbeat: Duration::from_secs_f64(a.heartbeat),
         max_frames: a.frames,
         status: true,
+        detail: false,
+        annotate: None,
         info,
     };
     let stop = install_signal_handlers()?;
@@ -393,11 +438,12 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     })
 }
 
-fn infer(a: InferArgs) -> Result<ExitCode> {
+fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
     let files = still::expand_inputs(&a.inputs)?;
     let n = files.len();
     let source = Box::new(still::StillSource::new(files));
-    let vision = vision_stage();
+    let threads = crate::kernels::pool::set_threads(a.threads as usize);
+    let vision = vision_stage(&a.vision, threads)?;
     let cfg = DaemonConfig {
         camera: a.out.camera_name.clone(),
         frame_queue: 2,
@@ -406,11 +452,13 @@ fn infer(a: InferArgs) -> Result<ExitCode> {
         heartbeat: Duration::ZERO,
         max_frames: None,
         status: false,
+        detail: verbose > 0,
+        annotate: a.annotate.clone(),
         info: RunInfo {
             version: env!("CARGO_PKG_VERSION"),
             source: source.describe(),
             board: None,
-            threads: 1,
+            threads,
             kernel_path: kernel_path()?.as_str(),
             cpu_features: cpu_features(),
             vision: vision.name(),

@@ -18,8 +18,8 @@ use crate::capture::{CaptureError, Source};
 use crate::cot::{CotJob, CotStage};
 use crate::frame::{now_ms, Frame, FramePool};
 use crate::publish::{
-    AuMap, CotLatency, CotMsg, Counts, ExpressionMsg, FrameLatency, FrameMsg, LabelScores,
-    PublishError, Publisher, RunInfo, StatusMsg, Topic, LABELS, SCHEMA_VERSION,
+    AuMap, BlendshapeMap, CotLatency, CotMsg, Counts, ExpressionMsg, FrameLatency, FrameMsg,
+    LabelScores, PublishError, Publisher, RunInfo, StatusMsg, Topic, LABELS, SCHEMA_VERSION,
 };
 use crate::vision::{FaceObservation, VisionStage};
 use queue::{BoundedQueue, Pop};
@@ -47,6 +47,10 @@ pub struct DaemonConfig {
     pub max_frames: Option<u64>,
     /// Publish `status` lines (online/heartbeat/offline). `infer` turns them off.
     pub status: bool,
+    /// Add blendshapes to each `expression` line.
+    pub detail: bool,
+    /// Write an annotated PNG per processed frame into this folder (`infer --annotate`).
+    pub annotate: Option<std::path::PathBuf>,
     pub info: RunInfo,
 }
 
@@ -382,6 +386,9 @@ fn process_frame(
             scores: LabelScores(&face.scores),
             bbox: face.bbox,
             aus: AuMap(&face.aus),
+            keypoints: (!face.landmarks.is_empty()).then_some(&face.keypoints),
+            blendshapes: (sh.cfg.detail && !face.landmarks.is_empty())
+                .then_some(BlendshapeMap(&face.blendshapes)),
             file,
             latency_ms: lat,
         };
@@ -399,6 +406,21 @@ fn process_frame(
             };
             if q.push_drop_oldest(job).is_some() {
                 sh.counters.cot_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    if let Some(dir) = &sh.cfg.annotate {
+        let stem = frame
+            .file
+            .as_deref()
+            .and_then(|f| std::path::Path::new(f).file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("frame-{:06}", frame.seq));
+        match crate::annotate::write(dir, &stem, frame.width, frame.height, &frame.rgb, faces) {
+            Ok(p) => log::info!("annotated {}", p.display()),
+            Err(e) => {
+                sh.counters.errors.fetch_add(1, Relaxed);
+                log::warn!("{e:#}");
             }
         }
     }

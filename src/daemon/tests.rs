@@ -109,6 +109,7 @@ impl VisionStage for OneFace {
             label,
             scores,
             aus: [0.5; crate::au::N_AUS],
+            ..Default::default()
         });
         Ok(())
     }
@@ -153,6 +154,8 @@ fn cfg(lossless: bool) -> DaemonConfig {
         heartbeat: Duration::ZERO,
         max_frames: None,
         status: true,
+        detail: false,
+        annotate: None,
         info: RunInfo {
             version: "test",
             source: "fake".into(),

@@ -198,6 +198,8 @@ pub struct Counts {
     pub decode_errors: u64,
     pub cot_published: u64,
     pub cot_dropped: u64,
+    /// Generated CoTs that failed the faithfulness check and were replaced by the engine's.
+    pub cot_unfaithful: u64,
 }
 
 /// Milliseconds spent per stage for one message.
@@ -237,6 +239,9 @@ pub struct ExpressionMsg<'a> {
     pub label: &'static str,
     pub score: f32,
     pub scores: LabelScores<'a>,
+    /// The expression classifier's own probabilities (before fusion with the AU evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<LabelScores<'a>>,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
     pub aus: AuMap<'a>,

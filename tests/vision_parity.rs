@@ -146,7 +146,7 @@ fn errors(o: &FaceObservation, gf: &Value, iou: f32, w: usize, h: usize) -> Erro
     for (k, name) in names.iter().enumerate() {
         bs += (o.blendshapes[k] - f(&gbs[*name])).abs();
     }
-    let cls = cls_diff(&o.scores, gf);
+    let cls = cls_diff(&o.classifier, gf);
     Errors {
         iou,
         lm_mean: sum / glm.len() as f32,
@@ -312,6 +312,7 @@ fn threads_do_not_change_the_result() {
             assert!((p[0] - q[0]).abs() < 0.05 && (p[1] - q[1]).abs() < 0.05);
         }
         assert_eq!(x.label, y.label);
+        assert!((x.classifier[x.label] - y.classifier[x.label]).abs() < 1e-3);
     }
     assert!(mesh::inter_ocular(&a[0].landmarks) > 10.0);
 }

@@ -8,6 +8,7 @@ mod llm;
 use crate::board::Board;
 use crate::capture::v4l2::{list_cameras, CameraConfig, PixelChoice};
 use crate::capture::{open_input, still, InputSpec, Source};
+use crate::cot::{CotStage, EngineMode, EngineStage};
 use crate::daemon::{self, DaemonConfig, Exit};
 use crate::kernels::{cpu_features, KernelPath};
 use crate::publish::{LineFormat, Publisher, RunInfo};
@@ -126,6 +127,12 @@ struct VisionArgs {
     /// Faces per frame at most.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=32))]
     max_faces: u64,
+    /// Chain of thought per face: `off`; `condensed` (one line, e.g. `AU6 C + AU12 D: cheek raise
+    /// with lip-corner pull, a Duchenne smile → happy`); `full` (the three-part Exp-CoT text:
+    /// key observations, interpretation, conclusion). Both come from the deterministic Exp-CoT
+    /// engine for now (`"source":"engine"`); the LLM-generated CoT lands with issue #6.
+    #[arg(long, default_value = "condensed", value_parser = ["off", "condensed", "full"])]
+    cot: String,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +178,10 @@ struct RunArgs {
     /// Chain-of-thought jobs queued between vision and the CoT stage.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     cot_queue: u64,
+    /// Explain a face again after this many seconds even if its label did not change (0: only
+    /// when the label changes and when the face first appears).
+    #[arg(long, default_value_t = 0.0)]
+    cot_every: f64,
     /// Worker threads for the models (default: board's, else all cores).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
@@ -300,6 +311,14 @@ fn kernel_path() -> Result<KernelPath> {
     }
 }
 
+fn cot_stage(a: &VisionArgs) -> Option<Box<dyn CotStage>> {
+    match a.cot.as_str() {
+        "off" => None,
+        "full" => Some(Box::new(EngineStage(EngineMode::Full))),
+        _ => Some(Box::new(EngineStage(EngineMode::Condensed))),
+    }
+}
+
 fn vision_stage(a: &VisionArgs, threads: usize) -> Result<Box<dyn VisionStage>> {
     if a.vision == "off" {
         log::warn!("--vision off: frames pass through with no faces");
@@ -396,7 +415,11 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         .or(board.as_ref().map(|b| b.threads))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = crate::kernels::pool::set_threads(threads);
+    if !a.cot_every.is_finite() || a.cot_every < 0.0 || a.cot_every > 86400.0 {
+        bail!("--cot-every must be 0..=86400 seconds");
+    }
     let vision = vision_stage(&a.vision, threads)?;
+    let cot = cot_stage(&a.vision);
     let info = RunInfo {
         version: env!("CARGO_PKG_VERSION"),
         source: source.describe(),
@@ -405,7 +428,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         kernel_path: kernel.as_str(),
         cpu_features: cpu_features(),
         vision: vision.name(),
-        cot: "off",
+        cot: cot.as_ref().map_or("off", |c| c.name()),
         live: source.is_live(),
     };
     log::info!(
@@ -423,11 +446,13 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         max_frames: a.frames,
         status: true,
         detail: false,
+        cot_every: Duration::from_secs_f64(a.cot_every),
+        cot_always: false,
         annotate: None,
         info,
     };
     let stop = install_signal_handlers()?;
-    let summary = daemon::run(source, vision, None, Arc::new(publisher(&a.out)), cfg, stop);
+    let summary = daemon::run(source, vision, cot, Arc::new(publisher(&a.out)), cfg, stop);
     log::info!("stopped ({}): {:?}", summary.exit.reason(), summary.counts);
     Ok(match summary.exit {
         Exit::SourceFailed(e) => {
@@ -444,15 +469,22 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
     let source = Box::new(still::StillSource::new(files));
     let threads = crate::kernels::pool::set_threads(a.threads as usize);
     let vision = vision_stage(&a.vision, threads)?;
+    let cot = cot_stage(&a.vision);
+    let cot_name = cot.as_ref().map_or("off", |c| c.name());
     let cfg = DaemonConfig {
         camera: a.out.camera_name.clone(),
         frame_queue: 2,
-        cot_queue: 4,
+        // Lossless for stills: the capture thread waits, and the CoT queue is deep enough
+        // for every face of a frame (--max-faces ≤ 32) while the engine keeps up.
+        cot_queue: 64,
         lossless: true,
         heartbeat: Duration::ZERO,
         max_frames: None,
         status: false,
         detail: verbose > 0,
+        cot_every: Duration::ZERO,
+        // Every face of every image gets its CoT (stills are unrelated pictures).
+        cot_always: true,
         annotate: a.annotate.clone(),
         info: RunInfo {
             version: env!("CARGO_PKG_VERSION"),
@@ -462,12 +494,12 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
             kernel_path: kernel_path()?.as_str(),
             cpu_features: cpu_features(),
             vision: vision.name(),
-            cot: "off",
+            cot: cot_name,
             live: false,
         },
     };
     let stop = install_signal_handlers()?;
-    let s = daemon::run(source, vision, None, Arc::new(publisher(&a.out)), cfg, stop);
+    let s = daemon::run(source, vision, cot, Arc::new(publisher(&a.out)), cfg, stop);
     if s.counts.decode_errors > 0 {
         eprintln!(
             "error: {} of {n} images could not be read (see the warnings above)",

@@ -49,6 +49,11 @@ pub struct DaemonConfig {
     pub status: bool,
     /// Add blendshapes to each `expression` line.
     pub detail: bool,
+    /// Explain a face again after this long even when its label has not changed (zero: only
+    /// when it changes, and the first time it is seen).
+    pub cot_every: Duration,
+    /// Explain every face of every frame (`infer`: stills are unrelated pictures).
+    pub cot_always: bool,
     /// Write an annotated PNG per processed frame into this folder (`infer --annotate`).
     pub annotate: Option<std::path::PathBuf>,
     pub info: RunInfo,
@@ -65,6 +70,7 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     pub cot_published: AtomicU64,
     pub cot_dropped: AtomicU64,
+    pub cot_unfaithful: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +84,7 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             cot_published: self.cot_published.load(Relaxed),
             cot_dropped: self.cot_dropped.load(Relaxed),
+            cot_unfaithful: self.cot_unfaithful.load(Relaxed),
         }
     }
 }
@@ -219,6 +226,7 @@ pub fn run(
 
     // Vision loop on this thread.
     let mut faces: Vec<FaceObservation> = Vec::with_capacity(8);
+    let mut policy = CotPolicy::default();
     while !sh.shutdown.load(Relaxed) {
         let frame = match frames.pop_timeout(POLL) {
             Pop::Item(f) => f,
@@ -231,6 +239,7 @@ pub fn run(
             &frame,
             &mut faces,
             want_cot.then_some(&*cot_jobs),
+            &mut policy,
         );
     }
 
@@ -334,6 +343,7 @@ fn process_frame(
     frame: &Frame,
     faces: &mut Vec<FaceObservation>,
     cot_jobs: Option<&BoundedQueue<CotJob>>,
+    policy: &mut CotPolicy,
 ) {
     let t_pop = Instant::now();
     faces.clear();
@@ -384,6 +394,7 @@ fn process_frame(
             label,
             score: face.scores.get(face.label).copied().unwrap_or(0.0),
             scores: LabelScores(&face.scores),
+            classifier: (!face.landmarks.is_empty()).then_some(LabelScores(&face.classifier)),
             bbox: face.bbox,
             aus: AuMap(&face.aus),
             keypoints: (!face.landmarks.is_empty()).then_some(&face.keypoints),
@@ -393,13 +404,17 @@ fn process_frame(
             latency_ms: lat,
         };
         sh.publish(Topic::Expression, &msg);
-        if let Some(q) = cot_jobs {
+        let due = |p: &mut CotPolicy| {
+            sh.cfg.cot_always || p.due(face.face_id, face.label, sh.cfg.cot_every)
+        };
+        if let Some(q) = cot_jobs.filter(|_| due(policy)) {
             let job = CotJob {
                 seq: frame.seq,
                 ts_ms: frame.ts_ms,
                 face_id: face.face_id,
                 label: face.label,
                 scores: face.scores,
+                classifier: face.classifier,
                 aus: face.aus,
                 captured: frame.captured,
                 queued: Instant::now(),
@@ -421,6 +436,41 @@ fn process_frame(
             Err(e) => {
                 sh.counters.errors.fetch_add(1, Relaxed);
                 log::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+/// When a face gets a CoT: the first time it is seen, whenever its label changes, and (if
+/// `every` is not zero) again after `every`. Remembers the last [`CotPolicy::MAX`] faces only.
+#[derive(Default)]
+pub struct CotPolicy {
+    last: Vec<(u32, usize, Instant)>,
+}
+
+impl CotPolicy {
+    pub const MAX: usize = 64;
+
+    /// Whether face `id` with `label` is due now; records it if so.
+    pub fn due(&mut self, id: u32, label: usize, every: Duration) -> bool {
+        let now = Instant::now();
+        match self.last.iter_mut().find(|e| e.0 == id) {
+            Some(e) if e.1 == label && (every.is_zero() || now.duration_since(e.2) < every) => {
+                false
+            }
+            Some(e) => {
+                *e = (id, label, now);
+                true
+            }
+            None => {
+                if self.last.len() >= Self::MAX {
+                    // Forget the face explained longest ago.
+                    if let Some(k) = (0..self.last.len()).min_by_key(|&k| self.last[k].2) {
+                        self.last.swap_remove(k);
+                    }
+                }
+                self.last.push((id, label, now));
+                true
             }
         }
     }
@@ -454,6 +504,9 @@ fn cot_loop(stage: &mut dyn CotStage, sh: &Shared, jobs: &BoundedQueue<CotJob>) 
                 };
                 sh.publish(Topic::Cot, &msg);
                 sh.counters.cot_published.fetch_add(1, Relaxed);
+                if cot.replaced {
+                    sh.counters.cot_unfaithful.fetch_add(1, Relaxed);
+                }
             }
             Err(e) => {
                 sh.counters.errors.fetch_add(1, Relaxed);

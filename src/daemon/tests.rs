@@ -138,6 +138,7 @@ impl CotStage for GatedCot {
             text: format!("AU12 C → {}", LABELS[job.label]),
             source: CotSource::Engine,
             faithful: true,
+            replaced: false,
         })
     }
     fn name(&self) -> &'static str {
@@ -155,6 +156,8 @@ fn cfg(lossless: bool) -> DaemonConfig {
         max_frames: None,
         status: true,
         detail: false,
+        cot_every: Duration::ZERO,
+        cot_always: false,
         annotate: None,
         info: RunInfo {
             version: "test",

@@ -41,10 +41,13 @@ pub struct FaceObservation {
     pub face_id: u32,
     /// `[x, y, w, h]`: min/max over the 478 landmarks (as MediaPipe's landmark box).
     pub bbox: [f32; 4],
-    /// Index into [`LABELS`] of the label.
+    /// Index into [`LABELS`] of the published label: the argmax of `scores`.
     pub label: usize,
-    /// Per-class probabilities in [`LABELS`] order.
+    /// Per-label probabilities in [`LABELS`] order: the classifier fused with the AU evidence
+    /// ([`crate::cot::engine::fuse`], the rule the CoT's conclusion must agree with).
     pub scores: [f32; 7],
+    /// The classifier's own probabilities (fer's mini-Xception), in [`LABELS`] order.
+    pub classifier: [f32; 7],
     pub aus: AuIntensities,
     /// Detector score of the face's box.
     pub detection_score: f32,
@@ -65,6 +68,7 @@ impl Default for FaceObservation {
             bbox: [0.0; 4],
             label: 6,
             scores: [0.0; 7],
+            classifier: [0.0; 7],
             aus: [0.0; crate::au::N_AUS],
             detection_score: 0.0,
             presence: 0.0,
@@ -354,10 +358,14 @@ impl FaceLandmarker {
 
             // 4. Classifier on the eye-aligned grey square.
             let t = Instant::now();
-            if let Some(scores) = self.classify(img, &face.landmarks)? {
-                face.scores = scores;
-                face.label = argmax(&face.scores);
+            if let Some(p) = self.classify(img, &face.landmarks)? {
+                face.classifier = p;
+            } else {
+                face.classifier[6] = 1.0;
             }
+            let ev = crate::cot::engine::evidence(&face.aus);
+            face.scores = crate::cot::engine::fuse(&face.classifier, &ev);
+            face.label = argmax(&face.scores);
             self.times.classifier += ms(t);
             faces.push(face);
         }

@@ -1,0 +1,240 @@
+//! The faithfulness check every published CoT passes: parse the AUs and emotions a text names
+//! and compare them with what was measured. Unfaithful when
+//! - it names an AU that is not measured at ≥ B ([`super::engine::CITE_MIN`]), or one we do not
+//!   measure at all;
+//! - it gives an AU a FACS letter other than the measured one (`AU12 D` when AU12 is C);
+//! - its conclusion (the last emotion word, normally after `→` or `Conclusion:`) is not one of
+//!   the seven labels, or not the published label.
+//!
+//! A plain scanner over bytes, no regex; total and allocation-light. Must not decide labels.
+
+use crate::au::{facs_letter, AuIntensities, AUS};
+
+/// What the check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Faithful,
+    /// An AU named that was not measured at ≥ B (its FACS number).
+    InventedAu(u32),
+    /// An AU with a letter other than the measured one.
+    WrongLetter(u32, char),
+    /// No conclusion label found.
+    NoConclusion,
+    /// The conclusion is an emotion outside the seven labels (e.g. contempt).
+    LabelOutsideSet(String),
+    /// The conclusion is a label, but not the published one.
+    LabelMismatch(usize),
+}
+
+impl Verdict {
+    pub fn is_faithful(&self) -> bool {
+        matches!(self, Verdict::Faithful)
+    }
+}
+
+/// Emotion words and the label they mean (`None` = an emotion that is not a label).
+const EMOTION_WORDS: [(&str, Option<usize>); 22] = [
+    ("angry", Some(0)),
+    ("anger", Some(0)),
+    ("disgusted", Some(1)),
+    ("disgust", Some(1)),
+    ("fearful", Some(2)),
+    ("afraid", Some(2)),
+    ("fear", Some(2)),
+    ("happiness", Some(3)),
+    ("happy", Some(3)),
+    ("joy", Some(3)),
+    ("sadness", Some(4)),
+    ("sad", Some(4)),
+    ("surprised", Some(5)),
+    ("surprise", Some(5)),
+    ("neutral", Some(6)),
+    ("contempt", None),
+    ("contemptuous", None),
+    ("pride", None),
+    ("shame", None),
+    ("confusion", None),
+    ("boredom", None),
+    ("pain", None),
+];
+
+/// Checks `text` against the measured `aus` and the published `label`.
+pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i + 2 < b.len() {
+        if (b[i] == b'A' || b[i] == b'a')
+            && (b[i + 1] == b'U' || b[i + 1] == b'u')
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+        {
+            let mut j = i + 2;
+            if j < b.len() && b[j] == b' ' {
+                j += 1;
+            }
+            let start = j;
+            while j < b.len() && b[j].is_ascii_digit() && j - start < 4 {
+                j += 1;
+            }
+            if j > start
+                && (j == b.len() || !b[j].is_ascii_alphanumeric() || is_letter_suffix(b, j))
+            {
+                let n: u32 = text[start..j].parse().unwrap_or(0);
+                let k = AUS.iter().position(|a| a.0 as u32 == n);
+                let measured = k.map_or(0.0, |k| aus[k]);
+                if measured.is_nan() || measured < super::engine::CITE_MIN {
+                    return Verdict::InventedAu(n);
+                }
+                // An intensity letter right after the number ("AU12 D", "AU12D").
+                let mut l = j;
+                if l < b.len() && b[l] == b' ' {
+                    l += 1;
+                }
+                if l < b.len()
+                    && (b'A'..=b'E').contains(&b[l])
+                    && (l + 1 == b.len() || !b[l + 1].is_ascii_alphanumeric())
+                {
+                    let want = facs_letter(measured);
+                    if b[l] as char != want {
+                        return Verdict::WrongLetter(n, b[l] as char);
+                    }
+                }
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    match last_emotion(text) {
+        None => Verdict::NoConclusion,
+        Some((w, None)) => Verdict::LabelOutsideSet(w.to_string()),
+        Some((_, Some(l))) if l != label => Verdict::LabelMismatch(l),
+        Some(_) => Verdict::Faithful,
+    }
+}
+
+/// The last emotion word of a text (the conclusion) and its label, if it is one.
+fn last_emotion(text: &str) -> Option<(&'static str, Option<usize>)> {
+    let lower = text.to_ascii_lowercase();
+    let lb = lower.as_bytes();
+    let mut last: Option<(usize, &'static str, Option<usize>)> = None;
+    for (w, l) in EMOTION_WORDS {
+        let mut from = 0;
+        while let Some(p) = lower[from..].find(w) {
+            let at = from + p;
+            let end = at + w.len();
+            let whole = (at == 0 || !lb[at - 1].is_ascii_alphabetic())
+                && (end == lb.len() || !lb[end].is_ascii_alphabetic());
+            if whole && last.is_none_or(|(q, _, _)| at > q) {
+                last = Some((at, w, l));
+            }
+            from = end;
+        }
+    }
+    last.map(|(_, w, l)| (w, l))
+}
+
+/// "AU12D": a single intensity letter glued to the number.
+fn is_letter_suffix(b: &[u8], j: usize) -> bool {
+    (b'A'..=b'E').contains(&b[j]) && (j + 1 == b.len() || !b[j + 1].is_ascii_alphanumeric())
+}
+
+/// The label a text concludes with, if its last emotion word is one of the seven.
+pub fn conclusion(text: &str) -> Option<usize> {
+    last_emotion(text).and_then(|(_, l)| l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::au::N_AUS;
+
+    fn with(pairs: &[(u8, f32)]) -> AuIntensities {
+        let mut a = [0.0; N_AUS];
+        for &(au, i) in pairs {
+            a[AUS.iter().position(|x| x.0 == au).unwrap()] = i;
+        }
+        a
+    }
+
+    #[test]
+    fn the_engines_own_text_is_faithful() {
+        let aus = with(&[(6, 0.5), (12, 0.7)]);
+        let e = super::super::engine::explain(&aus, &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            check(&e.condensed, &aus, e.label),
+            Verdict::Faithful,
+            "{}",
+            e.condensed
+        );
+        assert_eq!(
+            check(&e.full, &aus, e.label),
+            Verdict::Faithful,
+            "{}",
+            e.full
+        );
+    }
+
+    #[test]
+    fn catches_an_invented_au_a_weak_au_and_a_wrong_letter() {
+        let aus = with(&[(6, 0.5), (12, 0.7), (25, 0.15)]);
+        assert_eq!(
+            check("AU6 C + AU9 B: sneer → happy", &aus, 3),
+            Verdict::InventedAu(9)
+        );
+        assert_eq!(
+            check("AU25 A and AU12 D → happy", &aus, 3),
+            Verdict::InventedAu(25)
+        );
+        assert_eq!(check("AU99 → happy", &aus, 3), Verdict::InventedAu(99));
+        assert_eq!(
+            check("AU12 E: big smile → happy", &aus, 3),
+            Verdict::WrongLetter(12, 'E')
+        );
+        assert_eq!(check("au12D smile → happy", &aus, 3), Verdict::Faithful);
+        assert_eq!(check("AU12D smile → happy", &aus, 3), Verdict::Faithful);
+    }
+
+    #[test]
+    fn catches_an_invented_label_and_a_mismatch() {
+        let aus = with(&[(12, 0.7)]);
+        assert_eq!(
+            check("AU12 D → contempt", &aus, 3),
+            Verdict::LabelOutsideSet("contempt".into())
+        );
+        assert_eq!(
+            check("AU12 D: a smile → sad", &aus, 3),
+            Verdict::LabelMismatch(4)
+        );
+        assert_eq!(check("AU12 D: a smile", &aus, 3), Verdict::NoConclusion);
+        // The last emotion word is the conclusion; earlier mentions are the interpretation.
+        assert_eq!(
+            check("sadness is weaker; Conclusion: happy.", &aus, 3),
+            Verdict::Faithful
+        );
+        // Words inside other words do not count.
+        assert_eq!(
+            check("AU12 D: saddle-shaped grin → happy", &aus, 3),
+            Verdict::Faithful
+        );
+    }
+
+    #[test]
+    fn never_panics_on_odd_text() {
+        let aus = with(&[(12, 0.7)]);
+        for t in [
+            "",
+            "AU",
+            "AU ",
+            "AU1234567",
+            "ÄU12 → happy",
+            "AU12\u{1F600} → happy",
+            "→",
+            "aU 12 D happy",
+        ] {
+            let _ = check(t, &aus, 3);
+        }
+        assert_eq!(conclusion("… → surprise"), Some(5));
+        assert_eq!(conclusion("AU9 E → disgust"), Some(1));
+        assert_eq!(conclusion("nothing"), None);
+    }
+}

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod cli;
 pub mod cot;
 pub mod daemon;
+pub mod eval;
 pub mod frame;
 pub mod kernels;
 pub mod llm;

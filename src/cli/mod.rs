@@ -128,12 +128,16 @@ struct VisionArgs {
     /// Faces per frame at most.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=32))]
     max_faces: u64,
-    /// Chain of thought per face: `off`; `condensed` (one line, e.g. `AU6 C + AU12 D: cheek raise
-    /// with lip-corner pull, a Duchenne smile → happy`); `full` (the three-part Exp-CoT text:
-    /// key observations, interpretation, conclusion). Both come from the deterministic Exp-CoT
-    /// engine for now (`"source":"engine"`); the LLM-generated CoT lands with issue #6.
-    #[arg(long, default_value = "condensed", value_parser = ["off", "condensed", "full"])]
+    /// Chain of thought per face: `off`; `condensed` (the Exp-CoT engine's one line, e.g. `AU6 C +
+    /// AU12 D: cheek raise with lip-corner pull, a Duchenne smile → happy`); `full` (the
+    /// engine's three-part text: key observations, interpretation, conclusion); `llm` (the
+    /// GGUF model of --cot-model writes the description between the measured AUs and the
+    /// published label; an unfaithful line is replaced by the engine's and counted).
+    #[arg(long, default_value = "condensed", value_parser = ["off", "condensed", "full", "llm"])]
     cot: String,
+    /// GGUF instruct model for `--cot llm`.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    cot_model: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -330,12 +334,13 @@ fn kernel_path() -> Result<KernelPath> {
     }
 }
 
-fn cot_stage(a: &VisionArgs) -> Option<Box<dyn CotStage>> {
-    match a.cot.as_str() {
+fn cot_stage(a: &VisionArgs) -> Result<Option<Box<dyn CotStage>>> {
+    Ok(match a.cot.as_str() {
         "off" => None,
         "full" => Some(Box::new(EngineStage(EngineMode::Full))),
+        "llm" => Some(Box::new(crate::cot::llm::LlmStage::load(&a.cot_model)?)),
         _ => Some(Box::new(EngineStage(EngineMode::Condensed))),
-    }
+    })
 }
 
 fn vision_stage(a: &VisionArgs, threads: usize) -> Result<Box<dyn VisionStage>> {
@@ -438,7 +443,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         bail!("--cot-every must be 0..=86400 seconds");
     }
     let vision = vision_stage(&a.vision, threads)?;
-    let cot = cot_stage(&a.vision);
+    let cot = cot_stage(&a.vision)?;
     let info = RunInfo {
         version: env!("CARGO_PKG_VERSION"),
         source: source.describe(),
@@ -488,7 +493,7 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
     let source = Box::new(still::StillSource::new(files));
     let threads = crate::kernels::pool::set_threads(a.threads as usize);
     let vision = vision_stage(&a.vision, threads)?;
-    let cot = cot_stage(&a.vision);
+    let cot = cot_stage(&a.vision)?;
     let cot_name = cot.as_ref().map_or("off", |c| c.name());
     let cfg = DaemonConfig {
         camera: a.out.camera_name.clone(),

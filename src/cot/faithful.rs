@@ -3,6 +3,8 @@
 //! - it names an AU that is not measured at ≥ B ([`super::engine::CITE_MIN`]), or one we do not
 //!   measure at all;
 //! - it gives an AU a FACS letter other than the measured one (`AU12 D` when AU12 is C);
+//! - it describes an appearance whose AUs were not measured at ≥ B (`smile` without AU12,
+//!   `frown` without AU4 or AU15, …: [`APPEARANCE_WORDS`]);
 //! - its conclusion (the last emotion word, normally after `→` or `Conclusion:`) is not one of
 //!   the seven labels, or not the published label.
 //!
@@ -58,6 +60,19 @@ const EMOTION_WORDS: [(&str, Option<usize>); 22] = [
     ("pain", None),
 ];
 
+/// Appearance words and the AUs (any one of them at ≥ B) that justify them.
+pub const APPEARANCE_WORDS: [(&str, &[u8]); 9] = [
+    ("smil", &[12]),
+    ("grin", &[12]),
+    ("frown", &[4, 15]),
+    ("scowl", &[4]),
+    ("furrow", &[4]),
+    ("sneer", &[9, 10]),
+    ("squint", &[6, 7]),
+    ("wide-eyed", &[5]),
+    ("open mouth", &[25, 26]),
+];
+
 /// Checks `text` against the measured `aus` and the published `label`.
 pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
     let b = text.as_bytes();
@@ -103,6 +118,26 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
             }
         }
         i += 1;
+    }
+    let lower = text.to_ascii_lowercase();
+    // An AU named by its FACS name ("lid tightener") must be measured like one named by number.
+    for (k, au) in AUS.iter().enumerate() {
+        if lower.contains(au.1) && (aus[k].is_nan() || aus[k] < super::engine::CITE_MIN) {
+            return Verdict::InventedAu(au.0 as u32);
+        }
+    }
+    for (w, aus_needed) in APPEARANCE_WORDS {
+        let at_word_start = lower
+            .match_indices(w)
+            .any(|(at, _)| at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphabetic());
+        let seen = aus_needed.iter().any(|&a| {
+            AUS.iter()
+                .position(|x| x.0 == a)
+                .is_some_and(|k| aus[k] >= super::engine::CITE_MIN)
+        });
+        if at_word_start && !seen {
+            return Verdict::InventedAu(aus_needed[0] as u32);
+        }
     }
     match last_emotion(text) {
         None => Verdict::NoConclusion,
@@ -192,6 +227,16 @@ mod tests {
         );
         assert_eq!(check("au12D smile → happy", &aus, 3), Verdict::Faithful);
         assert_eq!(check("AU12D smile → happy", &aus, 3), Verdict::Faithful);
+        // An appearance word needs its AU: a smile without AU12 is invented.
+        let no12 = with(&[(1, 0.6), (2, 0.6)]);
+        assert_eq!(
+            check("AU1 C + AU2 C: A smile → surprise", &no12, 5),
+            Verdict::InventedAu(12)
+        );
+        assert_eq!(
+            check("AU1 C + AU2 C: raised brows → surprise", &no12, 5),
+            Verdict::Faithful
+        );
     }
 
     #[test]

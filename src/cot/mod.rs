@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod faithful;
+pub mod llm;
 
 use crate::au::AuIntensities;
 

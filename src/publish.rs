@@ -170,6 +170,8 @@ pub struct StatusMsg<'a> {
     pub info: Option<&'a RunInfo>,
     pub uptime_s: f64,
     pub fps: f64,
+    /// 1 − cot_unfaithful / cot_published; null before the first CoT.
+    pub cot_faithful_rate: Option<f64>,
     pub counters: Counts,
 }
 

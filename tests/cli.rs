@@ -637,6 +637,25 @@ fn infer_on_real_faces_prints_label_aus_keypoints_and_a_faithful_cot_per_face() 
         assert!(png.width() > 100);
     }
     let _ = std::fs::remove_dir_all(dir);
+    // `run` on a still: the offline status reports the CoT counters and the faithful rate.
+    let o = run(&["run", "--input", &happy, "--heartbeat", "0"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    let off = &lines
+        .iter()
+        .rfind(|(t, j)| t.ends_with("/status") && j["state"] == "offline")
+        .unwrap()
+        .1;
+    assert_eq!(off["counters"]["cot_published"], 1, "{off}");
+    assert_eq!(off["counters"]["cot_unfaithful"], 0);
+    assert_eq!(off["cot_faithful_rate"], 1.0);
+    let on = &lines
+        .iter()
+        .find(|(t, _)| t.ends_with("/status"))
+        .unwrap()
+        .1;
+    assert_eq!(on["info"]["cot"], "engine-condensed");
+    assert_eq!(on["info"]["vision"], "mediapipe-f32");
     // -v adds the 52 blendshapes.
     let o = run(&["-v", "infer", &happy, "--cot", "off"]);
     let lines = parse_lines(&o.stdout);

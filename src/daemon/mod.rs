@@ -152,6 +152,13 @@ impl Shared {
         if !self.cfg.status {
             return;
         }
+        let counters = self.counters.snapshot();
+        // Share of published CoTs that passed the check as generated (engine lines always do);
+        // null until a CoT is published.
+        let cot_faithful_rate = (counters.cot_published > 0).then(|| {
+            let r = 1.0 - counters.cot_unfaithful as f64 / counters.cot_published as f64;
+            (r * 10000.0).round() / 10000.0
+        });
         let msg = StatusMsg {
             v: SCHEMA_VERSION,
             state,
@@ -161,7 +168,8 @@ impl Shared {
             info: with_info.then_some(&self.cfg.info),
             uptime_s: (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             fps: (fps * 100.0).round() / 100.0,
-            counters: self.counters.snapshot(),
+            cot_faithful_rate,
+            counters,
         };
         self.publish(Topic::Status, &msg);
     }

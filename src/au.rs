@@ -106,8 +106,37 @@ pub struct Au(pub u8, pub &'static str);
 impl Au {
     /// `AU12` style key used in the output.
     pub fn key(self) -> &'static str {
-        AU_KEYS[AUS.iter().position(|a| a.0 == self.0).unwrap_or(0)]
+        AU_KEYS[index_of(self.0).unwrap_or(0)]
     }
+}
+
+/// Position of FACS number `au` in [`AUS`] (`None` for an AU we do not measure).
+pub fn index_of(au: u8) -> Option<usize> {
+    AUS.iter().position(|a| a.0 == au)
+}
+
+/// AU `au`'s intensity read from `aus`, clamped to [0, 1]; 0 for an AU we do not measure
+/// and for a non-finite value.
+pub fn intensity(aus: &AuIntensities, au: u8) -> f32 {
+    index_of(au).map_or(0.0, |k| {
+        if aus[k].is_finite() {
+            aus[k].clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    })
+}
+
+/// An intensity vector from `(FACS number, intensity)` pairs; the other AUs are 0, AUs we do
+/// not measure are ignored.
+pub fn intensities(pairs: &[(u8, f32)]) -> AuIntensities {
+    let mut a = [0.0; N_AUS];
+    for &(au, i) in pairs {
+        if let Some(k) = index_of(au) {
+            a[k] = i;
+        }
+    }
+    a
 }
 
 const AU_KEYS: [&str; N_AUS] = [
@@ -533,7 +562,7 @@ mod tests {
     }
 
     fn idx(au: u8) -> usize {
-        AUS.iter().position(|a| a.0 == au).unwrap()
+        index_of(au).unwrap()
     }
 
     fn bs_index(name: &str) -> usize {

@@ -368,16 +368,15 @@ impl Stats {
 /// image, one configuration. Images are `(name, width, height, rgb)`.
 pub fn vision(
     cfg: crate::vision::VisionConfig,
-    precision: crate::vision::Precision,
     images: &[(String, usize, usize, Vec<u8>)],
     warmup: usize,
     runs: usize,
     progress: &dyn Fn(&str),
 ) -> Result<VisionRun> {
     use crate::vision::{geometry::Rgb, FaceLandmarker, VisionStage};
-    let threads = cfg.threads;
+    let (threads, precision) = (cfg.threads, cfg.precision);
     let t = Instant::now();
-    let mut lm = FaceLandmarker::load(cfg, precision)?;
+    let mut lm = FaceLandmarker::load(cfg)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let (mut det, mut mesh, mut bs, mut cls) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut per_image = Vec::new();

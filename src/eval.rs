@@ -19,30 +19,7 @@ pub struct Item {
     pub label: usize,
 }
 
-/// A folder name or dataset word → label index (`anger`, `Angry`, `happiness`, …).
-pub fn label_of_word(w: &str) -> Option<usize> {
-    let w = w.trim().to_ascii_lowercase();
-    Some(match w.as_str() {
-        "angry" | "anger" => 0,
-        "disgust" | "disgusted" => 1,
-        "fear" | "fearful" | "afraid" => 2,
-        "happy" | "happiness" | "joy" => 3,
-        "sad" | "sadness" => 4,
-        "surprise" | "surprised" => 5,
-        "neutral" => 6,
-        _ => return None,
-    })
-}
-
-fn is_image(p: &Path) -> bool {
-    matches!(
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
-        Some("jpg" | "jpeg" | "png")
-    )
-}
+pub use crate::cot::faithful::label_of_word;
 
 /// `DIR/<label>/*.{jpg,jpeg,png}`; folder names are label words ([`label_of_word`]). Folders
 /// that are not labels (e.g. `contempt`) are skipped and named in the returned list.
@@ -67,7 +44,7 @@ pub fn folder_per_class(dir: &Path) -> Result<(Vec<Item>, Vec<String>)> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&sd)
             .with_context(|| format!("cannot read {}", sd.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
+            .filter(|p| p.is_file() && crate::capture::still::is_image_name(p))
             .collect();
         files.sort();
         items.extend(files.into_iter().map(|path| Item { path, label }));
@@ -257,7 +234,8 @@ pub fn evaluate(
     for (k, it) in items.iter().enumerate() {
         match predict(&it.path) {
             Err(e) => {
-                log::warn!("{}: {e:#}", it.path.display());
+                // The predictor's error names the file.
+                log::warn!("skipped: {e:#}");
                 unreadable += 1;
             }
             Ok(p) => {

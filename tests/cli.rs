@@ -705,5 +705,19 @@ fn eval_on_the_four_labelled_faces_reports_accuracy_recall_and_confusion() {
     assert!(r["correct"].as_u64().unwrap() >= 2);
     assert_eq!(r["cot"]["cots"], 4);
     assert_eq!(r["cot"]["faithful_rate"], 1.0);
+    // A corrupt image: reported as unreadable, named in one warning, and a non-zero exit.
+    std::fs::write(d.join("anger/broken.jpg"), b"\xff\xd8 not really").unwrap();
+    let o = run(&["eval", d.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
+    let r: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (r["images"].as_u64(), r["unreadable"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert!(
+        o.stderr.contains("broken.jpg") && o.stderr.contains("could not be read"),
+        "{}",
+        o.stderr
+    );
     let _ = std::fs::remove_dir_all(d);
 }

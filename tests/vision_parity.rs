@@ -69,7 +69,7 @@ fn load_rgb(p: &Path) -> (usize, usize, Vec<u8>) {
 fn landmarker(precision: Precision, threads: usize) -> FaceLandmarker {
     let mut cfg = VisionConfig::from_dir(&root().join("models/vision"), precision);
     cfg.threads = threads;
-    FaceLandmarker::load(cfg, precision).unwrap()
+    FaceLandmarker::load(cfg).unwrap()
 }
 
 fn f(v: &Value) -> f32 {
@@ -343,12 +343,7 @@ fn wrong_or_broken_model_files_are_clear_errors() {
     // A classifier where the detector belongs.
     let mut cfg = VisionConfig::from_dir(&vision, Precision::F32);
     cfg.detector = vision.join("emotion_mini_xception.onnx");
-    let e = format!(
-        "{:#}",
-        FaceLandmarker::load(cfg, Precision::F32)
-            .err()
-            .expect("must fail")
-    );
+    let e = format!("{:#}", FaceLandmarker::load(cfg).err().expect("must fail"));
     assert!(
         e.contains("face detector") && e.contains("emotion_mini_xception.onnx"),
         "{e}"
@@ -360,22 +355,12 @@ fn wrong_or_broken_model_files_are_clear_errors() {
     std::fs::write(&tmp, &bytes[..bytes.len() / 3]).unwrap();
     let mut cfg = VisionConfig::from_dir(&vision, Precision::F32);
     cfg.landmarks = tmp.clone();
-    let e = format!(
-        "{:#}",
-        FaceLandmarker::load(cfg, Precision::F32)
-            .err()
-            .expect("must fail")
-    );
+    let e = format!("{:#}", FaceLandmarker::load(cfg).err().expect("must fail"));
     assert!(e.contains("face mesh") && e.contains("expllm-trunc"), "{e}");
     // Missing file.
     let mut cfg = VisionConfig::from_dir(&vision, Precision::F32);
     cfg.classifier = vision.join("nope.onnx");
-    let e = format!(
-        "{:#}",
-        FaceLandmarker::load(cfg, Precision::F32)
-            .err()
-            .expect("must fail")
-    );
+    let e = format!("{:#}", FaceLandmarker::load(cfg).err().expect("must fail"));
     assert!(e.contains("nope.onnx"), "{e}");
     let _ = std::fs::remove_file(tmp);
 }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// Largest still image file we read (bytes).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
-fn is_image_name(p: &Path) -> bool {
+/// Whether a file name says JPEG or PNG (how folders of stills are filtered).
+pub fn is_image_name(p: &Path) -> bool {
     matches!(
         p.extension()
             .and_then(|e| e.to_str())
@@ -65,19 +66,31 @@ impl StillSource {
             data: Vec::new(),
         }
     }
+}
 
-    fn read_file(&mut self, path: &Path) -> Result<(), String> {
-        let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        self.data.clear();
-        let n = f
-            .take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut self.data)
-            .map_err(|e| e.to_string())?;
-        if n as u64 > MAX_FILE_BYTES {
-            return Err(format!("file larger than {} MiB", MAX_FILE_BYTES >> 20));
-        }
-        Ok(())
+/// Reads at most [`MAX_FILE_BYTES`] of `path` into `data` (an error past that).
+fn read_bounded(path: &Path, data: &mut Vec<u8>) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    data.clear();
+    let n = f
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(data)
+        .map_err(|e| e.to_string())?;
+    if n as u64 > MAX_FILE_BYTES {
+        return Err(format!("file larger than {} MiB", MAX_FILE_BYTES >> 20));
     }
+    Ok(())
+}
+
+/// One still image as `(width, height, RGB8)`, read and decoded exactly as `infer` and `run`
+/// do (size cap, the same decoders); the error names the file.
+pub fn read_rgb(path: &Path) -> anyhow::Result<(usize, usize, Vec<u8>)> {
+    let mut data = Vec::new();
+    let mut rgb = Vec::new();
+    let size = read_bounded(path, &mut data)
+        .and_then(|_| decode_image_into(&data, &mut rgb))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((size.width as usize, size.height as usize, rgb))
 }
 
 impl Source for StillSource {
@@ -87,7 +100,7 @@ impl Source for StillSource {
         };
         self.next += 1;
         self.current = path.display().to_string();
-        self.read_file(&path)
+        read_bounded(&path, &mut self.data)
             .and_then(|_| decode_image_into(&self.data, rgb))
             .map(Some)
             .map_err(|e| CaptureError::Corrupt(format!("{}: {e}", self.current)))

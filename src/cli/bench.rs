@@ -130,16 +130,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             })
             .collect::<Result<_>>()?
     };
-    let threads: Vec<u64> = if a.threads.is_empty() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        if n > 1 {
-            vec![1, n]
-        } else {
-            vec![1]
-        }
-    } else {
-        a.threads.clone()
-    };
+    let threads = thread_counts(&a.threads);
     // A bad model file is one error line here, not one per child.
     drop(crate::llm::model::Model::load(&a.model)?);
     let exe = std::env::current_exe().context("locating the expllm binary")?;
@@ -210,6 +201,19 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--threads` as given, else 1 and all cores.
+fn thread_counts(given: &[u64]) -> Vec<u64> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    if n > 1 {
+        vec![1, n]
+    } else {
+        vec![1]
+    }
+}
+
 /// The CPU model name from /proc/cpuinfo (x86 `model name`, else the ARM part number).
 pub fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -235,30 +239,14 @@ fn vision(a: BenchArgs) -> Result<ExitCode> {
     )?;
     let mut images = Vec::new();
     for f in &files {
-        let img = image::open(f)
-            .with_context(|| format!("cannot decode {}", f.display()))?
-            .to_rgb8();
+        let (w, h, rgb) = crate::capture::still::read_rgb(f)?;
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        images.push((
-            name,
-            img.width() as usize,
-            img.height() as usize,
-            img.into_raw(),
-        ));
+        images.push((name, w, h, rgb));
     }
-    let threads: Vec<u64> = if a.threads.is_empty() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        if n > 1 {
-            vec![1, n]
-        } else {
-            vec![1]
-        }
-    } else {
-        a.threads.clone()
-    };
+    let threads = thread_counts(&a.threads);
     let dir = a
         .vision_models
         .clone()
@@ -281,9 +269,7 @@ fn vision(a: BenchArgs) -> Result<ExitCode> {
                 eprint!("\r[{k}/{total}] {p}, {t} thread(s): {img}, 3 warm-up + {runs_n} timed runs …          ");
                 let _ = std::io::stderr().flush();
             };
-            runs.push(bench::vision(
-                cfg, precision, &images, 3, runs_n, &progress,
-            )?);
+            runs.push(bench::vision(cfg, &images, 3, runs_n, &progress)?);
         }
     }
     eprintln!();

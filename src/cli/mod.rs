@@ -358,7 +358,7 @@ fn vision_stage(a: &VisionArgs, threads: usize) -> Result<Box<dyn VisionStage>> 
     cfg.threads = threads;
     cfg.max_faces = a.max_faces as usize;
     let t = Instant::now();
-    let lm = FaceLandmarker::load(cfg, precision)?;
+    let lm = FaceLandmarker::load(cfg)?;
     log::info!(
         "vision models loaded in {:.0} ms: {}",
         t.elapsed().as_secs_f64() * 1e3,
@@ -580,17 +580,14 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         .unwrap_or_else(crate::vision::default_dir);
     let mut cfg = VisionConfig::from_dir(&dir, Precision::F32);
     cfg.threads = threads;
-    let mut lm = FaceLandmarker::load(cfg, Precision::F32)?;
+    let mut lm = FaceLandmarker::load(cfg)?;
     let mut faces = Vec::new();
     let want_cot = a.cot;
     let predict = |p: &std::path::Path| -> Result<Prediction> {
-        let img = image::open(p)
-            .with_context(|| format!("cannot decode {}", p.display()))?
-            .to_rgb8();
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let rgb = img.into_raw();
+        let (w, h, rgb) = still::read_rgb(p)?;
         let view = crate::vision::geometry::Rgb::new(w, h, &rgb).context("image size")?;
-        lm.detect(view, &mut faces)?;
+        lm.detect(view, &mut faces)
+            .with_context(|| p.display().to_string())?;
         // The largest face is the labelled one.
         let Some(f) = faces
             .iter()
@@ -629,6 +626,14 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     match std::io::Write::write_all(&mut out, text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         r => r.context("writing to stdout")?,
+    }
+    if report.unreadable > 0 {
+        // As `infer`: the report stands, but a set with unreadable images is not a clean run.
+        eprintln!(
+            "error: {} of {} images could not be read (see the warnings above)",
+            report.unreadable, report.images
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

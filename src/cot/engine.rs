@@ -26,7 +26,7 @@
 //!
 //! Pure functions over plain arrays; must not run models or touch frames.
 
-use crate::au::{facs_letter, AuIntensities, AUS};
+use crate::au::{facs_letter, intensity, AuIntensities, AUS};
 use crate::publish::LABELS;
 
 /// Intensity at which an AU counts as evidence that may be cited (FACS B = 0.3, see
@@ -119,17 +119,6 @@ pub struct Explanation {
     /// The condensed one-line form, e.g. `AU6 C + AU12 D: cheek raise with lip-corner pull, a
     /// Duchenne smile → happy`.
     pub condensed: String,
-}
-
-fn intensity(aus: &AuIntensities, au: u8) -> f32 {
-    AUS.iter().position(|a| a.0 == au).map_or(0.0, |k| {
-        let v = aus[k];
-        if v.is_finite() {
-            v.clamp(0.0, 1.0)
-        } else {
-            0.0
-        }
-    })
 }
 
 /// Per-label AU evidence: prototype mean intensity for the six emotions, neutral from the
@@ -373,15 +362,8 @@ fn join_and(v: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::au::N_AUS;
 
-    fn with(pairs: &[(u8, f32)]) -> AuIntensities {
-        let mut a = [0.0; N_AUS];
-        for &(au, i) in pairs {
-            a[AUS.iter().position(|x| x.0 == au).unwrap()] = i;
-        }
-        a
-    }
+    use crate::au::intensities as with;
 
     const FLAT: [f32; 7] = [1.0 / 7.0; 7];
 

@@ -10,7 +10,7 @@
 //!
 //! A plain scanner over bytes, no regex; total and allocation-light. Must not decide labels.
 
-use crate::au::{facs_letter, AuIntensities, AUS};
+use crate::au::{facs_letter, intensity, AuIntensities, AUS};
 
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,17 @@ pub const APPEARANCE_WORDS: [(&str, &[u8]); 9] = [
     ("open mouth", &[25, 26]),
 ];
 
+/// A whole emotion word (`anger`, `Happy`, `surprised`, …) → its label index; `None` for
+/// emotions that are not labels (contempt) and for other words. Also reads dataset folder
+/// names in `expllm eval`.
+pub fn label_of_word(w: &str) -> Option<usize> {
+    let w = w.trim().to_ascii_lowercase();
+    EMOTION_WORDS
+        .iter()
+        .find(|(e, _)| *e == w)
+        .and_then(|(_, l)| *l)
+}
+
 /// Checks `text` against the measured `aus` and the published `label`.
 pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
     let b = text.as_bytes();
@@ -94,9 +105,8 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
                 && (j == b.len() || !b[j].is_ascii_alphanumeric() || is_letter_suffix(b, j))
             {
                 let n: u32 = text[start..j].parse().unwrap_or(0);
-                let k = AUS.iter().position(|a| a.0 as u32 == n);
-                let measured = k.map_or(0.0, |k| aus[k]);
-                if measured.is_nan() || measured < super::engine::CITE_MIN {
+                let measured = u8::try_from(n).map_or(0.0, |n| intensity(aus, n));
+                if measured < super::engine::CITE_MIN {
                     return Verdict::InventedAu(n);
                 }
                 // An intensity letter right after the number ("AU12 D", "AU12D").
@@ -121,8 +131,8 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
     }
     let lower = text.to_ascii_lowercase();
     // An AU named by its FACS name ("lid tightener") must be measured like one named by number.
-    for (k, au) in AUS.iter().enumerate() {
-        if lower.contains(au.1) && (aus[k].is_nan() || aus[k] < super::engine::CITE_MIN) {
+    for au in AUS {
+        if lower.contains(au.1) && intensity(aus, au.0) < super::engine::CITE_MIN {
             return Verdict::InventedAu(au.0 as u32);
         }
     }
@@ -130,11 +140,9 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
         let at_word_start = lower
             .match_indices(w)
             .any(|(at, _)| at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphabetic());
-        let seen = aus_needed.iter().any(|&a| {
-            AUS.iter()
-                .position(|x| x.0 == a)
-                .is_some_and(|k| aus[k] >= super::engine::CITE_MIN)
-        });
+        let seen = aus_needed
+            .iter()
+            .any(|&a| intensity(aus, a) >= super::engine::CITE_MIN);
         if at_word_start && !seen {
             return Verdict::InventedAu(aus_needed[0] as u32);
         }
@@ -181,15 +189,8 @@ pub fn conclusion(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::au::N_AUS;
 
-    fn with(pairs: &[(u8, f32)]) -> AuIntensities {
-        let mut a = [0.0; N_AUS];
-        for &(au, i) in pairs {
-            a[AUS.iter().position(|x| x.0 == au).unwrap()] = i;
-        }
-        a
-    }
+    use crate::au::intensities as with;
 
     #[test]
     fn the_engines_own_text_is_faithful() {

@@ -38,6 +38,9 @@ pub struct LlmStage {
     tok: Tokenizer,
     st: State,
     chatml: bool,
+    /// Greedy, stopping at the end-of-generation tokens (found once at load: scanning the
+    /// vocabulary is not per-CoT work); `max_tokens` is set per CoT.
+    opts: GenerateOptions,
     ids: Vec<u32>,
     bytes: Vec<u8>,
 }
@@ -54,11 +57,20 @@ impl LlmStage {
             .unwrap_or("");
         let chatml = chat::is_chatml(template);
         let st = model.new_state(512);
+        let opts = GenerateOptions {
+            max_tokens: MAX_TOKENS,
+            sampler: Sampler::default(),
+            stop_tokens: (0..tok.n_vocab() as u32)
+                .filter(|&t| tok.is_eog(t))
+                .collect(),
+            constraints: Vec::new(),
+        };
         Ok(LlmStage {
             model,
             tok,
             st,
             chatml,
+            opts,
             ids: Vec::with_capacity(512),
             bytes: Vec::with_capacity(64),
         })
@@ -93,18 +105,10 @@ impl LlmStage {
         self.ids.clear();
         self.tok.encode(&text, true, &mut self.ids);
         self.st.reset();
-        let stop_tokens: Vec<u32> = (0..self.tok.n_vocab() as u32)
-            .filter(|&t| self.tok.is_eog(t))
-            .collect();
-        let opts = GenerateOptions {
-            max_tokens: budget.max(1),
-            sampler: Sampler::default(),
-            stop_tokens,
-            constraints: Vec::new(),
-        };
+        self.opts.max_tokens = budget.max(1);
         let mut out = Vec::new();
         let (tok, bytes) = (&self.tok, &mut self.bytes);
-        generate(&self.model, &mut self.st, &self.ids, &opts, |t| {
+        generate(&self.model, &mut self.st, &self.ids, &self.opts, |t| {
             if tok.is_eog(t) {
                 return false;
             }
@@ -191,14 +195,10 @@ impl CotStage for LlmStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::au::N_AUS;
     use std::time::Instant;
 
     fn job(pairs: &[(u8, f32)], label: usize) -> CotJob {
-        let mut aus = [0.0; N_AUS];
-        for &(au, i) in pairs {
-            aus[AUS.iter().position(|x| x.0 == au).unwrap()] = i;
-        }
+        let aus = crate::au::intensities(pairs);
         let mut classifier = [0.0; 7];
         classifier[label] = 1.0;
         let scores = engine::fuse(&classifier, &engine::evidence(&aus));

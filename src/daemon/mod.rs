@@ -354,10 +354,10 @@ fn process_frame(
     policy: &mut CotPolicy,
 ) {
     let t_pop = Instant::now();
-    faces.clear();
     let ok = match vision.process(frame, faces) {
         Ok(()) => true,
         Err(e) => {
+            faces.clear();
             sh.counters.errors.fetch_add(1, Relaxed);
             log::warn!("vision failed on frame {}: {e:#}", frame.seq);
             false

@@ -100,6 +100,7 @@ struct OneFace(Duration);
 impl VisionStage for OneFace {
     fn process(&mut self, frame: &Frame, faces: &mut Vec<FaceObservation>) -> anyhow::Result<()> {
         std::thread::sleep(self.0);
+        faces.clear();
         let label = (frame.seq % 7) as usize;
         let mut scores = [0.0; 7];
         scores[label] = 0.9;

@@ -79,7 +79,8 @@ impl Default for FaceObservation {
     }
 }
 
-/// A vision stage: fills `faces` (cleared by the caller) for one frame.
+/// A vision stage: replaces `faces` (the previous frame's, which it may recycle) with this
+/// frame's.
 pub trait VisionStage: Send {
     fn process(&mut self, frame: &Frame, faces: &mut Vec<FaceObservation>) -> anyhow::Result<()>;
     /// Short name for `status` (`passthrough`, `mediapipe-f32`, …).
@@ -94,7 +95,8 @@ pub trait VisionStage: Send {
 pub struct Passthrough;
 
 impl VisionStage for Passthrough {
-    fn process(&mut self, _frame: &Frame, _faces: &mut Vec<FaceObservation>) -> anyhow::Result<()> {
+    fn process(&mut self, _frame: &Frame, faces: &mut Vec<FaceObservation>) -> anyhow::Result<()> {
+        faces.clear();
         Ok(())
     }
     fn name(&self) -> &'static str {
@@ -105,6 +107,8 @@ impl VisionStage for Passthrough {
 /// Which ONNX files the landmarker loads, and its settings.
 #[derive(Debug, Clone)]
 pub struct VisionConfig {
+    /// Which variant the files are (names the stage in `status`).
+    pub precision: Precision,
     pub detector: PathBuf,
     pub landmarks: PathBuf,
     pub blendshapes: PathBuf,
@@ -148,6 +152,7 @@ impl VisionConfig {
             Precision::Int8 => "emotion_mini_xception_int8_dyn.onnx",
         };
         VisionConfig {
+            precision,
             detector: dir.join("face_detector.onnx"),
             landmarks: dir.join("face_landmarks.onnx"),
             blendshapes: dir.join("face_blendshapes.onnx"),
@@ -194,11 +199,9 @@ pub struct FaceLandmarker {
     classifier: Net,
     anchors: Vec<[f32; 2]>,
     tracker: track::Tracker,
-    det_in: Vec<f32>,
-    mesh_in: Vec<f32>,
-    bs_in: Vec<f32>,
-    cls_in: Vec<f32>,
     raw: Vec<Detection>,
+    /// Landmark buffers of earlier frames' faces, reused for the next ones.
+    spare: Vec<Vec<[f32; 3]>>,
     nms: Vec<Detection>,
     boxes: Vec<[f32; 4]>,
     ids: Vec<u32>,
@@ -209,7 +212,7 @@ pub struct FaceLandmarker {
 
 impl FaceLandmarker {
     /// Loads and checks the four networks (a missing or wrong file is one clear error).
-    pub fn load(cfg: VisionConfig, precision: Precision) -> Result<Self> {
+    pub fn load(cfg: VisionConfig) -> Result<Self> {
         let ex = || net::executor(cfg.threads);
         let d = detector::INPUT;
         let m = mesh::INPUT;
@@ -237,7 +240,7 @@ impl FaceLandmarker {
         .context("blendshapes")?;
         let classifier = Net::load(&cfg.classifier, &[1, c, c, 1], &[7], ex())
             .context("expression classifier")?;
-        let name = match precision {
+        let name = match cfg.precision {
             Precision::F32 => "mediapipe-f32",
             Precision::Int8 => "mediapipe-int8",
         };
@@ -249,11 +252,8 @@ impl FaceLandmarker {
             blendshapes,
             classifier,
             anchors: detector::anchors(),
-            det_in: vec![0.0; d * d * 3],
-            mesh_in: vec![0.0; m * m * 3],
-            bs_in: vec![0.0; blendshapes::SUBSET.len() * 2],
-            cls_in: vec![0.0; c * c],
             raw: Vec::with_capacity(detector::ANCHORS),
+            spare: Vec::with_capacity(cfg.max_faces.max(1)),
             nms: Vec::with_capacity(cfg.max_faces.max(1)),
             boxes: Vec::with_capacity(cfg.max_faces.max(1)),
             ids: Vec::with_capacity(cfg.max_faces.max(1)),
@@ -273,9 +273,11 @@ impl FaceLandmarker {
         ]
     }
 
-    /// Runs the whole pipeline on an RGB8 image. `faces` is cleared first.
+    /// Runs the whole pipeline on an RGB8 image. `faces` holds the previous frame's faces (or
+    /// nothing); they are replaced, and their landmark buffers reused, so a warm frame with
+    /// the same number of faces allocates nothing of ours (tract allocates its outputs).
     pub fn detect(&mut self, img: Rgb, faces: &mut Vec<FaceObservation>) -> Result<()> {
-        faces.clear();
+        self.spare.extend(faces.drain(..).map(|f| f.landmarks));
         self.times = StageTimes::default();
         let (w, h) = (img.width, img.height);
 
@@ -283,16 +285,10 @@ impl FaceLandmarker {
         let t = Instant::now();
         let (lb, pad) = geometry::letterbox(w, h);
         let d = detector::INPUT;
-        geometry::warp_rgb(
-            img,
-            lb,
-            d,
-            d,
-            Border::Zero,
-            (2.0 / 255.0, -1.0),
-            &mut self.det_in,
-        );
-        self.detector.run(&self.det_in)?;
+        self.detector.fill_input(|x| {
+            geometry::warp_rgb(img, lb, d, d, Border::Zero, (2.0 / 255.0, -1.0), x)
+        })?;
+        self.detector.run()?;
         detector::decode(
             self.detector.output(0)?,
             self.detector.output(1)?,
@@ -318,20 +314,16 @@ impl FaceLandmarker {
             let t = Instant::now();
             let roi = detector::mesh_roi(detector::face_rect(&det, w, h));
             let m = mesh::INPUT;
-            geometry::warp_rgb(
-                img,
-                roi.to_px(w, h),
-                m,
-                m,
-                Border::Replicate,
-                (1.0 / 255.0, 0.0),
-                &mut self.mesh_in,
-            );
-            self.landmarks.run(&self.mesh_in)?;
+            self.landmarks.fill_input(|x| {
+                let px = roi.to_px(w, h);
+                geometry::warp_rgb(img, px, m, m, Border::Replicate, (1.0 / 255.0, 0.0), x)
+            })?;
+            self.landmarks.run()?;
             let presence = mesh::presence(self.landmarks.output(1)?[0]);
             let mut face = FaceObservation {
                 detection_score: det.score,
                 presence,
+                landmarks: self.spare.pop().unwrap_or_default(),
                 ..Default::default()
             };
             let ok = mesh::project(self.landmarks.output(0)?, roi, w, h, &mut face.landmarks);
@@ -340,6 +332,7 @@ impl FaceLandmarker {
                 || presence < self.cfg.min_presence
                 || face.landmarks.iter().flatten().any(|v| !v.is_finite())
             {
+                self.spare.push(face.landmarks);
                 continue;
             }
             for (kp, src) in face.keypoints.iter_mut().zip(det.keypoints) {
@@ -349,14 +342,17 @@ impl FaceLandmarker {
 
             // 3. Blendshapes from the 146-point subset, then AUs.
             let t = Instant::now();
-            blendshapes::input(&face.landmarks, &mut self.bs_in);
-            self.blendshapes.run(&self.bs_in)?;
+            // `input` cannot fail here: the mesh gave all 478 points and the buffer is 146×2.
+            self.blendshapes.fill_input(|x| {
+                blendshapes::input(&face.landmarks, x);
+            })?;
+            self.blendshapes.run()?;
             face.blendshapes
                 .copy_from_slice(self.blendshapes.output(0)?);
             face.aus = crate::au::aus_from_face(&face.blendshapes, &face.landmarks);
             self.times.blendshapes += ms(t);
 
-            // 4. Classifier on the eye-aligned grey square.
+            // 4. Classifier on the eye-aligned grey square, fused with the AU evidence.
             let t = Instant::now();
             if let Some(p) = self.classify(img, &face.landmarks)? {
                 face.classifier = p;
@@ -370,6 +366,8 @@ impl FaceLandmarker {
             faces.push(face);
         }
         self.times.faces = faces.len() as u32;
+        // Bounded: never more spare buffers than faces a frame can have.
+        self.spare.truncate(self.cfg.max_faces);
 
         // 5. Track ids.
         self.boxes.clear();
@@ -380,17 +378,16 @@ impl FaceLandmarker {
         }
         Ok(())
     }
-}
 
-impl FaceLandmarker {
     /// The classifier alone: fer's mini-Xception on the eye-aligned grey crop defined by 478
     /// landmarks in pixels (`None` when the landmarks cannot define a crop).
     pub fn classify(&mut self, img: Rgb, landmarks: &[[f32; 3]]) -> Result<Option<[f32; 7]>> {
         let Some(crop) = geometry::aligned_square(landmarks, CLASSIFIER_SIDE_SCALE) else {
             return Ok(None);
         };
-        geometry::grey_crop(img, crop, CLASSIFIER_INPUT, &mut self.cls_in);
-        self.classifier.run(&self.cls_in)?;
+        self.classifier
+            .fill_input(|x| geometry::grey_crop(img, crop, CLASSIFIER_INPUT, x))?;
+        self.classifier.run()?;
         let mut p = [0.0; 7];
         p.copy_from_slice(self.classifier.output(0)?);
         Ok(Some(p))

@@ -721,3 +721,96 @@ fn eval_on_the_four_labelled_faces_reports_accuracy_recall_and_confusion() {
     );
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// `cot data` writes the fine-tune's JSONL: deterministic, the splits differ, every case with a
+/// prompt ends in the assistant's AU prefix and its completion ends in `→ label<|im_end|>`.
+#[test]
+fn cot_data_writes_deterministic_training_jsonl() {
+    let a = run(&["cot", "data", "--split", "train", "-n", "50", "--seed", "3"]);
+    assert!(a.status.success(), "{}", a.stderr);
+    let b = run(&["cot", "data", "--split", "train", "-n", "50", "--seed", "3"]);
+    assert_eq!(a.stdout, b.stdout, "same seed, same data");
+    let h = run(&[
+        "cot", "data", "--split", "heldout", "-n", "50", "--seed", "3",
+    ]);
+    assert_ne!(a.stdout, h.stdout);
+    let mut with_prompt = 0;
+    for line in a.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let label = v["label"].as_str().unwrap();
+        assert!(
+            ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"].contains(&label)
+        );
+        assert_eq!(v["aus"].as_object().unwrap().len(), 19);
+        let prompt = v["prompt"].as_str().unwrap();
+        if prompt.is_empty() {
+            assert!(v["engine"].as_str().unwrap().starts_with("no AU"));
+            continue;
+        }
+        with_prompt += 1;
+        let (head, prefix) = prompt.rsplit_once("<|im_start|>assistant\n").unwrap();
+        assert!(head.starts_with("<|im_start|>system\n") && head.contains("Action units: AU"));
+        assert!(
+            prefix.starts_with("AU") && prefix.ends_with(':'),
+            "{prefix}"
+        );
+        let completion = v["completion"].as_str().unwrap();
+        assert!(
+            completion.ends_with(&format!("→ {label}<|im_end|>")),
+            "{completion}"
+        );
+        // prefix + completion is the engine's condensed CoT
+        assert_eq!(
+            format!("{prefix}{}", completion.trim_end_matches("<|im_end|>")),
+            v["engine"].as_str().unwrap()
+        );
+    }
+    assert!(with_prompt > 30, "{with_prompt}");
+}
+
+/// `cot eval` on a few held-out cases with the real model: every field present, the stage's
+/// guarantees hold on every published line (faithful, concludes the label, ≤ 32 tokens), the
+/// prompt prefix is reused from the KV cache.
+#[test]
+fn cot_eval_reports_every_metric_and_the_published_lines_keep_the_guarantees() {
+    let smol = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if std::env::var_os("EXPLLM_SKIP_MODEL_TESTS").is_some() {
+        return;
+    }
+    assert!(
+        smol.exists(),
+        "{} missing: run models/fetch",
+        smol.display()
+    );
+    let o = run(&[
+        "cot",
+        "eval",
+        "--model",
+        smol.to_str().unwrap(),
+        "-n",
+        "12",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    for k in [
+        "format_valid_rate",
+        "faithful_rate",
+        "agreement_rate",
+        "mean_tokens",
+        "latency_ms_p50",
+        "prefill_ms_mean",
+        "decode_ms_mean",
+        "mean_prompt_tokens",
+    ] {
+        assert!(v[k].is_number(), "{k}: {v}");
+    }
+    assert_eq!(v["cases"], 12);
+    assert_eq!(v["published_faithful_rate"], 1.0, "{v}");
+    assert!(v["published_max_tokens"].as_u64().unwrap() <= 32);
+    assert!(v["model_cases"].as_u64().unwrap() >= 6, "{v}");
+    assert!(v["mean_reused_tokens"].as_f64().unwrap() > 20.0, "{v}");
+    for k in ["format_valid_rate", "faithful_rate", "agreement_rate"] {
+        assert!((0.0..=1.0).contains(&v[k].as_f64().unwrap()), "{k}");
+    }
+}

@@ -19,7 +19,8 @@ pub enum LlmCommand {
     Generate(GenerateArgs),
     /// Print a GGUF file's metadata and tensor table (types, shapes, sizes).
     Info(InfoArgs),
-    /// Requantize a GGUF file's weight matrices to Q4_0 or Q8_0, writing a new GGUF.
+    /// Requantize a GGUF file's weight matrices to Q4_0 or Q8_0 (optionally merging a LoRA
+    /// adapter first), writing a new GGUF.
     Quantize(QuantizeArgs),
 }
 
@@ -79,6 +80,10 @@ pub struct QuantizeArgs {
     /// Target type: q4_0 or q8_0.
     #[arg(long = "type", default_value = "q4_0")]
     ty: String,
+    /// Merge this LoRA adapter (llama.cpp's adapter GGUF, e.g. models/lora/*.gguf) into the
+    /// weights before quantizing: W' = W + alpha/r · B·A.
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 pub fn run(cmd: LlmCommand) -> Result<ExitCode> {
@@ -247,11 +252,17 @@ fn quantize(a: QuantizeArgs) -> Result<ExitCode> {
         other => bail!("--type {other}: can quantize to q4_0 or q8_0"),
     };
     let t0 = Instant::now();
-    crate::llm::quantize::quantize_file(&a.input, &a.output, target, |i, n, name| {
-        if i % 16 == 0 || i == n {
-            eprint!("\rquantize: {i}/{n} tensors {name:<40}");
-        }
-    })?;
+    crate::llm::quantize::quantize_file_with(
+        &a.input,
+        &a.output,
+        target,
+        a.lora.as_deref(),
+        |i, n, name| {
+            if i % 16 == 0 || i == n {
+                eprint!("\rquantize: {i}/{n} tensors {name:<40}");
+            }
+        },
+    )?;
     eprintln!(
         "\rquantize: wrote {} ({}) in {:.1} s{:<40}",
         a.output.display(),

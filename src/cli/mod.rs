@@ -3,6 +3,7 @@
 //! publisher together and maps outcomes to exit codes.
 
 mod bench;
+mod cot;
 mod llm;
 
 use crate::board::Board;
@@ -76,6 +77,10 @@ cannot be opened or fails for good."
     /// Accuracy, per-class recall and the confusion matrix on a labelled image set: a folder per
     /// class, RAF-DB basic (`list_patition_label.txt`) or an AffectNet-style CSV.
     Eval(EvalArgs),
+    /// Exp-CoT: synthetic training data for the fine-tune (`data`) and the held-out CoT
+    /// evaluation of an LLM (`eval`: format, faithfulness, agreement, tokens, latency).
+    #[command(subcommand)]
+    Cot(cot::CotCommand),
     /// Model files: list them, verify their sha256, fetch them (from a source checkout).
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -301,6 +306,7 @@ fn dispatch(cmd: Command, verbose: u8) -> Result<ExitCode> {
         Command::Llm(c) => llm::run(c),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval(a),
+        Command::Cot(c) => cot::run(c),
         Command::Models(c) => models_cmd(c),
     }
 }

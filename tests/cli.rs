@@ -533,6 +533,154 @@ fn closed_stdout_reader_is_a_clean_exit_0() {
     feeder.join().unwrap();
 }
 
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("expllm-config-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn online_and_offline(
+    lines: &[(String, serde_json::Value)],
+) -> (&serde_json::Value, &serde_json::Value) {
+    let status: Vec<_> = lines
+        .iter()
+        .filter(|(t, _)| t.ends_with("/status"))
+        .collect();
+    assert_eq!(status.first().unwrap().1["state"], "online");
+    assert_eq!(status.last().unwrap().1["state"], "offline");
+    (&status.first().unwrap().1, &status.last().unwrap().1)
+}
+
+#[test]
+fn run_config_file_sets_the_flags_and_command_line_flags_win() {
+    let sample = data("sample-320x240.mjpeg");
+    let cfg = temp_config(
+        "run.toml",
+        &format!(
+            "# a comment\nboard = \"rpi4\"\nthreads = 1\nframes = 3\nheartbeat = 0\nvision = \"off\"\n\
+             camera_name = \"door\"\nno_frame_topic = true\nlossless = false\n\n[camera]\ndevice = {:?}\n",
+            sample.to_str().unwrap()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let o = run(&["run", "--config", cfg]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    assert!(
+        lines.iter().all(|(t, _)| t.starts_with("expllm/door/")),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        !lines.iter().any(|(t, _)| t.ends_with("/frame")),
+        "no_frame_topic"
+    );
+    let (on, off) = online_and_offline(&lines);
+    assert_eq!(on["info"]["board"], "rpi4");
+    assert_eq!(on["info"]["threads"], 1);
+    assert_eq!(on["info"]["vision"], "passthrough");
+    assert!(on["info"]["source"].as_str().unwrap().starts_with("mjpeg:"));
+    assert_eq!(off["counters"]["frames_read"], 3);
+    assert_eq!(lines.len(), 2, "heartbeat 0: online and offline only");
+
+    // Flags win over the file, wherever they stand; --board-file replaces the file's board.
+    let o = run(&[
+        "run",
+        "--camera-name",
+        "hall",
+        "--config",
+        cfg,
+        "--frames",
+        "5",
+        "--threads=2",
+        "--board-file",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("boards/jetson-nano.toml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    assert!(lines.iter().all(|(t, _)| t.starts_with("expllm/hall/")));
+    let (on, off) = online_and_offline(&lines);
+    assert_eq!(on["info"]["board"], "jetson-nano");
+    assert_eq!(on["info"]["threads"], 2);
+    assert_eq!(off["counters"]["frames_read"], 5);
+
+    // The documented example (the bundle's /etc/expllm/config.toml) stays valid.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.toml");
+    let o = run(&[
+        "run",
+        "--config",
+        example.to_str().unwrap(),
+        "--input",
+        sample.to_str().unwrap(),
+        "--frames",
+        "1",
+        "--vision",
+        "off",
+        "--heartbeat",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let lines = parse_lines(&o.stdout);
+    let (on, _) = online_and_offline(&lines);
+    assert_eq!(on["info"]["board"], "rpi5");
+    assert_eq!(on["info"]["threads"], 4);
+    assert_eq!(on["info"]["cot"], "engine-condensed");
+}
+
+#[test]
+fn a_bad_config_file_is_one_error_line_naming_the_file_and_the_key() {
+    for (name, text, want) in [
+        ("unknown.toml", "treads = 2\n", "unknown key `treads`"),
+        (
+            "type.toml",
+            "threads = \"four\"\n",
+            "key `threads`: expected an integer",
+        ),
+        (
+            "bool.toml",
+            "lossless = 1\n",
+            "key `lossless`: expected true or false",
+        ),
+        (
+            "range.toml",
+            "heartbeat = 5\nmax_faces = 99\n",
+            "key `max_faces`: invalid value '99'",
+        ),
+        ("syntax.toml", "threads = 2\nvision = off\n", "line 2:"),
+        (
+            "camera.toml",
+            "[camera]\nzoom = 2\n",
+            "unknown key `camera.zoom`",
+        ),
+    ] {
+        let cfg = temp_config(name, text);
+        let o = run(&["run", "--config", cfg.to_str().unwrap(), "--frames", "1"]);
+        assert_one_error_line(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        assert!(
+            o.stderr.contains(cfg.to_str().unwrap()),
+            "{name}: {}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains(want),
+            "{name}: want {want:?} in {}",
+            o.stderr
+        );
+        assert!(o.stdout.is_empty());
+    }
+    let o = run(&["run", "--config", "/nonexistent/expllm.toml"]);
+    assert_one_error_line(&o);
+    assert!(o
+        .stderr
+        .contains("cannot read config file /nonexistent/expllm.toml"));
+}
+
 #[test]
 fn sigterm_publishes_offline_and_exits_0() {
     let (mut child, feeder) = spawn_live(&[]);

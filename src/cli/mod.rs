@@ -3,6 +3,7 @@
 //! publisher together and maps outcomes to exit codes.
 
 mod bench;
+mod config;
 mod cot;
 mod llm;
 
@@ -15,7 +16,7 @@ use crate::kernels::{cpu_features, KernelPath};
 use crate::publish::{LineFormat, Publisher, RunInfo};
 use crate::vision::{FaceLandmarker, Passthrough, Precision, VisionConfig, VisionStage};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -60,8 +61,13 @@ A camera or stdin is live: when the vision stage falls behind, the oldest queued
 (counted in `frames_dropped`). Files are read losslessly.\n\n\
 Output: `expllm/<camera>/status` (online, heartbeats, offline), `.../frame` (one per frame), \
 `.../expression` (one per face), `.../cot` (chain of thought). README.md documents every field.\n\n\
+Settings can come from a TOML file (--config): its keys are these long flags with `_` or `-` \
+(`threads = 4`, `cot_every = 30`, `lossless = true`; a `[camera]` table may hold device, width, height, \
+fps, format); a flag on the command line wins over the file. deploy/config.toml (on a board: \
+/opt/expllm/share/config.toml) documents every key.\n\n\
 Exit status: 0 at end of input, on SIGTERM/SIGINT or when the stdout reader goes away; 1 when the input \
-cannot be opened or fails for good."
+cannot be opened or fails for good, or the config file is unreadable or has an unknown key or a bad value.",
+        args_override_self = true
     )]
     Run(RunArgs),
     /// One pass over still images (JPEG/PNG files or folders): same output lines as `run`, no
@@ -148,6 +154,12 @@ struct VisionArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Settings from a TOML file whose keys are these long flags (`threads = 4`,
+    /// `vision = "off"`, `lossless = true`, `[camera]` width/height/fps/format/device);
+    /// flags given here win over the file. Every key is explained in deploy/config.toml (on a
+    /// board: /opt/expllm/share/config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// What to read: /dev/videoN, a .y4m/.mjpeg file, an image or folder, or `-` for stdin.
     /// Default: the board's camera, else /dev/video0.
     #[arg(short, long)]
@@ -279,7 +291,15 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 /// Entry point; returns the process exit code. Errors are one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `run --config FILE`: the file's settings become flags right after `run` (config.rs).
+    let args = match config::expand(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     init_logging(cli.verbose, cli.quiet);
     match dispatch(cli.cmd, cli.verbose) {
         Ok(code) => code,
@@ -386,6 +406,12 @@ fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
 }
 
 fn run(a: RunArgs) -> Result<ExitCode> {
+    if let Some(f) = &a.config {
+        log::info!(
+            "settings from {} (flags given on the command line win)",
+            f.display()
+        );
+    }
     if a.list_cameras {
         let cams = list_cameras();
         if cams.is_empty() {

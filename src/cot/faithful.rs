@@ -61,7 +61,10 @@ const EMOTION_WORDS: [(&str, Option<usize>); 22] = [
 ];
 
 /// Appearance words and the AUs (any one of them at ≥ B) that justify them.
-pub const APPEARANCE_WORDS: [(&str, &[u8]); 9] = [
+/// Face parts with a direction are listed with the direction (`brows lowered` needs AU4 even
+/// when AU2 justifies `outer brow`), so a description that moves a part the wrong way fails.
+/// Each entry matches at a word start, case-insensitively, anywhere in the text.
+pub const APPEARANCE_WORDS: [(&str, &[u8]); 50] = [
     ("smil", &[12]),
     ("grin", &[12]),
     ("frown", &[4, 15]),
@@ -71,6 +74,50 @@ pub const APPEARANCE_WORDS: [(&str, &[u8]); 9] = [
     ("squint", &[6, 7]),
     ("wide-eyed", &[5]),
     ("open mouth", &[25, 26]),
+    // brows
+    ("brow", &[1, 2, 4]),
+    ("inner brow", &[1, 4]),
+    ("outer brow", &[2]),
+    ("raised brow", &[1, 2]),
+    ("raised inner", &[1]),
+    ("raised outer", &[2]),
+    ("brows raised", &[1, 2]),
+    ("brows lowered", &[4]),
+    ("lowered brow", &[4]),
+    ("brows down", &[4]),
+    // eyes and lids
+    ("glar", &[5, 7]),
+    ("widened eye", &[5]),
+    ("wide eye", &[5]),
+    ("eyes wide", &[5]),
+    ("lids raised", &[5]),
+    ("upper lids", &[5]),
+    ("lids tightened", &[7]),
+    ("tightened lids", &[7]),
+    ("eyes closed", &[43]),
+    ("closed eye", &[43]),
+    ("lowered eye", &[43, 7]),
+    // cheeks, nose, mouth, chin
+    ("cheek", &[6]),
+    ("nose", &[9]),
+    ("lip corners pulled up", &[12]),
+    ("lip-corner pull", &[12]),
+    ("lip corner pull", &[12]),
+    ("lip corners down", &[15]),
+    ("lip corners pulled down", &[15]),
+    ("lowered lip corner", &[15]),
+    ("upper lip", &[10]),
+    ("lower lip", &[16]),
+    ("chin", &[17]),
+    ("stretch", &[20]),
+    ("tightened lips", &[23]),
+    ("lips tightened", &[23]),
+    ("press", &[24]),
+    ("lips part", &[25]),
+    ("parted", &[25, 26]),
+    ("jaw", &[26]),
+    ("teeth", &[10, 25]),
+    ("dimpl", &[14]),
 ];
 
 /// A whole emotion word (`anger`, `Happy`, `surprised`, …) → its label index; `None` for
@@ -236,6 +283,37 @@ mod tests {
         );
         assert_eq!(
             check("AU1 C + AU2 C: raised brows → surprise", &no12, 5),
+            Verdict::Faithful
+        );
+        // A part moved the wrong way: AU2 justifies "outer brow", not "brows lowered" (AU4).
+        let au2 = with(&[(2, 0.7), (17, 0.35)]);
+        assert_eq!(
+            check(
+                "AU2 D + AU17 B: outer brows lowered, chin raised → neutral",
+                &au2,
+                6
+            ),
+            Verdict::InventedAu(4)
+        );
+        assert_eq!(
+            check(
+                "AU2 D + AU17 B: outer brows raised, chin raised → neutral",
+                &au2,
+                6
+            ),
+            Verdict::Faithful
+        );
+        // Parts the tuned model once put in a disgust line with only AU16 measured.
+        let au16 = with(&[(16, 0.5)]);
+        assert!(!check(
+            "AU16 C: lowered lip brows, glaring eyes → disgust",
+            &au16,
+            1
+        )
+        .is_faithful());
+        assert!(!check("AU16 C: glaring teeth → disgust", &au16, 1).is_faithful());
+        assert_eq!(
+            check("AU16 C: lower lip down → disgust", &au16, 1),
             Verdict::Faithful
         );
     }

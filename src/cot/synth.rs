@@ -228,6 +228,22 @@ mod tests {
         }
     }
 
+    /// The engine's own lines (condensed and full) pass the check on every kind of face:
+    /// what the fine-tune learns from and what replaces an unfaithful LLM line.
+    #[test]
+    fn the_engines_lines_are_faithful_on_every_synthetic_case() {
+        use crate::cot::{engine, faithful};
+        for i in 0..3000 {
+            let c = case(Split::Train, 9, i);
+            let e = engine::explain(&c.aus, &c.classifier);
+            assert_eq!(e.label, c.label);
+            for text in [&e.condensed, &e.full] {
+                let v = faithful::check(text, &c.aus, c.label);
+                assert!(v.is_faithful(), "case {i}: {v:?}: {text}");
+            }
+        }
+    }
+
     #[test]
     fn the_mix_covers_every_label_and_kind_and_values_are_in_range() {
         let mut kinds = std::collections::HashMap::new();

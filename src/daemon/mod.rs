@@ -334,7 +334,8 @@ fn capture_loop(
                 sh.counters.decode_errors.fetch_add(1, Relaxed);
                 log::warn!("skipped {m}");
             }
-            Err(CaptureError::Fatal(e)) => {
+            // Until the daemon can re-open a source, a lost device ends the run.
+            Err(CaptureError::Lost(e) | CaptureError::Fatal(e)) => {
                 sh.counters.errors.fetch_add(1, Relaxed);
                 log::error!("{e:#}");
                 *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));

@@ -5,6 +5,7 @@
 //! queues or output: a source only reads, decodes and reports what went wrong.
 
 pub mod color;
+pub mod fault;
 pub mod jpeg;
 pub mod mjpeg;
 pub mod open;

@@ -59,6 +59,8 @@ A camera or stdin is live: when the vision stage falls behind, the oldest queued
 (counted in `frames_dropped`). Files are read losslessly.\n\n\
 Output: `expllm/<camera>/status` (online, heartbeats, offline), `.../frame` (one per frame), \
 `.../expression` (one per face), `.../cot` (chain of thought). README.md documents every field.\n\n\
+A camera that disappears mid-stream (unplugged) is re-opened with backoff (0.1 s doubling to 5 s) \
+while `status` says `waiting`; when it is back, `online` again.\n\n\
 Exit status: 0 at end of input, on SIGTERM/SIGINT or when the stdout reader goes away; 1 when the input \
 cannot be opened or fails for good."
     )]
@@ -473,6 +475,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         cot_every: Duration::from_secs_f64(a.cot_every),
         cot_always: false,
         annotate: None,
+        reconnect: Default::default(),
         info,
     };
     let stop = install_signal_handlers()?;
@@ -510,6 +513,7 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
         // Every face of every image gets its CoT (stills are unrelated pictures).
         cot_always: true,
         annotate: a.annotate.clone(),
+        reconnect: Default::default(),
         info: RunInfo {
             version: env!("CARGO_PKG_VERSION"),
             source: source.describe(),

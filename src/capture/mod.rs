@@ -13,7 +13,7 @@ pub mod still;
 pub mod v4l2;
 pub mod y4m;
 
-pub use open::{open_input, InputKind, InputSpec};
+pub use open::{open_input, open_input_with, InputKind, InputSpec};
 
 /// What a source reports instead of a frame.
 #[derive(Debug)]

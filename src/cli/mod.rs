@@ -7,7 +7,7 @@ mod llm;
 
 use crate::board::Board;
 use crate::capture::v4l2::{list_cameras, CameraConfig, PixelChoice};
-use crate::capture::{open_input, still, InputSpec, Source};
+use crate::capture::{open_input_with, still, InputSpec, Source};
 use crate::cot::{CotStage, EngineMode, EngineStage};
 use crate::daemon::{self, DaemonConfig, Exit};
 use crate::kernels::{cpu_features, KernelPath};
@@ -176,6 +176,10 @@ struct RunArgs {
     /// Stop after reading this many frames.
     #[arg(long)]
     frames: Option<u64>,
+    /// Read a file (or folder) input again from the top each time it ends, until --frames or
+    /// a signal (soak tests, demos). Not for cameras or stdin.
+    #[arg(long = "loop")]
+    looped: bool,
     /// Seconds between `status` heartbeats (0 = none).
     #[arg(long, default_value_t = 5.0)]
     heartbeat: f64,
@@ -434,7 +438,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         None => InputSpec::Camera(camera.device.clone()),
     };
     let kernel = kernel_path()?;
-    let (source, _kind) = open_input(&spec, &camera)?;
+    let (source, _kind) = open_input_with(&spec, &camera, a.looped)?;
     let threads = a
         .threads
         .map(|t| t as usize)

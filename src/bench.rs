@@ -654,6 +654,9 @@ pub fn pipeline(
                 continue;
             }
             Err(CaptureError::Fatal(e)) => return Err(e),
+            // A benchmark does not wait for a camera to come back: its figures would mix in
+            // the outage.
+            Err(e @ CaptureError::Lost(_)) => anyhow::bail!("{input}: {e}"),
         };
         let capture_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut frame = crate::frame::Frame::new(size.width, size.height, std::mem::take(&mut rgb));

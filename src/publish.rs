@@ -157,7 +157,8 @@ pub const LABELS: [&str; 7] = [
     "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
 ];
 
-/// `expllm/<camera>/status`: `online` at start, `running` heartbeats, `offline` at exit.
+/// `expllm/<camera>/status`: `online` at start (and when a lost camera is back), `running`
+/// heartbeats, `waiting` while a lost camera is being re-opened, `offline` at exit.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusMsg<'a> {
     pub v: u32,
@@ -202,6 +203,8 @@ pub struct Counts {
     pub cot_dropped: u64,
     /// Generated CoTs that failed the faithfulness check and were replaced by the engine's.
     pub cot_unfaithful: u64,
+    /// Times a lost camera was re-opened.
+    pub reconnects: u64,
 }
 
 /// Milliseconds spent per stage for one message.

@@ -1,5 +1,11 @@
 //! End-to-end tests of the `expllm` binary: real inputs (the bundled samples in tests/data,
-//! JPEG/PNG written here), real stdout lines, exit codes, EPIPE and SIGTERM.
+//! JPEG/PNG written here), real stdout lines, exit codes, EPIPE and SIGTERM, injected faults
+//! (`--input fault:SCRIPT:FILE`) and short soaks (RSS growth).
+//!
+//! Tests that send signals at a moment chosen from the output (`sigterm_*`, `closed_stdout_*`)
+//! depend on signal timing; they use generous bounds (they detect hangs, never time the exit)
+//! but are the first suspects if the qemu run is flaky. The soak tests skip under a wrapper:
+//! qemu's own memory is in the RSS.
 //!
 //! Under qemu (aarch64 CI) the test binary cannot exec an aarch64 binary directly (no
 //! binfmt_misc), so `EXPLLM_TEST_WRAPPER` (e.g. `qemu-aarch64-static -cpu cortex-a76 -L /`)
@@ -252,6 +258,17 @@ fn bad_input_gives_one_clear_error_line_and_nonzero_exit() {
             "h264".into(),
         ],
         vec!["infer".into(), d("missing.jpg")],
+        vec![
+            "run".into(),
+            "--input".into(),
+            format!("fault:boom@1:{}", d("bad.y4m")),
+        ],
+        vec![
+            "run".into(),
+            "--input".into(),
+            format!("fault:gone@1:{}", d("missing.y4m")),
+        ],
+        vec!["run".into(), "--input".into(), "-".into(), "--loop".into()],
     ] {
         let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_one_error_line(&o);
@@ -1079,4 +1096,283 @@ fn bench_end_to_end_on_a_face_times_labels_and_llm_cots() {
     assert!(v["startup_to_first_label_ms"].as_f64().unwrap() >= v["load_ms"].as_f64().unwrap());
     assert!(v["mean_cot_tokens"].as_f64().unwrap() > 3.0);
     assert!(v["cots_per_s"].as_f64().unwrap() > 0.0);
+}
+
+/// The status lines' (state, reason), and the offline counters.
+fn statuses(lines: &[(String, serde_json::Value)]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter(|(t, _)| t == "expllm/cam0/status")
+        .map(|(_, v)| {
+            (
+                v["state"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn camera_lost_mid_stream_is_reopened_and_frames_go_on() {
+    let input = format!(
+        "fault:corrupt@2,gone=2@4:{}",
+        data("sample-160x120.y4m").display()
+    );
+    let o = run(&[
+        "run",
+        "--input",
+        &input,
+        "--lossless",
+        "--vision",
+        "off",
+        "--heartbeat",
+        "0",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{:?} {}", o.status, o.stderr);
+    let lines = parse_lines(&o.stdout);
+    let st = statuses(&lines);
+    let names: Vec<&str> = st.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["online", "waiting", "online", "offline"], "{st:?}");
+    assert!(st[1].1.starts_with("camera lost: fault:y4m:"), "{st:?}");
+    assert!(st[1].1.contains("os error 19"), "ENODEV: {st:?}");
+    assert_eq!(
+        (st[2].1.as_str(), st[3].1.as_str()),
+        ("reconnected", "end of input")
+    );
+    assert_eq!(lines[0].1["info"]["live"], true);
+    let last = &lines.last().unwrap().1["counters"];
+    assert_eq!(last["reconnects"], 1);
+    assert_eq!(last["decode_errors"], 1);
+    assert_eq!(last["frames_processed"], 10);
+    let seqs: Vec<u64> = lines
+        .iter()
+        .filter(|(t, _)| t == "expllm/cam0/frame")
+        .map(|(_, v)| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [0, 1, 3, 4, 5, 6, 7, 8, 9, 10]);
+}
+
+/// Signal timing: SIGTERM lands while the capture thread waits to re-open a camera that
+/// never comes back.
+#[test]
+fn sigterm_while_the_camera_is_lost_exits_0_with_offline() {
+    let input = format!("fault:gone@3:{}", data("sample-160x120.y4m").display());
+    let mut child = expllm()
+        .args(["run", "--input", &input, "--loop", "--vision", "off", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no waiting: {seen}");
+        seen.push_str(&line);
+        if line.contains(r#""state":"waiting""#) {
+            break;
+        }
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    // Generous: detects a backoff wait that ignores the signal, does not time the exit.
+    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    let lines = parse_lines(&rest);
+    let (topic, last) = lines.last().expect("an offline line after SIGTERM");
+    assert_eq!(topic, "expllm/cam0/status");
+    assert_eq!(
+        (last["state"].as_str(), last["reason"].as_str()),
+        (Some("offline"), Some("signal"))
+    );
+    assert_eq!(last["counters"]["frames_read"], 3);
+    assert_eq!(last["counters"]["reconnects"], 0);
+}
+
+#[test]
+fn unreadable_model_files_at_start_are_one_error_line_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("expllm-cli-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/vision");
+    let sample = data("sample-320x240.mjpeg");
+    let sample = sample.to_str().unwrap();
+    // (case, folder setup, file the error must name)
+    type Setup<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Setup, &str); 4] = [
+        ("missing", &|_| {}, "face_detector.onnx"),
+        (
+            "a-directory",
+            &|d| std::fs::create_dir_all(d.join("face_detector.onnx")).unwrap(),
+            "face_detector.onnx",
+        ),
+        (
+            "truncated",
+            &|d| {
+                let full = std::fs::read(models.join("face_detector.onnx")).unwrap();
+                std::fs::write(d.join("face_detector.onnx"), &full[..full.len() / 3]).unwrap();
+            },
+            "face_detector.onnx",
+        ),
+        (
+            "wrong-network",
+            &|d| {
+                for f in [
+                    "face_detector.onnx",
+                    "face_landmarks.onnx",
+                    "face_blendshapes.onnx",
+                ] {
+                    std::fs::copy(models.join(f), d.join(f)).unwrap();
+                }
+                // the detector where the classifier belongs
+                std::fs::copy(
+                    models.join("face_detector.onnx"),
+                    d.join("emotion_mini_xception.onnx"),
+                )
+                .unwrap();
+            },
+            "emotion_mini_xception.onnx",
+        ),
+    ];
+    for (name, setup, file) in cases {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        setup(&d);
+        let o = run(&[
+            "run",
+            "--input",
+            sample,
+            "--vision-models",
+            d.to_str().unwrap(),
+        ]);
+        assert_one_error_line(&o);
+        assert!(o.stderr.contains(file), "{name}: {}", o.stderr);
+        assert!(
+            o.stdout.is_empty(),
+            "{name}: nothing published before the models load"
+        );
+    }
+    let gguf = dir.join("missing.gguf");
+    let o = run(&[
+        "-q",
+        "run",
+        "--input",
+        sample,
+        "--vision",
+        "off",
+        "--cot",
+        "llm",
+        "--cot-model",
+        gguf.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o);
+    assert!(o.stderr.contains("missing.gguf"), "{}", o.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Resident set size of a process in KiB (Linux /proc).
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Run `expllm run ARGS --loop` until `frames` frame lines are out; RSS (KiB) after `warmup`
+/// frames and at the end. Then SIGTERM, which must give a clean exit.
+fn soak(args: &[&str], warmup: u64, frames: u64) -> (u64, u64) {
+    let mut child = expllm()
+        .args(["run", "--loop", "--heartbeat", "0", "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut n, mut start) = (0u64, 0u64);
+    let mut line = String::new();
+    let end = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "output ended at frame {n}"
+        );
+        if line.starts_with("expllm/cam0/frame ") {
+            n += 1;
+            if n == warmup {
+                start = vm_rss_kib(pid);
+            } else if n == frames {
+                break vm_rss_kib(pid);
+            }
+        }
+    };
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+    assert!(wait_timeout(&mut child, Duration::from_secs(30)).success());
+    eprintln!("soak {args:?}: VmRSS {start} KiB after {warmup} frames, {end} KiB after {frames}");
+    (start, end)
+}
+
+fn under_wrapper() -> bool {
+    std::env::var("EXPLLM_TEST_WRAPPER").is_ok_and(|w| !w.trim().is_empty())
+}
+
+/// Memory must not grow with frames: ≤ 1 % RSS growth from frame 1000 to frame 5000.
+#[test]
+fn soak_capture_and_output_rss_stays_flat() {
+    if under_wrapper() {
+        eprintln!("skipped under a wrapper: qemu's memory would be measured");
+        return;
+    }
+    let input = data("sample-160x120.y4m");
+    let (start, end) = soak(
+        &["--input", input.to_str().unwrap(), "--vision", "off"],
+        1000,
+        5000,
+    );
+    assert!(
+        end as f64 <= start as f64 * 1.01,
+        "RSS grew from {start} KiB to {end} KiB"
+    );
+}
+
+/// The same with the vision models on the bundled MJPEG (decode + detector every frame).
+#[test]
+fn soak_vision_rss_stays_flat() {
+    if under_wrapper() {
+        eprintln!("skipped under a wrapper: qemu's memory would be measured");
+        return;
+    }
+    let input = data("sample-320x240.mjpeg");
+    let (start, end) = soak(
+        &["--input", input.to_str().unwrap(), "--threads", "1"],
+        100,
+        600,
+    );
+    assert!(
+        end as f64 <= start as f64 * 1.01,
+        "RSS grew from {start} KiB to {end} KiB"
+    );
 }

@@ -432,7 +432,9 @@ mod tests {
                     assert!(!m.contains('\n'), "{m}");
                     out.push(Err(m))
                 }
-                Err(CaptureError::Fatal(e)) => panic!("unexpected fatal: {e:#}"),
+                Err(CaptureError::Fatal(e) | CaptureError::Lost(e)) => {
+                    panic!("unexpected fatal: {e:#}")
+                }
             }
         }
         panic!("reader made no progress");

@@ -5,6 +5,7 @@
 //! queues or output: a source only reads, decodes and reports what went wrong.
 
 pub mod color;
+pub mod fault;
 pub mod jpeg;
 pub mod mjpeg;
 pub mod open;
@@ -12,7 +13,7 @@ pub mod still;
 pub mod v4l2;
 pub mod y4m;
 
-pub use open::{open_input, InputKind, InputSpec};
+pub use open::{open_input, open_input_with, InputKind, InputSpec};
 
 /// What a source reports instead of a frame.
 #[derive(Debug)]
@@ -20,7 +21,11 @@ pub enum CaptureError {
     /// One frame was unreadable (corrupt JPEG, truncated Y4M frame, bad marker, …). The source
     /// has resynchronised or reached its end; the caller counts it and reads on.
     Corrupt(String),
-    /// The source cannot go on (device gone, I/O error, lost sync for good).
+    /// A live source lost its device (camera unplugged: ENODEV; USB error: EIO; no frame for
+    /// seconds). [`Source::reopen`] may bring it back; the daemon retries with backoff. Only
+    /// sources that can re-open report this; for the others a lost input is `Fatal`.
+    Lost(anyhow::Error),
+    /// The source cannot go on (I/O error on a file or pipe, lost sync for good).
     Fatal(anyhow::Error),
 }
 
@@ -28,7 +33,7 @@ impl std::fmt::Display for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaptureError::Corrupt(m) => write!(f, "corrupt frame: {m}"),
-            CaptureError::Fatal(e) => write!(f, "{e:#}"),
+            CaptureError::Lost(e) | CaptureError::Fatal(e) => write!(f, "{e:#}"),
         }
     }
 }
@@ -62,4 +67,25 @@ pub trait Source: Send {
     fn current_file(&self) -> Option<&str> {
         None
     }
+
+    /// After [`CaptureError::Lost`]: close and open the same input again with the same
+    /// settings. `Err(Lost)` means "not back yet, try again later"; `Err(Fatal)` means it never
+    /// will be. Must not sleep or retry itself: the daemon owns the backoff. Sources that never
+    /// report `Lost` keep the default.
+    fn reopen(&mut self) -> Result<(), CaptureError> {
+        Err(CaptureError::Fatal(anyhow::anyhow!(
+            "{} cannot be re-opened",
+            self.describe()
+        )))
+    }
+}
+
+/// Whether an I/O error means "the device went away" (a USB camera unplugged or reset): what
+/// V4L2 returns then, and what opening a vanished device node gives.
+pub fn is_device_gone(e: &std::io::Error) -> bool {
+    const ENXIO: i32 = 6;
+    const EIO: i32 = 5;
+    const ENODEV: i32 = 19;
+    const ENOENT: i32 = 2;
+    matches!(e.raw_os_error(), Some(ENODEV | EIO | ENXIO | ENOENT))
 }

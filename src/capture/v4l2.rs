@@ -2,11 +2,12 @@
 //! MJPEG or YUYV frames, decoded straight out of the driver's buffers into RGB8.
 //!
 //! Owns device negotiation (format, size, frame rate) and the per-frame decode. Must not
-//! retry or sleep: a lost device is a `Fatal` error that the daemon decides what to do with.
+//! retry or sleep: a lost device (ENODEV, EIO, no frame for 5 s) is a `Lost` error, and the
+//! daemon decides when to call [`Source::reopen`].
 
 use super::color::{yuyv_to_rgb, YuvRange};
 use super::jpeg::decode_jpeg_into;
-use super::{CaptureError, FrameSize, Source};
+use super::{is_device_gone, CaptureError, FrameSize, Source};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,7 +54,8 @@ const YUYV: FourCC = FourCC { repr: *b"YUYV" };
 
 /// A streaming V4L2 camera.
 pub struct V4l2Source {
-    stream: Stream<'static>,
+    /// `None` between closing a lost device and opening it again.
+    stream: Option<Stream<'static>>,
     fourcc: FourCC,
     width: u32,
     height: u32,
@@ -61,6 +63,8 @@ pub struct V4l2Source {
     fps: f64,
     desc: String,
     device: PathBuf,
+    /// What was asked for, to open the device again the same way.
+    cfg: CameraConfig,
 }
 
 impl V4l2Source {
@@ -164,7 +168,7 @@ impl V4l2Source {
             fps
         );
         Ok(V4l2Source {
-            stream,
+            stream: Some(stream),
             fourcc: fmt.fourcc,
             width: fmt.width,
             height: fmt.height,
@@ -172,6 +176,7 @@ impl V4l2Source {
             fps,
             desc,
             device: path.clone(),
+            cfg: cfg.clone(),
         })
     }
 
@@ -182,20 +187,31 @@ impl V4l2Source {
 
 impl Source for V4l2Source {
     fn read_frame(&mut self, rgb: &mut Vec<u8>) -> Result<Option<FrameSize>, CaptureError> {
-        let (buf, meta) = match self.stream.next() {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(CaptureError::Lost(anyhow::anyhow!(
+                "{}: camera closed (not re-opened yet)",
+                self.device.display()
+            )));
+        };
+        let (buf, meta) = match stream.next() {
             Ok(x) => x,
             Err(e) => {
-                let what = match e.raw_os_error() {
-                    Some(19) => "camera disconnected (ENODEV)".to_string(),
+                // Unplugged (ENODEV), a USB error (EIO) or a hung camera (timeout): closing
+                // and opening the device again may bring it back. Anything else is fatal.
+                let (what, lost) = match e.raw_os_error() {
+                    Some(19) => ("camera disconnected (ENODEV)".to_string(), true),
+                    _ if is_device_gone(&e) => (format!("camera read failed: {e}"), true),
                     _ if e.kind() == std::io::ErrorKind::TimedOut => {
-                        "no frame from camera for 5 s".to_string()
+                        ("no frame from camera for 5 s".to_string(), true)
                     }
-                    _ => format!("camera read failed: {e}"),
+                    _ => (format!("camera read failed: {e}"), false),
                 };
-                return Err(CaptureError::Fatal(anyhow::anyhow!(
-                    "{}: {what}",
-                    self.device.display()
-                )));
+                let e = anyhow::anyhow!("{}: {what}", self.device.display());
+                return Err(if lost {
+                    CaptureError::Lost(e)
+                } else {
+                    CaptureError::Fatal(e)
+                });
             }
         };
         let used = (meta.bytesused as usize).min(buf.len());
@@ -228,6 +244,20 @@ impl Source for V4l2Source {
 
     fn describe(&self) -> String {
         self.desc.clone()
+    }
+
+    /// Close the device (unmapping the buffers, so the new open is not refused as busy) and
+    /// open the same node with the same requested format. Every failure is `Lost`: a camera
+    /// being plugged back in goes through "no node", "permission denied" (udev not done yet)
+    /// and "busy" before it streams again.
+    fn reopen(&mut self) -> Result<(), CaptureError> {
+        self.stream = None;
+        let fresh = V4l2Source::open(&self.cfg).map_err(CaptureError::Lost)?;
+        if (fresh.fourcc, fresh.width, fresh.height) != (self.fourcc, self.width, self.height) {
+            log::warn!("camera re-opened as {} (was {})", fresh.desc, self.desc);
+        }
+        *self = fresh;
+        Ok(())
     }
 }
 

@@ -554,7 +554,9 @@ mod tests {
                 Ok(Some(s)) => out.push(Ok((s, rgb.clone()))),
                 Ok(None) => return out,
                 Err(CaptureError::Corrupt(m)) => out.push(Err(m)),
-                Err(CaptureError::Fatal(e)) => panic!("unexpected fatal: {e:#}"),
+                Err(CaptureError::Fatal(e) | CaptureError::Lost(e)) => {
+                    panic!("unexpected fatal: {e:#}")
+                }
             }
         }
         panic!("source did not end");
@@ -845,7 +847,7 @@ mod tests {
                 rgb.clear();
                 match r.read_frame(&mut rgb) {
                     Ok(Some(s)) => assert_eq!(rgb.len(), (s.width * s.height * 3) as usize),
-                    Ok(None) | Err(CaptureError::Fatal(_)) => break,
+                    Ok(None) | Err(CaptureError::Fatal(_) | CaptureError::Lost(_)) => break,
                     Err(CaptureError::Corrupt(_)) => {}
                 }
             }

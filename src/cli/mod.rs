@@ -9,7 +9,7 @@ mod llm;
 
 use crate::board::Board;
 use crate::capture::v4l2::{list_cameras, CameraConfig, PixelChoice};
-use crate::capture::{open_input, still, InputSpec, Source};
+use crate::capture::{open_input_with, still, InputSpec, Source};
 use crate::cot::{CotStage, EngineMode, EngineStage};
 use crate::daemon::{self, DaemonConfig, Exit};
 use crate::kernels::{cpu_features, KernelPath};
@@ -61,6 +61,8 @@ A camera or stdin is live: when the vision stage falls behind, the oldest queued
 (counted in `frames_dropped`). Files are read losslessly.\n\n\
 Output: `expllm/<camera>/status` (online, heartbeats, offline), `.../frame` (one per frame), \
 `.../expression` (one per face), `.../cot` (chain of thought). README.md documents every field.\n\n\
+A camera that disappears mid-stream (unplugged) is re-opened with backoff (0.1 s doubling to 5 s) \
+while `status` says `waiting`; when it is back, `online` again.\n\n\
 Settings can come from a TOML file (--config): its keys are these long flags with `_` or `-` \
 (`threads = 4`, `cot_every = 30`, `lossless = true`; a `[camera]` table may hold device, width, height, \
 fps, format); a flag on the command line wins over the file. deploy/config.toml (on a board: \
@@ -192,6 +194,10 @@ struct RunArgs {
     /// Stop after reading this many frames.
     #[arg(long)]
     frames: Option<u64>,
+    /// Read a file (or folder) input again from the top each time it ends, until --frames or
+    /// a signal (soak tests, demos). Not for cameras or stdin.
+    #[arg(long = "loop")]
+    looped: bool,
     /// Seconds between `status` heartbeats (0 = none).
     #[arg(long, default_value_t = 5.0)]
     heartbeat: f64,
@@ -465,7 +471,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         None => InputSpec::Camera(camera.device.clone()),
     };
     let kernel = kernel_path()?;
-    let (source, _kind) = open_input(&spec, &camera)?;
+    let (source, _kind) = open_input_with(&spec, &camera, a.looped)?;
     let threads = a
         .threads
         .map(|t| t as usize)
@@ -506,6 +512,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         cot_every: Duration::from_secs_f64(a.cot_every),
         cot_always: false,
         annotate: None,
+        reconnect: Default::default(),
         info,
     };
     let stop = install_signal_handlers()?;
@@ -543,6 +550,7 @@ fn infer(a: InferArgs, verbose: u8) -> Result<ExitCode> {
         // Every face of every image gets its CoT (stills are unrelated pictures).
         cot_always: true,
         annotate: a.annotate.clone(),
+        reconnect: Default::default(),
         info: RunInfo {
             version: env!("CARGO_PKG_VERSION"),
             source: source.describe(),

@@ -9,6 +9,11 @@
 //!  heartbeat thread ──▶ publish status every `heartbeat`
 //! ```
 //!
+//! A live source that loses its device ([`CaptureError::Lost`]: camera unplugged) is re-opened
+//! by the capture thread with capped exponential backoff ([`Backoff`]) while `status` says
+//! `waiting`; when it is back, `online` again and `reconnects` counts it. Shutdown interrupts
+//! the wait.
+//!
 //! Owns threads, queues, counters, shutdown and the status messages. Must not decode, run
 //! models or format lines itself: sources, stages and the publisher do that.
 
@@ -56,7 +61,37 @@ pub struct DaemonConfig {
     pub cot_always: bool,
     /// Write an annotated PNG per processed frame into this folder (`infer --annotate`).
     pub annotate: Option<std::path::PathBuf>,
+    /// Waits between attempts to re-open a lost camera.
+    pub reconnect: Backoff,
     pub info: RunInfo,
+}
+
+/// Capped exponential backoff: wait `first`, then twice as long each time, at most `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    /// 0.1 s doubling to 5 s: a replugged USB camera is usually back within a second or two;
+    /// one that stays away costs one open attempt per 5 s.
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `wait`.
+    pub fn next(&self, wait: Duration) -> Duration {
+        // never zero: a zero wait would spin on re-open attempts
+        wait.saturating_mul(2)
+            .min(self.cap)
+            .max(Duration::from_millis(1))
+    }
 }
 
 /// Monotonic counters shared by the pipeline threads.
@@ -71,6 +106,7 @@ pub struct Counters {
     pub cot_published: AtomicU64,
     pub cot_dropped: AtomicU64,
     pub cot_unfaithful: AtomicU64,
+    pub reconnects: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +121,7 @@ impl Counters {
             cot_published: self.cot_published.load(Relaxed),
             cot_dropped: self.cot_dropped.load(Relaxed),
             cot_unfaithful: self.cot_unfaithful.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
         }
     }
 }
@@ -128,6 +165,8 @@ struct Shared {
     reader_closed: AtomicBool,
     cfg: DaemonConfig,
     started: Instant,
+    /// Why the camera is away while the capture thread re-opens it (heartbeats say `waiting`).
+    lost: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -196,6 +235,7 @@ pub fn run(
         reader_closed: AtomicBool::new(false),
         cfg,
         started: Instant::now(),
+        lost: Mutex::new(None),
     });
     sh.status("online", None, 0.0, true);
 
@@ -334,6 +374,16 @@ fn capture_loop(
                 sh.counters.decode_errors.fetch_add(1, Relaxed);
                 log::warn!("skipped {m}");
             }
+            Err(CaptureError::Lost(e)) => match reconnect(source, sh, &e) {
+                Reconnect::Back => {}
+                Reconnect::Shutdown => break,
+                Reconnect::Failed(m) => {
+                    sh.counters.errors.fetch_add(1, Relaxed);
+                    log::error!("{m}");
+                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+                    break;
+                }
+            },
             Err(CaptureError::Fatal(e)) => {
                 sh.counters.errors.fetch_add(1, Relaxed);
                 log::error!("{e:#}");
@@ -343,6 +393,71 @@ fn capture_loop(
         }
     }
     frames.close();
+}
+
+enum Reconnect {
+    Back,
+    Shutdown,
+    /// The source cannot be re-opened at all: the run ends with this reason.
+    Failed(String),
+}
+
+/// Re-open a lost source with [`Backoff`] until it is back, says it never will be, or shutdown.
+/// Publishes `waiting` (reason `camera lost: …`) at once and in heartbeats, `online` (reason
+/// `reconnected`) when back. Sources that cannot re-open (files, stdin) end the run as before.
+fn reconnect(source: &mut dyn Source, sh: &Shared, lost: &anyhow::Error) -> Reconnect {
+    let why = format!("camera lost: {lost:#}");
+    log::warn!("{why}; re-opening");
+    *sh.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+    sh.status("waiting", Some(&why), 0.0, false);
+    let t0 = Instant::now();
+    let mut wait = sh.cfg.reconnect.first;
+    let mut attempts = 0u32;
+    let outcome = loop {
+        if !sleep_unless_shutdown(sh, wait) {
+            break Reconnect::Shutdown;
+        }
+        attempts = attempts.saturating_add(1);
+        match source.reopen() {
+            Ok(()) => break Reconnect::Back,
+            Err(CaptureError::Fatal(e)) => break Reconnect::Failed(format!("{lost:#} ({e:#})")),
+            Err(e) => {
+                // Every attempt at debug; at info now and then, so a long outage stays visible.
+                if attempts.is_power_of_two() {
+                    log::info!("camera still away after {attempts} attempts: {e}");
+                } else {
+                    log::debug!("re-open attempt {attempts}: {e}");
+                }
+            }
+        }
+        wait = sh.cfg.reconnect.next(wait);
+    };
+    *sh.lost.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Reconnect::Back = outcome {
+        sh.counters.reconnects.fetch_add(1, Relaxed);
+        log::warn!(
+            "camera back after {:.1} s ({attempts} attempts): {}",
+            t0.elapsed().as_secs_f64(),
+            source.describe()
+        );
+        sh.status("online", Some("reconnected"), 0.0, true);
+    }
+    outcome
+}
+
+/// Sleep `d` in slices of [`POLL`]; false if shutdown was asked for meanwhile.
+fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if sh.shutdown.load(Relaxed) {
+            return false;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(POLL));
+    }
 }
 
 fn process_frame(
@@ -547,7 +662,11 @@ fn heartbeat_loop(sh: &Shared, stop: &(Mutex<bool>, Condvar)) {
         let n = sh.counters.frames_processed.load(Relaxed);
         let fps = (n - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         last = (Instant::now(), n);
-        sh.status("running", None, fps, false);
+        let lost = sh.lost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match lost {
+            Some(why) => sh.status("waiting", Some(&why), fps, false),
+            None => sh.status("running", None, fps, false),
+        }
     }
 }
 

@@ -53,6 +53,8 @@ struct FakeSource {
     limit: Option<u64>,
     corrupt_every: Option<u64>,
     fatal_at: Option<u64>,
+    /// Report `Lost` here (and keep the default, failing `reopen`).
+    lost_at: Option<u64>,
     live: bool,
     delay: Duration,
 }
@@ -63,6 +65,7 @@ impl FakeSource {
             limit,
             corrupt_every: None,
             fatal_at: None,
+            lost_at: None,
             live,
             delay: Duration::ZERO,
         }
@@ -77,6 +80,9 @@ impl Source for FakeSource {
         self.n += 1;
         if self.fatal_at == Some(self.n) {
             return Err(CaptureError::Fatal(anyhow::anyhow!("camera unplugged")));
+        }
+        if self.lost_at == Some(self.n) {
+            return Err(CaptureError::Lost(anyhow::anyhow!("camera unplugged")));
         }
         if self.corrupt_every.is_some_and(|k| self.n.is_multiple_of(k)) {
             return Err(CaptureError::Corrupt("bad frame".into()));
@@ -160,6 +166,10 @@ fn cfg(lossless: bool) -> DaemonConfig {
         cot_every: Duration::ZERO,
         cot_always: false,
         annotate: None,
+        reconnect: Backoff {
+            first: Duration::from_millis(1),
+            cap: Duration::from_millis(20),
+        },
         info: RunInfo {
             version: "test",
             source: "fake".into(),
@@ -419,4 +429,227 @@ fn max_frames_stops_reading() {
     assert!(lines
         .iter()
         .all(|(t, v)| t == "expllm/cam0/frame" && v["faces"] == 0));
+}
+
+/// Status lines (state, reason) in order.
+fn states(sink: &Sink) -> Vec<(String, String)> {
+    sink.lines()
+        .into_iter()
+        .filter(|(t, _)| t == "expllm/cam0/status")
+        .map(|(_, v)| {
+            (
+                v["state"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn faulty(src: FakeSource, script: &str) -> Box<dyn Source> {
+    Box::new(FaultySource::new(
+        Box::new(src),
+        Script::parse(script).unwrap(),
+    ))
+}
+
+use crate::capture::fault::{FaultySource, Script};
+
+#[test]
+fn camera_lost_then_back_is_waiting_then_online_and_frames_go_on() {
+    let sink = Sink::default();
+    // frame 2 corrupt, frame 3 late, camera gone before frame 5 and back on the 4th re-open
+    let src = faulty(
+        FakeSource::new(Some(20), true),
+        "corrupt@2,stall=30ms@3,gone=3@5",
+    );
+    let s = run(
+        src,
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        cfg(true),
+        Arc::default(),
+    );
+    assert_eq!(s.exit, Exit::EndOfInput);
+    assert_eq!(
+        (
+            s.counts.frames_read,
+            s.counts.frames_processed,
+            s.counts.decode_errors,
+            s.counts.reconnects,
+            s.counts.errors
+        ),
+        (20, 20, 1, 1, 0)
+    );
+    let st = states(&sink);
+    let names: Vec<&str> = st.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["online", "waiting", "online", "offline"], "{st:?}");
+    assert!(
+        st[1].1.starts_with("camera lost: ") && st[1].1.contains("camera disconnected"),
+        "{st:?}"
+    );
+    assert_eq!(st[2].1, "reconnected");
+    assert_eq!(st[3].1, "end of input");
+    let lines = sink.lines();
+    let back = lines
+        .iter()
+        .position(|(_, v)| v["state"] == "online" && v["reason"] == "reconnected")
+        .unwrap();
+    assert_eq!(
+        lines[back].1["info"]["source"], "fake",
+        "online again carries info"
+    );
+    assert_eq!(lines[back].1["counters"]["reconnects"], 1);
+    // seq 0..=20 without 2 (corrupt); everything from 5 on comes after the camera is back
+    let seqs: Vec<(usize, u64)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, _))| t.ends_with("/frame"))
+        .map(|(i, (_, v))| (i, v["seq"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<u64> = (0..=20).filter(|&k| k != 2).collect();
+    assert_eq!(seqs.iter().map(|x| x.1).collect::<Vec<_>>(), want);
+    assert!(seqs.iter().filter(|x| x.1 >= 5).all(|x| x.0 > back));
+}
+
+#[test]
+fn camera_lost_for_good_waits_until_shutdown_then_goes_offline() {
+    let sink = Sink::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stop once two `waiting` lines are out: the one at the loss and one heartbeat.
+    let stopper = {
+        let (stop, sink) = (stop.clone(), sink.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while states(&sink).iter().filter(|s| s.0 == "waiting").count() < 2 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "no waiting heartbeat"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            stop.store(true, Relaxed);
+            Instant::now()
+        })
+    };
+    let mut c = cfg(false);
+    c.heartbeat = Duration::from_millis(5);
+    // A backoff of an hour: run() returning at all shows the wait is interrupted.
+    c.reconnect = Backoff {
+        first: Duration::from_secs(3600),
+        cap: Duration::from_secs(3600),
+    };
+    let s = run(
+        faulty(FakeSource::new(None, true), "gone@3"),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        c,
+        stop,
+    );
+    let stopped = stopper.join().unwrap();
+    // Generous: detects a wait that ignores shutdown, does not time the exit.
+    assert!(stopped.elapsed() < Duration::from_secs(30));
+    assert_eq!(s.exit, Exit::Signal);
+    assert_eq!((s.counts.frames_read, s.counts.reconnects), (3, 0));
+    let st = states(&sink);
+    assert_eq!(st.first().unwrap().0, "online");
+    assert_eq!(
+        st.last().unwrap(),
+        &("offline".to_string(), "signal".to_string())
+    );
+    let waiting: Vec<_> = st.iter().filter(|s| s.0 == "waiting").collect();
+    assert!(waiting.len() >= 2, "{st:?}");
+    assert!(waiting.iter().all(|w| w.1.starts_with("camera lost: ")));
+    let first_wait = st.iter().position(|s| s.0 == "waiting").unwrap();
+    assert!(
+        !st[first_wait..].iter().any(|s| s.0 == "running"),
+        "heartbeats say waiting while the camera is away: {st:?}"
+    );
+}
+
+#[test]
+fn reopen_attempts_back_off_to_the_cap() {
+    let b = Backoff {
+        first: Duration::from_millis(100),
+        cap: Duration::from_secs(5),
+    };
+    let mut w = b.first;
+    let mut seq = vec![w];
+    for _ in 0..8 {
+        w = b.next(w);
+        seq.push(w);
+    }
+    let ms: Vec<u128> = seq.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    assert_eq!(Backoff::default(), b);
+    let zero = Backoff {
+        first: Duration::ZERO,
+        cap: Duration::ZERO,
+    };
+    assert!(
+        !zero.next(Duration::ZERO).is_zero(),
+        "a zero wait would spin"
+    );
+}
+
+#[test]
+fn a_lost_source_that_cannot_reopen_ends_the_run_with_its_error() {
+    let sink = Sink::default();
+    let mut src = FakeSource::new(Some(10), true);
+    src.lost_at = Some(4);
+    let s = run(
+        Box::new(src),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        cfg(false),
+        Arc::default(),
+    );
+    match &s.exit {
+        Exit::SourceFailed(m) => {
+            assert!(
+                m.starts_with("camera unplugged") && m.contains("cannot be re-opened"),
+                "{m}"
+            )
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(
+        (s.counts.frames_read, s.counts.reconnects, s.counts.errors),
+        (3, 0, 1)
+    );
+    let st = states(&sink);
+    assert_eq!(
+        st.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["online", "waiting", "offline"]
+    );
+}
+
+#[test]
+fn a_fatal_fault_and_an_injected_end_stop_the_run() {
+    let sink = Sink::default();
+    let s = run(
+        faulty(FakeSource::new(None, true), "fatal@6"),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&sink),
+        cfg(true),
+        Arc::default(),
+    );
+    assert!(
+        matches!(&s.exit, Exit::SourceFailed(m) if m.contains("read failed")),
+        "{:?}",
+        s.exit
+    );
+    assert_eq!((s.counts.frames_processed, s.counts.errors), (6, 1));
+    let s = run(
+        faulty(FakeSource::new(None, true), "end@4"),
+        Box::new(OneFace(Duration::ZERO)),
+        None,
+        publisher(&Sink::default()),
+        cfg(true),
+        Arc::default(),
+    );
+    assert_eq!((s.exit, s.counts.frames_processed), (Exit::EndOfInput, 4));
 }

@@ -12,6 +12,11 @@ pub mod blendshapes;
 pub mod detector;
 pub mod geometry;
 pub mod mesh;
+#[cfg(feature = "vision")]
+mod net;
+// Fuzz builds leave tract out (`default-features = false`): loading a model says so.
+#[cfg(not(feature = "vision"))]
+#[path = "net_stub.rs"]
 mod net;
 pub mod track;
 

@@ -314,7 +314,16 @@ fn condensed_text(aus: &AuIntensities, label: usize) -> String {
     if !from_proto {
         ks = cited(aus);
     }
-    ks.truncate(4);
+    // Four AUs with the prototype's look, three with one phrase each: either way the line
+    // stays within the condensed CoT's 32 tokens (tested with the real tokenizer).
+    // (two when the classifier overrules the AUs and the line must say so).
+    ks.truncate(if full && proto.len() <= 4 {
+        4
+    } else if !from_proto && label != 6 {
+        2
+    } else {
+        3
+    });
     ks.sort_unstable(); // FACS order for reading: AU6 + AU12
     let list: Vec<String> = ks
         .iter()

@@ -309,6 +309,15 @@ pub fn finish(prefix: &str, description: &str, job: &CotJob, engine_text: &str) 
         .trim()
         .trim_end_matches(['.', ',', ';', ':', '-'])
         .trim();
+    // A description that says the same thing twice ("brows lowered, brows lowered") is a
+    // degenerate loop, not an explanation: treated like an empty one.
+    let parts: Vec<String> = d
+        .split([',', ';'])
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let repeats = (0..parts.len()).any(|i| parts[..i].contains(&parts[i]));
+    let d = if repeats { "" } else { d };
     let label = job.label.min(6);
     let text = format!("{prefix} {d} → {}", LABELS[label]);
     if !d.is_empty() && faithful::check(&text, &job.aus, label).is_faithful() {
@@ -384,6 +393,14 @@ mod tests {
         assert!(c.text.ends_with("→ happy") && c.faithful);
         // Empty description: engine.
         assert!(finish("AU6 C + AU12 D:", "  ", &j, &engine_text).replaced);
+        // A loop that repeats a phrase: engine.
+        let c = finish(
+            "AU6 C + AU12 D:",
+            "cheeks raised, lip corners pulled up, cheeks raised",
+            &j,
+            &engine_text,
+        );
+        assert!(c.replaced && c.text == engine_text);
     }
 
     #[test]
@@ -402,6 +419,17 @@ mod tests {
             path.display()
         );
         let mut s = LlmStage::load(&path).unwrap();
+        // The engine's condensed line (the fallback and the fine-tune's target) fits the
+        // budget on every kind of synthetic face.
+        for i in 0..3000 {
+            let c = super::super::synth::case(super::super::synth::Split::Train, 5, i);
+            let t = engine::explain(&c.aus, &c.classifier).condensed;
+            assert!(
+                s.count_tokens(&t) <= MAX_TOKENS,
+                "{} tokens: {t}",
+                s.count_tokens(&t)
+            );
+        }
         let mut cold = LlmStage::load(&path).unwrap();
         for (n, (pairs, label)) in [
             (&[(6, 0.5), (12, 0.7)][..], 3),

@@ -289,7 +289,16 @@ fn init_logging(verbose: u8, quiet: bool) {
         (_, 1) => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // tract_linalg warns when /proc/cpuinfo has no "Features" line (qemu's has none; a board's
+    // does): below -v that is noise beside our own run-time feature detection, and it broke the
+    // one-line-error contract under qemu. RUST_LOG still overrides the whole filter.
+    let quiet_tract = if verbose == 0 {
+        ",tract_linalg::arm64=error"
+    } else {
+        ""
+    };
+    let filter = format!("{level}{quiet_tract}");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_timestamp_millis()
         .target(env_logger::Target::Stderr)
         .init();

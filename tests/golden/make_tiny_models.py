@@ -5,6 +5,9 @@ Weights are random (seeded numpy), so the models say nothing; they only pin nume
 
     /tmp/llvenv/bin/python tests/golden/make_tiny_models.py tests/golden/llm/
         → tiny-qwen2.gguf, tiny-llama-kq.gguf (committed, ~1 MB together)
+    /tmp/llvenv/bin/python tests/golden/make_tiny_models.py --fuzz-seeds fuzz/seeds/gguf/
+        → micro-*.gguf: the fuzzer's GGUF seeds, a few KB to ~200 KB each, one per weight type
+          the runtime reads, so libFuzzer runs thousands of inputs a second instead of tens
 Then tests/golden/make_llm_goldens.py runs llama.cpp on each (see tests/llm_parity.rs).
 gguf-py 0.19 cannot quantize to Q4_K/Q6_K, so those tensors are random *valid* blocks (small
 finite f16 scales); Q8_0 tensors use gguf-py's reference quantizer.
@@ -130,7 +133,67 @@ def llama_kq(path):
     w.close()
 
 
+def micro(path, wtype, d=32, ff=64, emb=Q.F16, q6k=()):
+    """A 1-layer llama with every matrix in `wtype` (the fuzz seeds: small enough for libFuzzer)."""
+    rng = np.random.default_rng(3)
+    n_head, n_kv = 2, 1
+    hd = d // n_head
+    w = gguf.GGUFWriter(path, "llama")
+    common(w, "llama", 1, d, n_head, n_kv, ff)
+    nv = vocab(w)
+
+    def mat(rows, cols, t=wtype):
+        a = (rng.standard_normal((rows, cols)) * 0.2).astype(np.float32)
+        if t == Q.Q4_K:
+            return rand_q4k(rng, rows, cols), t
+        if t == Q.Q6_K:
+            return rand_q6k(rng, rows, cols), t
+        if t in (Q.F32,):
+            return a, None
+        if t == Q.F16:
+            return a.astype(np.float16), None
+        return gguf.quants.quantize(a, t), t
+
+    def add(name, arr_t):
+        arr, t = arr_t
+        if name.split(".")[1] in q6k:
+            arr, t = rand_q6k(rng, *arr_t[0].shape[:1], d if "down" not in name else ff), Q.Q6_K
+        if t is None:
+            w.add_tensor(name, arr)
+        else:
+            w.add_tensor(name, arr, raw_dtype=t)
+
+    add("token_embd.weight", mat(nv, d, emb))
+    p = "blk.0."
+    w.add_tensor(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    add(p + "attn_q.weight", mat(n_head * hd, d))
+    add(p + "attn_k.weight", mat(n_kv * hd, d))
+    add(p + "attn_v.weight", mat(n_kv * hd, d))
+    add(p + "attn_output.weight", mat(d, n_head * hd))
+    w.add_tensor(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    add(p + "ffn_gate.weight", mat(ff, d))
+    add(p + "ffn_up.weight", mat(ff, d))
+    add(p + "ffn_down.weight", mat(d, ff))
+    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def fuzz_seeds(out):
+    micro(out + "/micro-q4_0.gguf", Q.Q4_0, emb=Q.Q4_0)
+    micro(out + "/micro-q4_1.gguf", Q.Q4_1, emb=Q.Q8_0)
+    micro(out + "/micro-q8_0.gguf", Q.Q8_0, emb=Q.BF16)
+    micro(out + "/micro-f16.gguf", Q.F16, emb=Q.F32)
+    micro(out + "/micro-f32.gguf", Q.F32)
+    micro(out + "/micro-k.gguf", Q.Q4_K, d=256, ff=256, emb=Q.Q4_0, q6k=("attn_v", "attn_output", "ffn_down"))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--fuzz-seeds":
+        fuzz_seeds(sys.argv[2].rstrip("/"))
+        sys.exit(0)
     out = sys.argv[1].rstrip("/")
     qwen2(out + "/tiny-qwen2.gguf")
     llama_kq(out + "/tiny-llama-kq.gguf")

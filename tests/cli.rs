@@ -948,13 +948,16 @@ fn cot_eval_reports_every_metric_and_the_published_lines_keep_the_guarantees() {
         "{} missing: run models/fetch",
         smol.display()
     );
+    // 12 cases natively; 6 under qemu, where each CoT takes ~30 s (the aarch64 build is
+    // checked for the same guarantees, on fewer cases, to keep CI inside its 90 minutes).
+    let (n, min_model) = if under_wrapper() { (6, 3) } else { (12, 6) };
     let o = run(&[
         "cot",
         "eval",
         "--model",
         smol.to_str().unwrap(),
         "-n",
-        "12",
+        &n.to_string(),
         "--json",
     ]);
     assert!(o.status.success(), "{}", o.stderr);
@@ -971,10 +974,10 @@ fn cot_eval_reports_every_metric_and_the_published_lines_keep_the_guarantees() {
     ] {
         assert!(v[k].is_number(), "{k}: {v}");
     }
-    assert_eq!(v["cases"], 12);
+    assert_eq!(v["cases"], n);
     assert_eq!(v["published_faithful_rate"], 1.0, "{v}");
     assert!(v["published_max_tokens"].as_u64().unwrap() <= 32);
-    assert!(v["model_cases"].as_u64().unwrap() >= 6, "{v}");
+    assert!(v["model_cases"].as_u64().unwrap() >= min_model, "{v}");
     assert!(v["mean_reused_tokens"].as_f64().unwrap() > 20.0, "{v}");
     for k in ["format_valid_rate", "faithful_rate", "agreement_rate"] {
         assert!((0.0..=1.0).contains(&v[k].as_f64().unwrap()), "{k}");

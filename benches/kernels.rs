@@ -1,5 +1,6 @@
 //! `cargo bench --bench kernels`: one row's quantized dot product, scalar reference against
-//! the SIMD path of this machine (AVX2 on x86_64; NEON and NEON+dotprod on aarch64), on
+//! the SIMD paths of this machine (AVX2, and AVX-512 VNNI where the CPU has it, on x86_64;
+//! NEON and NEON+dotprod on aarch64), on
 //! SmolLM2-135M's row lengths (576 = 18 blocks with a tail of 2, 1536 = 48) and 512 (16 whole
 //! blocks), plus the Q8 activation quantizers. Hot cache (one row, repeated): this is the
 //! kernels' compute cost; `expllm bench --stage llm` measures whole matvecs from memory.
@@ -79,8 +80,9 @@ fn print(n: usize, name: &str, path: &str, scalar: f64, simd: f64) {
 
 #[cfg(target_arch = "x86_64")]
 fn main() {
-    use expllm_edge::kernels::x86;
-    if !expllm_edge::kernels::KernelPath::Avx2.supported() {
+    use expllm_edge::kernels::{x86, x86_vnni, KernelPath};
+    let vnni = KernelPath::Avx512Vnni.supported();
+    if !KernelPath::Avx2.supported() {
         println!("no AVX2/FMA/F16C on this CPU: nothing to compare");
         return;
     }
@@ -97,16 +99,41 @@ fn main() {
         let d0 = pad(a0.iter().map(|b| b.d.get()).collect());
         let d1 = pad(a1.iter().map(|b| b.d.get()).collect());
         let s1 = pad(a1.iter().map(|b| b.s.get()).collect());
-        // SAFETY (every call): AVX2, FMA and F16C checked above; equal lengths; scales padded.
+        // The Q8_0 activations' exact block sums, zero-padded to 8 (`QuantizedActs::qsums`).
+        let mut q0s: Vec<i32> = a0
+            .iter()
+            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+            .collect();
+        q0s.resize(q0s.len().next_multiple_of(8), 0);
+        // SAFETY (every call): AVX2, FMA and F16C checked above, the VNNI kernels only where
+        // `vnni` (AVX512F/BW/VL/VNNI as well); equal lengths; scales and sums padded.
         let s = ns(|| q4_0::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0)));
         let v = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0) });
         print(n, "q4_0·q8_0", "avx2", s, v);
+        if vnni {
+            let v = ns(|| unsafe {
+                x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
+            });
+            print(n, "q4_0·q8_0", "avx512-vnni", s, v);
+        }
         let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
         let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1) });
         print(n, "q4_1·q8_1", "avx2", s, v);
+        if vnni {
+            let v = ns(|| unsafe {
+                x86_vnni::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1)
+            });
+            print(n, "q4_1·q8_1", "avx512-vnni", s, v);
+        }
         let s = ns(|| q8::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0)));
         let v = ns(|| unsafe { x86::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0), &d0) });
         print(n, "q8_0·q8_0", "avx2", s, v);
+        if vnni {
+            let v = ns(|| unsafe {
+                x86_vnni::vec_dot_q8_0_q8_0(black_box(a0), black_box(a0), &d0, &q0s)
+            });
+            print(n, "q8_0·q8_0", "avx512-vnni", s, v);
+        }
         let mut q0 = r.a0.clone();
         let mut q1 = r.a1.clone();
         let s = ns(|| {

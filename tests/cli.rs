@@ -446,18 +446,25 @@ fn every_kernel_path_gives_the_same_greedy_tokens() {
     if smol.exists() {
         models.push((smol, "24"));
     }
-    let paths: Vec<&str> = ["scalar", "avx2", "neon", "neon-dotprod", "neon-i8mm"]
-        .into_iter()
-        .filter(|p| {
-            let o = expllm()
-                .args(["llm", "info", "/dev/null"])
-                .env("EXPLLM_KERNEL", p)
-                .output()
-                .unwrap();
-            // `llm info /dev/null` fails on the file, but an unsupported path fails first
-            !String::from_utf8_lossy(&o.stderr).contains("this CPU lacks it")
-        })
-        .collect();
+    let paths: Vec<&str> = [
+        "scalar",
+        "avx2",
+        "avx512-vnni",
+        "neon",
+        "neon-dotprod",
+        "neon-i8mm",
+    ]
+    .into_iter()
+    .filter(|p| {
+        let o = expllm()
+            .args(["llm", "info", "/dev/null"])
+            .env("EXPLLM_KERNEL", p)
+            .output()
+            .unwrap();
+        // `llm info /dev/null` fails on the file, but an unsupported path fails first
+        !String::from_utf8_lossy(&o.stderr).contains("this CPU lacks it")
+    })
+    .collect();
     assert!(
         paths.len() >= 2 || cfg!(not(any(target_arch = "x86_64", target_arch = "aarch64"))),
         "{paths:?}"

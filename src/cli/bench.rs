@@ -52,7 +52,8 @@ pub struct BenchArgs {
     /// GGUF model for `--stage llm` and the end-to-end CoT.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: PathBuf,
-    /// Kernel paths to compare, comma-separated (default: every path this CPU supports).
+    /// Kernel paths to compare, comma-separated: scalar, avx2, avx512-vnni, neon, neon-dotprod,
+    /// neon-i8mm (default: every path this CPU supports).
     #[arg(long, value_delimiter = ',')]
     kernels: Vec<String>,
     /// Thread counts to compare, comma-separated (default: 1 and all cores).
@@ -127,22 +128,19 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let kernels: Vec<KernelPath> = if a.kernels.is_empty() {
-        [
-            KernelPath::Scalar,
-            KernelPath::Avx2,
-            KernelPath::Neon,
-            KernelPath::NeonDotprod,
-            KernelPath::NeonI8mm,
-        ]
-        .into_iter()
-        .filter(|p| p.supported())
-        .collect()
+        KernelPath::ALL
+            .into_iter()
+            .filter(|p| p.supported())
+            .collect()
     } else {
         a.kernels
             .iter()
             .map(|k| {
                 let p = KernelPath::parse(k).with_context(|| {
-                    format!("--kernels: {k:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, neon-i8mm)")
+                    format!(
+                        "--kernels: {k:?} is not a kernel path ({})",
+                        KernelPath::names()
+                    )
                 })?;
                 if !p.supported() {
                     bail!("--kernels: this CPU cannot run {k}");

@@ -362,8 +362,12 @@ fn publisher(out: &OutputArgs) -> Publisher {
 fn kernel_path() -> Result<KernelPath> {
     match std::env::var("EXPLLM_KERNEL") {
         Ok(name) => {
-            let p = KernelPath::parse(&name)
-                .with_context(|| format!("EXPLLM_KERNEL={name:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, neon-i8mm)"))?;
+            let p = KernelPath::parse(&name).with_context(|| {
+                format!(
+                    "EXPLLM_KERNEL={name:?} is not a kernel path ({})",
+                    KernelPath::names()
+                )
+            })?;
             if !p.supported() {
                 bail!(
                     "EXPLLM_KERNEL={name}: this CPU lacks it (features: {})",

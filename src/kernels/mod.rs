@@ -1,5 +1,5 @@
-//! Compute kernels: quantized dot products and matmuls (scalar reference, AVX2, NEON,
-//! NEON+dotprod, NEON+i8mm), chosen once at start-up by runtime feature detection.
+//! Compute kernels: quantized dot products and matmuls (scalar reference, AVX2, AVX-512 VNNI,
+//! NEON, NEON+dotprod, NEON+i8mm), chosen once at start-up by runtime feature detection.
 //!
 //! Owns every `unsafe` SIMD block in the crate. The kernels issue fills in the dot products;
 //! the CPU detection below is what picks the path. Must not know about models or files.
@@ -11,6 +11,8 @@ pub mod pool;
 pub mod quants;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_vnni;
 pub use ggml_type::GgmlType;
 
 /// The kernel path every matmul uses, chosen once: `EXPLLM_KERNEL` if it names a path this
@@ -39,16 +41,35 @@ pub fn set_active(p: KernelPath) -> bool {
 pub enum KernelPath {
     Scalar,
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL/VNNI: `vpdpbusd` on 256-bit registers for Q4_0, Q4_1 and
+    /// Q8_0 (`kernels::x86_vnni`); everything else as on [`Avx2`](Self::Avx2).
+    Avx512Vnni,
     Neon,
     NeonDotprod,
     NeonI8mm,
 }
 
 impl KernelPath {
+    /// Every path, in the order lists and benchmarks show them (not all run on one CPU).
+    pub const ALL: [KernelPath; 6] = [
+        Self::Scalar,
+        Self::Avx2,
+        Self::Avx512Vnni,
+        Self::Neon,
+        Self::NeonDotprod,
+        Self::NeonI8mm,
+    ];
+
+    /// The names of [`ALL`](Self::ALL), comma-separated (for error messages and help).
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512Vnni => "avx512-vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
             KernelPath::NeonI8mm => "neon-i8mm",
@@ -57,25 +78,18 @@ impl KernelPath {
 
     /// Parse a name as given to `EXPLLM_KERNEL` / `--kernel`.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Scalar,
-            Self::Avx2,
-            Self::Neon,
-            Self::NeonDotprod,
-            Self::NeonI8mm,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
     /// The best path this CPU supports.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    return KernelPath::Avx512Vnni;
+                }
                 return KernelPath::Avx2;
             }
         }
@@ -101,6 +115,12 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => true,
             KernelPath::Avx2 => f.contains(&"avx2") && f.contains(&"fma") && f.contains(&"f16c"),
+            KernelPath::Avx512Vnni => {
+                KernelPath::Avx2.supported()
+                    && ["avx512f", "avx512bw", "avx512vl", "avx512vnni"]
+                        .iter()
+                        .all(|x| f.contains(x))
+            }
             KernelPath::NeonI8mm => f.contains(&"i8mm") && f.contains(&"dotprod"),
             p => f.contains(&p.required_feature()),
         }
@@ -110,6 +130,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512Vnni => "avx512vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "dotprod",
             KernelPath::NeonI8mm => "i8mm",
@@ -131,6 +152,8 @@ pub fn cpu_features() -> Vec<&'static str> {
             ("fma", has!("fma")),
             ("f16c", has!("f16c")),
             ("avx512f", has!("avx512f")),
+            ("avx512bw", has!("avx512bw")),
+            ("avx512vl", has!("avx512vl")),
             ("avx512vnni", has!("avx512vnni")),
         ] {
             if on {
@@ -168,7 +191,16 @@ mod tests {
             cpu_features()
         );
         assert_eq!(KernelPath::parse(p.as_str()), Some(p));
+        for q in KernelPath::ALL {
+            assert_eq!(KernelPath::parse(q.as_str()), Some(q));
+        }
         assert!(KernelPath::Scalar.supported());
+        // `detect` picks the best path `supported` allows: VNNI wherever it runs (x86_64).
+        if KernelPath::Avx512Vnni.supported() {
+            assert_eq!(p, KernelPath::Avx512Vnni);
+        } else if KernelPath::Avx2.supported() {
+            assert_eq!(p, KernelPath::Avx2);
+        }
         #[cfg(target_arch = "aarch64")]
         {
             assert!(cpu_features().contains(&"neon"));

@@ -96,6 +96,16 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
+    let (lo, hi) = block_halves_8(v);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// [`block_sums_8`] before its last add: the eight blocks' sums of i32 lanes 0..4 (`lo`) and
+/// of lanes 4..8 (`hi`), kept apart for kernels whose two halves are scaled differently
+/// ([`super::x86_vnni`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn block_halves_8(v: &[__m256i; 8]) -> (__m256i, __m256i) {
     // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
     let a01 = _mm256_hadd_epi32(v[0], v[1]);
     let a23 = _mm256_hadd_epi32(v[2], v[3]);
@@ -106,7 +116,7 @@ unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
     let b1 = _mm256_hadd_epi32(a45, a67);
     let lo = _mm256_permute2x128_si256::<0x20>(b0, b1);
     let hi = _mm256_permute2x128_si256::<0x31>(b0, b1);
-    _mm256_add_epi32(lo, hi)
+    (lo, hi)
 }
 
 /// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
@@ -122,11 +132,19 @@ unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
 /// starts at +0.0 is never -0.0): the tail lands in lanes `0..n % 8` after every whole group,
 /// the reference's order.
 ///
+/// The second form, `striped!(x, y, yd, ys, block, |v, g| sums, |s, dx, ex, dy, ey| terms)`,
+/// replaces `block_sums_8(&v)` by `sums`: the eight exact i32 block totals of group `g` from
+/// its blocks' vectors `v` (the VNNI kernels, [`super::x86_vnni`], fold halves and offsets in
+/// there). The tail group's absent blocks have zero vectors `v[k]` and must get a zero total.
+///
 /// A macro, not a function taking closures: a closure does not inherit the caller's target
 /// features, and out of line every intrinsic in it becomes a call (measured: 2–3× slower).
-/// Expands to `unsafe` code: use only inside an `avx2,fma,f16c` function.
+/// Expands to `unsafe` code: use only inside an `avx2,fma,f16c` function. The helpers it calls
+/// ([`f16_pairs`], [`head_words`], `tail_words`, [`lanes`], `lane_total`) must be in scope
+/// where it is used; `tail_words` gives the tail group's [`head_words`] (see
+/// [`tail_words`] here and `super::x86_vnni`'s).
 macro_rules! striped {
-    ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
+    ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$v:ident, $g:ident| $sums:expr, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
         let (x, y, yd, ys): (&[_], &[_], &[f32], &[f32]) = ($x, $y, $yd, $ys);
         let (xc, xr) = x.as_chunks::<8>();
         let (yc, yr) = y.as_chunks::<8>();
@@ -139,8 +157,9 @@ macro_rules! striped {
         );
         let mut acc = _mm256_setzero_ps();
         for (g, (xg, yg)) in xc.iter().zip(yc).enumerate() {
-            let v: [__m256i; 8] = core::array::from_fn(|k| $block(&xg[k], &yg[k]));
-            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
+            let $v: [__m256i; 8] = core::array::from_fn(|k| $block(&xg[k], &yg[k]));
+            let $g = g;
+            let $s = _mm256_cvtepi32_ps($sums);
             let ($dx, $ex) = f16_pairs(&head_words(xg));
             let ($dy, $ey) = (
                 _mm256_loadu_ps(ydc[g].as_ptr()),
@@ -150,12 +169,13 @@ macro_rules! striped {
         }
         if !xr.is_empty() {
             let g = xc.len();
-            let mut v = [_mm256_setzero_si256(); 8];
-            for (v, (xb, yb)) in v.iter_mut().zip(xr.iter().zip(yr)) {
+            let mut $v = [_mm256_setzero_si256(); 8];
+            for (v, (xb, yb)) in $v.iter_mut().zip(xr.iter().zip(yr)) {
                 *v = $block(xb, yb);
             }
-            let $s = _mm256_cvtepi32_ps(block_sums_8(&v));
-            let ($dx, $ex) = f16_pairs(&head_words(xr));
+            let $g = g;
+            let $s = _mm256_cvtepi32_ps($sums);
+            let ($dx, $ex) = f16_pairs(&tail_words(xr));
             let ($dy, $ey) = (
                 _mm256_loadu_ps(ydc[g].as_ptr()),
                 _mm256_loadu_ps(ysc[g].as_ptr()),
@@ -164,12 +184,24 @@ macro_rules! striped {
         }
         lane_total(&lanes(acc))
     }};
+    ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {
+        striped!(
+            $x,
+            $y,
+            $yd,
+            $ys,
+            $block,
+            |v, _g| block_sums_8(&v),
+            |$s, $dx, $ex, $dy, $ey| $terms
+        )
+    };
 }
+pub(super) use striped;
 
 /// The 32-bit words at the starts of up to eight consecutive blocks (`stride` bytes apart),
 /// zero for absent ones: for Q4_1 / Q8_1 blocks the f16 pair (d, m) / (d, s).
 #[inline(always)]
-fn head_words<B>(b: &[B]) -> [u32; 8] {
+pub(super) fn head_words<B>(b: &[B]) -> [u32; 8] {
     let mut w = [0u32; 8];
     for (w, b) in w.iter_mut().zip(b) {
         // SAFETY: every block type here starts with two f16 fields (≥ 4 bytes), and the read
@@ -179,11 +211,17 @@ fn head_words<B>(b: &[B]) -> [u32; 8] {
     w
 }
 
+/// [`head_words`] of the tail group (fewer than eight blocks), for [`striped!`].
+#[inline(always)]
+fn tail_words<B>(b: &[B]) -> [u32; 8] {
+    head_words(b)
+}
+
 /// Eight 32-bit words of two f16 each → (the eight low halves, the eight high halves) as f32
 /// (F16C `vcvtph2ps`: exact, the bits of [`F16Le::get`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pairs(w: &[u32; 8]) -> (__m256, __m256) {
+pub(super) unsafe fn f16_pairs(w: &[u32; 8]) -> (__m256, __m256) {
     // SAFETY: AVX2/F16C by contract; `w` is 32 bytes.
     unsafe {
         let v = _mm256_loadu_si256(w.as_ptr().cast());
@@ -329,7 +367,7 @@ unsafe fn lane_permute(v: __m256i) -> __m256i {
 /// The 8 lane sums in order 0..7 (f32 additions left to right).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lanes(v: __m256) -> [f32; 8] {
+pub(super) unsafe fn lanes(v: __m256) -> [f32; 8] {
     let mut a = [0f32; 8];
     // SAFETY: AVX2 by contract; `a` is 8 f32s = 32 bytes.
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
@@ -597,7 +635,8 @@ pub unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    //! The AVX2 property tests; their generators are shared with [`super::super::x86_vnni`].
     use super::*;
     use crate::kernels::quants::q8::QK_K;
     use crate::kernels::quants::{k_quants, q4_0, q4_1, q8, F32Le, I16Le};
@@ -613,30 +652,30 @@ mod tests {
     }
 
     /// xorshift64*.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn u64(&mut self) -> u64 {
+        pub(crate) fn u64(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn u8(&mut self) -> u8 {
+        pub(crate) fn u8(&mut self) -> u8 {
             (self.u64() >> 56) as u8
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.u64() % n as u64) as usize
         }
         /// Uniform in [-1, 1).
-        fn f(&mut self) -> f32 {
+        pub(crate) fn f(&mut self) -> f32 {
             ((self.u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
         }
     }
 
-    const COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 64];
+    pub(crate) const COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 64];
 
     /// A random f16 scale, often extreme.
-    fn scale(r: &mut Rng) -> F16Le {
+    pub(crate) fn scale(r: &mut Rng) -> F16Le {
         match r.below(8) {
             0 => F16Le::new(65504.0),
             1 => F16Le::new(-65504.0),
@@ -647,7 +686,7 @@ mod tests {
     }
 
     /// Quant bytes, in one of several modes: random, all 0x00, all 0xFF, extremes of i8.
-    fn fill_bytes(r: &mut Rng, out: &mut [u8]) {
+    pub(crate) fn fill_bytes(r: &mut Rng, out: &mut [u8]) {
         let mode = r.below(6);
         for b in out.iter_mut() {
             *b = match mode {
@@ -659,7 +698,7 @@ mod tests {
         }
     }
 
-    fn fill_i8(r: &mut Rng, out: &mut [i8]) {
+    pub(crate) fn fill_i8(r: &mut Rng, out: &mut [i8]) {
         let mut b = vec![0u8; out.len()];
         fill_bytes(r, &mut b);
         for (o, b) in out.iter_mut().zip(b) {
@@ -667,7 +706,7 @@ mod tests {
         }
     }
 
-    fn q8_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ8_0> {
+    pub(crate) fn q8_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ8_0> {
         (0..n)
             .map(|_| {
                 let mut b = BlockQ8_0 {
@@ -705,7 +744,7 @@ mod tests {
     }
 
     /// Pre-converted activation scales as `QuantizedActs` keeps them: f32, zero-padded to 8.
-    fn pre(h: impl Iterator<Item = (F16Le, F16Le)>) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn pre(h: impl Iterator<Item = (F16Le, F16Le)>) -> (Vec<f32>, Vec<f32>) {
         let (mut d, mut s): (Vec<f32>, Vec<f32>) = h.map(|(a, b)| (a.get(), b.get())).unzip();
         d.resize(d.len().next_multiple_of(8), 0.0);
         s.resize(s.len().next_multiple_of(8), 0.0);
@@ -714,7 +753,7 @@ mod tests {
 
     /// `same` is bit-for-bit equality (NaN == NaN); the kernels are bit-identical to the
     /// reference, so no tolerance is needed (and none is used).
-    fn same(a: f32, b: f32) -> bool {
+    pub(crate) fn same(a: f32, b: f32) -> bool {
         a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
     }
 

@@ -344,6 +344,9 @@ pub struct QuantizedActs {
     /// of 8 blocks, so SIMD kernels load eight at once instead of converting them per row.
     scales: Vec<f32>,
     sums: Vec<f32>,
+    /// Q8_0: every block's `Σ qs` as i32, zero-padded like `scales` (the VNNI kernels'
+    /// `u8 × i8` offset correction, once per activation row instead of once per weight row).
+    qsums: Vec<i32>,
 }
 
 impl Default for QuantizedActs {
@@ -362,6 +365,7 @@ impl QuantizedActs {
             f32s: Vec::new(),
             scales: Vec::new(),
             sums: Vec::new(),
+            qsums: Vec::new(),
         }
     }
 
@@ -383,10 +387,17 @@ impl QuantizedActs {
         }
         self.scales.clear();
         self.sums.clear();
+        self.qsums.clear();
         match ty {
             GgmlType::Q8_0 => {
                 let b: &[BlockQ8_0] = blocks(&self.bytes);
                 self.scales.extend(b.iter().map(|b| b.d.get()));
+                self.qsums.extend(
+                    b.iter()
+                        .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
+                );
+                self.qsums
+                    .resize(self.qsums.len().next_multiple_of(LANES), 0);
             }
             GgmlType::Q8_1 => {
                 let b: &[BlockQ8_1] = blocks(&self.bytes);
@@ -413,6 +424,12 @@ impl QuantizedActs {
     /// Q8_1 activations: each block's `s` as f32, zero-padded like [`scales`](Self::scales).
     pub fn sums(&self) -> &[f32] {
         &self.sums
+    }
+
+    /// Q8_0 activations: each block's exact `Σ qs` (i32), zero-padded like
+    /// [`scales`](Self::scales) (empty for other types).
+    pub fn qsums(&self) -> &[i32] {
+        &self.qsums
     }
 
     /// Number of elements.
@@ -457,16 +474,23 @@ impl QuantizedActs {
 #[allow(unused_variables)]
 fn quantize_acts_simd(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::active() == crate::kernels::KernelPath::Avx2 && x.len().is_multiple_of(32) {
-        use crate::kernels::x86;
-        // SAFETY: `Avx2` is active only on CPUs with avx2, fma and f16c; `dst` holds exactly
-        // `x.len() / 32` blocks (sized by `row_bytes` above).
-        match ty {
-            GgmlType::Q8_0 => unsafe { x86::quantize_row_q8_0(x, blocks_mut::<BlockQ8_0>(dst)) },
-            GgmlType::Q8_1 => unsafe { x86::quantize_row_q8_1(x, blocks_mut::<BlockQ8_1>(dst)) },
-            _ => return false,
+    {
+        use crate::kernels::{x86, KernelPath as P};
+        if matches!(crate::kernels::active(), P::Avx2 | P::Avx512Vnni) && x.len().is_multiple_of(32)
+        {
+            // SAFETY: `Avx2` / `Avx512Vnni` are active only on CPUs with avx2, fma and f16c;
+            // `dst` holds exactly `x.len() / 32` blocks (sized by `row_bytes` above).
+            match ty {
+                GgmlType::Q8_0 => unsafe {
+                    x86::quantize_row_q8_0(x, blocks_mut::<BlockQ8_0>(dst))
+                },
+                GgmlType::Q8_1 => unsafe {
+                    x86::quantize_row_q8_1(x, blocks_mut::<BlockQ8_1>(dst))
+                },
+                _ => return false,
+            }
+            return true;
         }
-        return true;
     }
     false
 }
@@ -669,17 +693,53 @@ fn pair_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> Option<Pai
 /// The row kernel for `weight` on `path`: a SIMD one where there is one, else the scalar
 /// reference. Every SIMD kernel is bit-identical to the scalar one (tested in its module),
 /// so the path never changes a result, only its speed.
+///
+/// `path` must be one this CPU supports: [`kernels::active()`](crate::kernels::active) (what
+/// `matmul` passes) always is; tests pass other paths only after checking
+/// [`supported`](crate::kernels::KernelPath::supported).
 #[allow(unused_variables)]
 fn row_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> RowsFn {
     use crate::kernels::KernelPath as P;
     #[cfg(target_arch = "x86_64")]
-    if path == P::Avx2 {
+    if path == P::Avx512Vnni {
+        use crate::kernels::x86_vnni as vnni;
+        // SAFETY (every call below): `Avx512Vnni` is active (or, in tests, passed) only when
+        // the CPU has avx2, fma, f16c, avx512f, avx512bw, avx512vl and avx512vnni, the VNNI
+        // kernels' whole contract; lengths as for `Avx2` below. The activation scales and
+        // `qsums` are zero-padded to a multiple of 8 blocks by `QuantizedActs`.
+        match weight {
+            GgmlType::Q4_0 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ4_0>(w, rb, a, o, |x, y| unsafe {
+                        vnni::vec_dot_q4_0_q8_0(x, y, a.scales(), a.qsums())
+                    })
+                }
+            }
+            GgmlType::Q4_1 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ4_1>(w, rb, a, o, |x, y| unsafe {
+                        vnni::vec_dot_q4_1_q8_1(x, y, a.scales(), a.sums())
+                    })
+                }
+            }
+            GgmlType::Q8_0 => {
+                return |w, rb, a, o| {
+                    rows_with::<BlockQ8_0>(w, rb, a, o, |x, y| unsafe {
+                        vnni::vec_dot_q8_0_q8_0(x, y, a.scales(), a.qsums())
+                    })
+                }
+            }
+            // Q4_K, Q6_K: the AVX2 kernels below (the VNNI CPU has AVX2, FMA and F16C).
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(path, P::Avx2 | P::Avx512Vnni) {
         use crate::kernels::x86;
-        // SAFETY (every call below): `kernels::active()` only returns `Avx2` when the CPU has
-        // avx2, fma and f16c (checked once at start-up), which is the kernels' whole
-        // contract; the block slices come from `blocks`, which checked their lengths, and
-        // `check_acts` made the activation count equal the row length, so
-        // `x.len() == y.len()`.
+        // SAFETY (every call below): `Avx2` / `Avx512Vnni` are active (or, in tests, passed)
+        // only when the CPU has avx2, fma and f16c, which is the kernels' whole contract; the
+        // block slices come from `blocks`, which checked their lengths, and `check_acts` made
+        // the activation count equal the row length, so `x.len() == y.len()`.
         match weight {
             // The AVX2 Q4/Q8 kernels also take the activation scales `QuantizedActs` keeps in
             // f32 (zero-padded to a multiple of 8 blocks, which they assert).

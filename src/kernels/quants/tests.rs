@@ -957,3 +957,67 @@ fn prop_matmul_equals_the_scalar_reference_dot_bit_for_bit() {
         }
     }
 }
+
+/// Every kernel path this CPU supports (not only the active one `matmul` uses — on an
+/// AVX-512 VNNI machine that leaves AVX2's wiring untested otherwise): its row kernel, with the
+/// side data `QuantizedActs` keeps (f32 scales, `qsums`), gives the reference dot's bits.
+#[test]
+fn prop_every_supported_row_kernel_equals_the_scalar_reference_dot() {
+    use crate::kernels::KernelPath;
+    fn scalar<W: WeightBlock>(row: &[u8], a: &QuantizedActs) -> f32 {
+        W::vec_dot(blocks::<W>(row), a.blocks::<W::VecDot>().unwrap())
+    }
+    let paths: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.supported())
+        .collect();
+    eprintln!(
+        "row kernels of paths {:?} (cpu features {:?})",
+        paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        crate::kernels::cpu_features()
+    );
+    let mut rng = Rng(0x0006_eed0_f3a7_2025);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        for &(n_rows, n_cols) in &[(1usize, 32usize), (5, 256), (3, 576), (17, 512), (9, 1568)] {
+            if n_cols % ty.block_size() != 0 {
+                continue;
+            }
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| random_row(&mut rng, ty, n_cols))
+                .collect();
+            let rb = w.len() / n_rows;
+            let mut a = QuantizedActs::new();
+            a.quantize_for(ty, &random_values(&mut rng, n_cols, 32))
+                .unwrap();
+            let want: Vec<f32> = w
+                .chunks_exact(rb)
+                .map(|row| match ty {
+                    GgmlType::Q4_0 => scalar::<BlockQ4_0>(row, &a),
+                    GgmlType::Q4_1 => scalar::<BlockQ4_1>(row, &a),
+                    GgmlType::Q8_0 => scalar::<BlockQ8_0>(row, &a),
+                    GgmlType::Q4K => scalar::<BlockQ4K>(row, &a),
+                    _ => scalar::<BlockQ6K>(row, &a),
+                })
+                .collect();
+            for &p in &paths {
+                let mut out = vec![f32::NAN; n_rows];
+                // `p` is supported (filtered above), `row_kernel`'s precondition.
+                row_kernel(p, ty)(&w, rb, &a, &mut out);
+                for (r, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{} {ty:?} {n_rows}x{n_cols}: row {r}: {g:e} vs {w:e}",
+                        p.as_str()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! AVX-512 VNNI kernels for x86_64 ([`KernelPath::Avx512Vnni`](super::KernelPath::Avx512Vnni)):
+//! the Q4_0 × Q8_0, Q4_1 × Q8_1 and Q8_0 × Q8_0 dot products — the decode hot path (SmolLM2's
+//! Q4_1 layer matrices and its Q8_0 output matrix) — with `vpdpbusd`. The path's other
+//! kernels (Q4_K, Q6_K, the Q8 activation quantizers) are [`super::x86`]'s AVX2 ones.
+//!
+//! Every function here is **bit-identical** to its scalar reference in [`super::quants`], as
+//! the AVX2 kernels are: each block's integer dot is exact, and the float part is the AVX2
+//! kernels' own code — the `striped!` skeleton of [`super::x86`] with the same f32 expression
+//! per block and the block-striped lane order of [`lane_total`] — so only the integer step
+//! differs from AVX2.
+//!
+//! # The instruction
+//!
+//! `vpdpbusd acc, u, s` (`_mm256_dpbusd_epi32`, AVX512-VNNI + AVX512-VL on ymm): for each of
+//! the eight i32 lanes `i`, `acc[i] += Σ_{j<4} u[4i+j] · s[4i+j]` with the bytes of `u`
+//! **unsigned** (0..=255) and those of `s` signed (-128..=127). Each product is exact
+//! (|u·s| ≤ 255·128 = 32640), and the four products and `acc` are added in i32, wrapping —
+//! never saturating (that is `vpdpbusds`, which is not used). Every sum below is far inside
+//! i32, so nothing wraps either: the lanes hold the exact integers.
+//!
+//! # Per block (32 elements)
+//!
+//! **Q4_1 × Q8_1** (and the integer part of Q4_0; `qs` byte `j` holds element `j` in its low
+//! nibble and element `j + 16` in its high nibble, `y.qs` the 32 activations in order):
+//!
+//! | instruction | result |
+//! | --- | --- |
+//! | `vbroadcasti128` of `x.qs` | `[qs │ qs]` (the 16 bytes in both 128-bit halves) |
+//! | `vpand` with `[0x0f ×16 │ 0xf0 ×16]` | `[q0 … q15 │ 16·q16 … 16·q31]`, u8 ≤ 240 |
+//! | `vpdpbusd` into zero, with `y.qs` | lanes 0..4: `Σ q_e·y_e`, e < 16; lanes 4..8: `16·Σ q_e·y_e`, e ≥ 16 |
+//!
+//! Per eight blocks the `hadd` tree of [`block_halves_8`] sums each block's low four lanes
+//! (`lo`) and high four lanes (`hi`, a multiple of 16); `lo + (hi >> 4)` (arithmetic shift:
+//! an exact division of a multiple of 16, negative ones included) is `Σ q·y`, |·| ≤ 32·15·128.
+//! AVX2 needs a `srlv` to bring the high nibbles down and `maddubs` + `madd` to multiply and
+//! widen; here the high nibble stays in place, which `maddubs` cannot afford (its i16 pair sum
+//! 2·240·128 would saturate) but `vpdpbusd`, summing in i32, can — one `vpand` and one
+//! `vpdpbusd` per block (plus a zeroing `vpxor`, which the renamer handles) instead of four ALU
+//! instructions, and one `vpsrad` per eight blocks. (For Q4_0's 18-byte blocks LLVM loads the
+//! 16 bytes with `vmovdqu` + `vinserti128` instead of the `vbroadcasti128`: one shuffle more.)
+//!
+//! **Q4_0 × Q8_0**: the value is `q − 8`, so `Σ (q − 8)·y = Σ q·y − 8·Σ y`: the Q4_1 integer
+//! step, then per eight blocks `vpslld` 3 and `vpsubd` of the activation blocks' exact sums
+//! `Σ y` ([`QuantizedActs::qsums`], computed once per activation row, not per weight row).
+//!
+//! **Q8_0 × Q8_0** (both signed): `vpxor` with `0x80` turns each weight byte `x` into the u8
+//! `x + 128` (0..=255); `vpdpbusd` into zero with `y.qs` gives `Σ (x + 128)·y` in eight lanes;
+//! per eight blocks the [`block_halves_8`] total minus `128·Σ y` (`vpslld` 7, `vpsubd`) is
+//! `Σ x·y` — exact for every i8, -128 included (unlike ggml's `sign_epi8` trick), with
+//! |Σ (x + 128)·y| ≤ 32·255·128 < 2^21. Two ALU instructions per block, against seven for
+//! AVX2's four `vpmovsxbw`, two `vpmaddwd` and an add.
+//!
+//! # Why 256-bit (ymm, AVX512-VL) and not two blocks per zmm
+//!
+//! A choice by reasoning, not measurement: (1) it keeps the AVX2 kernels' eight-lane
+//! `striped!` skeleton, sum tree and f32 code, so bit-identity with the reference needs no new
+//! float code; (2) the blocks are 18, 20, 34 and 36 bytes, so filling a zmm with two of them
+//! costs a cross-lane insert per pair, eating much of the gain; (3) 512-bit instructions lower
+//! the clock on Skylake-SP to Ice Lake Xeons (licence levels) and turn off port 1's vector
+//! ALU, which a shared-core daemon should not impose; (4) decode matvecs are largely
+//! memory-bound, and the win here is fewer instructions per block, which ymm already gives.
+//!
+//! # Safety
+//!
+//! `target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")` is on every
+//! function: the path's contract ([`KernelPath::supported`](super::KernelPath::supported)),
+//! a superset of the AVX2 helpers' it calls. Each `unsafe` block inside has the same
+//! invariant: the function was entered only on a CPU with those features (the caller's
+//! contract), and every pointer handed to a load intrinsic points into a block struct, array
+//! or length-checked slice chunk that is in bounds for the whole width of the access (all
+//! loads are the unaligned `loadu`/broadcast forms: the block structs have alignment 1).
+//!
+//! [`QuantizedActs::qsums`]: super::quants::QuantizedActs::qsums
+
+use core::arch::x86_64::*;
+
+use super::quants::{lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use super::x86::{block_halves_8, f16_pairs, head_words, lanes, striped};
+
+/// `Σ` over one block of nibble quants `q` (0..=15) times the activations `y`, as eight i32
+/// lanes: lanes 0..4 the low nibbles' products, lanes 4..8 sixteen times the high nibbles'
+/// (see the module doc).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibble_block(x: &[u8; 16], y: &[i8; 32]) -> __m256i {
+    // SAFETY: the features by contract; the loads read exactly the 16 bytes of `x` and the
+    // 32 bytes of `y`.
+    let (q, a) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(x.as_ptr().cast())),
+            _mm256_loadu_si256(y.as_ptr().cast()),
+        )
+    };
+    let mask = _mm256_set_m128i(_mm_set1_epi8(0xf0u8 as i8), _mm_set1_epi8(0x0f));
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(q, mask), a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_0_block(x: &BlockQ4_0, y: &BlockQ8_0) -> __m256i {
+    // SAFETY: the features by contract.
+    unsafe { nibble_block(&x.qs, &y.qs) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_1_block(x: &BlockQ4_1, y: &BlockQ8_1) -> __m256i {
+    // SAFETY: the features by contract.
+    unsafe { nibble_block(&x.qs, &y.qs) }
+}
+
+/// `Σ (x + 128)·y` of two Q8_0 blocks as eight i32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
+    // SAFETY: the features by contract; the loads read exactly the two 32-byte `qs`.
+    let (xq, a) = unsafe {
+        (
+            _mm256_loadu_si256(x.qs.as_ptr().cast()),
+            _mm256_loadu_si256(y.qs.as_ptr().cast()),
+        )
+    };
+    // Flipping the sign bit maps the i8 x to the u8 x + 128.
+    let u = _mm256_xor_si256(xq, _mm256_set1_epi8(-128));
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a)
+}
+
+/// The eight exact totals `lo + hi / 16` of eight [`nibble_block`] vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibble_totals(v: &[__m256i; 8]) -> __m256i {
+    // SAFETY: the features by contract (no memory access).
+    let (lo, hi) = unsafe { block_halves_8(v) };
+    _mm256_add_epi32(lo, _mm256_srai_epi32::<4>(hi))
+}
+
+/// The eight exact totals of eight [`q8_0_block`] vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_totals(v: &[__m256i; 8]) -> __m256i {
+    // SAFETY: the features by contract (no memory access).
+    let (lo, hi) = unsafe { block_halves_8(v) };
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Eight activation block sums `Σ y` (group `g` of `ysum`, bounds-checked) shifted left by `S`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn ysums_shl<const S: i32>(ysum: &[[i32; 8]], g: usize) -> __m256i {
+    // SAFETY: the features by contract; `ysum[g]` (indexing panics if absent) is 32 bytes.
+    let s = unsafe { _mm256_loadu_si256(ysum[g].as_ptr().cast()) };
+    _mm256_slli_epi32::<S>(s)
+}
+
+/// [`head_words`] of the tail group (fewer than eight blocks), for `striped!`: out of line and
+/// without target features on purpose. Inlined into an AVX-512 function, [`head_words`]'s
+/// short variable-length loop becomes a masked `vpgatherdd` (with a zmm compare for the mask),
+/// which microcode mitigating Downfall (GDS) makes slow; compiled for the baseline target it is
+/// the AVX2 path's scalar copy loop, plus a call once per row.
+#[inline(never)]
+fn tail_words<B>(b: &[B]) -> [u32; 8] {
+    head_words(b)
+}
+
+/// `ysum` in groups of eight, checked to cover `n` blocks.
+fn ysum_groups(ysum: &[i32], n: usize) -> &[[i32; 8]] {
+    let (g, _) = ysum.as_chunks::<8>();
+    assert!(g.len() >= n.div_ceil(8), "activation sums missing");
+    g
+}
+
+/// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`] (and to
+/// [`super::x86::vec_dot_q4_0_q8_0`]). `yd`: the activation blocks' scales in f32, `ysum`
+/// their exact `Σ qs`, both zero-padded to a multiple of 8 ([`QuantizedActs::scales`],
+/// [`QuantizedActs::qsums`]).
+///
+/// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
+/// [`QuantizedActs::qsums`]: super::quants::QuantizedActs::qsums
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd`/`ysum` are shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32], ysum: &[i32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
+    let ysum = ysum_groups(ysum, x.len());
+    // SAFETY: the features by contract; the loads are within the blocks and the
+    // (length-checked) scale slices.
+    unsafe {
+        striped!(
+            x,
+            y,
+            yd,
+            yd,
+            q4_0_block,
+            |v, g| _mm256_sub_epi32(nibble_totals(&v), ysums_shl::<3>(ysum, g)),
+            |s, dx, _e, dy, _f| _mm256_mul_ps(_mm256_mul_ps(s, dx), dy)
+        )
+    }
+}
+
+/// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`] (and to
+/// [`super::x86::vec_dot_q4_1_q8_1`]). `yd`, `ys`: the activation blocks' `d` and `s` in f32,
+/// zero-padded to a multiple of 8 ([`QuantizedActs::scales`] / [`QuantizedActs::sums`]).
+///
+/// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
+/// [`QuantizedActs::sums`]: super::quants::QuantizedActs::sums
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd`/`ys` are shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], yd: &[f32], ys: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        striped!(
+            x,
+            y,
+            yd,
+            ys,
+            q4_1_block,
+            |v, _g| nibble_totals(&v),
+            |s, dx, mx, dy, sy| _mm256_add_ps(
+                _mm256_mul_ps(_mm256_mul_ps(dx, dy), s),
+                _mm256_mul_ps(mx, sy),
+            )
+        )
+    }
+}
+
+/// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`] (and to
+/// [`super::x86::vec_dot_q8_0_q8_0`]); `yd`, `ysum` as for [`vec_dot_q4_0_q8_0`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.
+///
+/// # Panics
+/// If `x.len() != y.len()` or `yd`/`ysum` are shorter than `y` rounded up to 8.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32], ysum: &[i32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
+    let ysum = ysum_groups(ysum, x.len());
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        striped!(
+            x,
+            y,
+            yd,
+            yd,
+            q8_0_block,
+            |v, g| _mm256_sub_epi32(q8_totals(&v), ysums_shl::<7>(ysum, g)),
+            |s, dx, _e, dy, _f| _mm256_mul_ps(s, _mm256_mul_ps(dx, dy))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
+    use crate::kernels::x86::tests::{
+        fill_bytes, fill_i8, pre, q8_0_row, same, scale, Rng, COUNTS,
+    };
+    use crate::kernels::KernelPath;
+
+    fn have_vnni() -> bool {
+        let ok = KernelPath::Avx512Vnni.supported();
+        if !ok {
+            eprintln!(
+                "NOTE: CPU lacks avx2/fma/f16c + avx512f/bw/vl/vnni ({:?}); VNNI kernel test \
+                 SKIPPED (not run)",
+                crate::kernels::cpu_features()
+            );
+        }
+        ok
+    }
+
+    /// `Σ qs` per block, zero-padded to 8, as `QuantizedActs::qsums` keeps them.
+    fn qsums(y: &[BlockQ8_0]) -> Vec<i32> {
+        let mut s: Vec<i32> = y
+            .iter()
+            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+            .collect();
+        s.resize(s.len().next_multiple_of(8), 0);
+        s
+    }
+
+    fn q4_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_0> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ4_0 {
+                    d: scale(r),
+                    qs: [0; 16],
+                };
+                fill_bytes(r, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
+    fn q4_1_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_1> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ4_1 {
+                    d: scale(r),
+                    m: scale(r),
+                    qs: [0; 16],
+                };
+                fill_bytes(r, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
+    fn q8_1_row(r: &mut Rng, n: usize) -> Vec<BlockQ8_1> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ8_1 {
+                    d: scale(r),
+                    s: scale(r),
+                    qs: [0; 32],
+                };
+                fill_i8(r, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
+    /// The three kernels against the scalar reference on rows of `n` identical blocks: Q4
+    /// nibbles `x4`, Q8_0 weights `x8`, activations `a`, every f16 field `d`.
+    fn check_all(n: usize, what: &str, x4: &[u8; 16], x8: &[i8; 32], a: &[i8; 32], d: F16Le) {
+        let w40: Vec<BlockQ4_0> = (0..n).map(|_| BlockQ4_0 { d, qs: *x4 }).collect();
+        let w41: Vec<BlockQ4_1> = (0..n).map(|_| BlockQ4_1 { d, m: d, qs: *x4 }).collect();
+        let w80: Vec<BlockQ8_0> = (0..n).map(|_| BlockQ8_0 { d, qs: *x8 }).collect();
+        let a0: Vec<BlockQ8_0> = (0..n).map(|_| BlockQ8_0 { d, qs: *a }).collect();
+        let a1: Vec<BlockQ8_1> = (0..n).map(|_| BlockQ8_1 { d, s: d, qs: *a }).collect();
+        let (yd0, _) = pre(a0.iter().map(|b| (b.d, b.d)));
+        let (yd1, ys1) = pre(a1.iter().map(|b| (b.d, b.s)));
+        let ys0 = qsums(&a0);
+        // SAFETY: VNNI features checked by the caller; equal lengths; padded side data.
+        let got = unsafe {
+            [
+                vec_dot_q4_0_q8_0(&w40, &a0, &yd0, &ys0),
+                vec_dot_q4_1_q8_1(&w41, &a1, &yd1, &ys1),
+                vec_dot_q8_0_q8_0(&w80, &a0, &yd0, &ys0),
+            ]
+        };
+        let want = [
+            q4_0::vec_dot_q4_0_q8_0(&w40, &a0),
+            q4_1::vec_dot_q4_1_q8_1(&w41, &a1),
+            q8::vec_dot_q8_0_q8_0(&w80, &a0),
+        ];
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            let name = ["q4_0", "q4_1", "q8_0"][k];
+            assert!(same(*g, w), "{name} {what} n={n}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn q4_0_q8_0_matches_scalar() {
+        if !have_vnni() {
+            return;
+        }
+        let mut r = Rng(0x7234_5678_9abc_def1);
+        for iter in 0..600 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x = q4_0_row(&mut r, n);
+            let y = q8_0_row(&mut r, n);
+            let want = q4_0::vec_dot_q4_0_q8_0(&x, &y);
+            let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
+            // SAFETY: VNNI features checked above; `yd`, `qsums` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q4_0_q8_0(&x, &y, &yd, &qsums(&y)) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q4_1_q8_1_matches_scalar() {
+        if !have_vnni() {
+            return;
+        }
+        let mut r = Rng(0x8234_5678_9abc_def1);
+        for iter in 0..600 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x = q4_1_row(&mut r, n);
+            let y = q8_1_row(&mut r, n);
+            let want = q4_1::vec_dot_q4_1_q8_1(&x, &y);
+            let (yd, ys) = pre(y.iter().map(|b| (b.d, b.s)));
+            // SAFETY: VNNI features checked above; `yd`, `ys` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q4_1_q8_1(&x, &y, &yd, &ys) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn q8_0_q8_0_matches_scalar() {
+        if !have_vnni() {
+            return;
+        }
+        let mut r = Rng(0x9234_5678_9abc_def1);
+        for iter in 0..600 {
+            let n = COUNTS[iter % COUNTS.len()];
+            let x = q8_0_row(&mut r, n);
+            let y = q8_0_row(&mut r, n);
+            let want = q8::vec_dot_q8_0_q8_0(&x, &y);
+            let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));
+            // SAFETY: VNNI features checked above; `yd`, `qsums` padded to a multiple of 8.
+            let got = unsafe { vec_dot_q8_0_q8_0(&x, &y, &yd, &qsums(&y)) };
+            assert!(same(got, want), "n={n} iter={iter}: {got} vs {want}");
+        }
+    }
+
+    /// The integer extremes, every block alike: nibbles 0/15 (products ±15·128, the high
+    /// nibble scaled to 240 inside the kernel), i8 ±127 and -128 on both sides of Q8_0
+    /// (`(-128)·(-128)` summed 32 times), all-zero blocks, mixed signs; unit scales make the
+    /// float result the exact integer sum (times the block count), extreme ones overflow to
+    /// ±inf or flush towards zero the same way as the reference.
+    #[test]
+    fn extreme_blocks_match_scalar() {
+        if !have_vnni() {
+            return;
+        }
+        let nib: [[u8; 16]; 6] = [
+            [0x00; 16],
+            [0xff; 16],
+            [0x0f; 16],
+            [0xf0; 16],
+            [0x88; 16],
+            core::array::from_fn(|j| if j % 2 == 0 { 0xf0 } else { 0x0f }),
+        ];
+        let i8s: [[i8; 32]; 6] = [
+            [0; 32],
+            [-128; 32],
+            [127; 32],
+            [-127; 32],
+            core::array::from_fn(|j| if j % 2 == 0 { -128 } else { 127 }),
+            core::array::from_fn(|j| if j < 16 { 127 } else { -128 }),
+        ];
+        let scales = [1.0f32, -1.0, 0.0, 65504.0, -65504.0, 6e-8, 0.5];
+        let mut cases = 0;
+        for n in [1usize, 3, 7, 8, 9, 17, 64] {
+            for x4 in &nib {
+                for x8 in &i8s {
+                    for a in &i8s {
+                        for &d in &scales {
+                            let what = format!("x4={:#04x} x8={} a={} d={d}", x4[0], x8[0], a[0]);
+                            check_all(n, &what, x4, x8, a, F16Le::new(d));
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        println!("extreme_blocks_match_scalar: {cases} cases on avx512-vnni");
+    }
+
+    #[test]
+    #[should_panic(expected = "block counts differ")]
+    fn length_mismatch_panics() {
+        if !have_vnni() {
+            panic!("block counts differ (skipped: no avx512-vnni)");
+        }
+        let x = [BlockQ4_1 {
+            d: F16Le::new(1.0),
+            m: F16Le::new(1.0),
+            qs: [0; 16],
+        }];
+        // SAFETY: VNNI features checked above; the length check panics before any SIMD.
+        unsafe { vec_dot_q4_1_q8_1(&x, &[], &[0.0; 8], &[0.0; 8]) };
+    }
+
+    #[test]
+    #[should_panic(expected = "activation sums missing")]
+    fn short_activation_sums_panic() {
+        if !have_vnni() {
+            panic!("activation sums missing (skipped: no avx512-vnni)");
+        }
+        let mut r = Rng(0xa234_5678_9abc_def1);
+        let x = q8_0_row(&mut r, 9);
+        // SAFETY: VNNI features checked above; the sums check panics before any SIMD.
+        unsafe { vec_dot_q8_0_q8_0(&x, &x, &[0.0; 16], &[0; 8]) };
+    }
+}

@@ -72,6 +72,10 @@ pub struct CotEvalArgs {
     /// Also write every case (prompt, the model's description, the published line) as JSONL.
     #[arg(long)]
     cases: Option<PathBuf>,
+    /// Decode without the faithfulness guide (the daemon always guides): measures how faithful
+    /// the model is on its own.
+    #[arg(long)]
+    unguided: bool,
 }
 
 pub fn run(cmd: CotCommand) -> Result<ExitCode> {
@@ -143,6 +147,8 @@ struct EvalReport {
     cases: u64,
     /// Cases where the model ran (the others had no AU at ≥ B: the engine's line is used).
     model_cases: usize,
+    /// The decode was guided (vetoes tokens naming unmeasured evidence), as in the daemon.
+    guided: bool,
     threads: u64,
     kernel: String,
     /// The model ended its description itself within the budget, non-empty, with no newline run-on.
@@ -159,6 +165,9 @@ struct EvalReport {
     mean_prompt_tokens: f64,
     mean_reused_tokens: f64,
     mean_generated_tokens: f64,
+    /// Tokens the guide vetoed per model case, and the share of model cases with any veto.
+    mean_vetoed: f64,
+    vetoed_case_rate: f64,
     latency_ms_mean: f64,
     latency_ms_p50: f64,
     latency_ms_p95: f64,
@@ -188,6 +197,7 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
     }
     crate::kernels::pool::set_threads(a.threads as usize);
     let mut stage = LlmStage::load(&a.model)?;
+    stage.set_guided(!a.unguided);
     let mut cases_out = match &a.cases {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
@@ -209,6 +219,7 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
     let (mut ran, mut valid, mut faithful_n, mut agree, mut picked) = (0usize, 0, 0, 0, 0);
     let (mut pub_ok, mut max_tok, mut tok_sum) = (0usize, 0usize, 0usize);
     let (mut prompt_sum, mut reused_sum, mut gen_sum) = (0usize, 0usize, 0usize);
+    let (mut veto_sum, mut veto_cases) = (0usize, 0usize);
     let (mut prefill_sum, mut decode_sum) = (0.0f64, 0.0f64);
     let mut lat = Vec::with_capacity(a.n as usize);
     let progress = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -238,6 +249,8 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
             prompt_sum += tr.prompt_tokens;
             reused_sum += tr.reused_tokens;
             gen_sum += tr.generated_tokens;
+            veto_sum += tr.vetoed;
+            veto_cases += (tr.vetoed > 0) as usize;
             prefill_sum += tr.prefill_ms;
             decode_sum += tr.decode_ms;
             let d = tr.description.trim();
@@ -259,7 +272,7 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
                 serde_json::json!({
                     "id": i, "kind": c.kind.as_str(), "label": LABELS[job.label],
                     "prompt": prompt_text(true, &c.aus, job.label, &format!("{prefix}:")),
-                    "description": tr.description, "model_label": tr.model_label.map(|l| LABELS[l]),
+                    "description": tr.description, "vetoed": tr.vetoed, "model_label": tr.model_label.map(|l| LABELS[l]),
                     "published": cot.text, "source": cot.source.as_str(), "ms": ms,
                 })
             )
@@ -278,6 +291,7 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
         model: a.model.display().to_string(),
         cases: a.n,
         model_cases: ran,
+        guided: !a.unguided,
         threads: a.threads,
         kernel: crate::kernels::active().as_str().to_string(),
         format_valid_rate: div(valid as f64, ran),
@@ -289,6 +303,8 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
         mean_prompt_tokens: div(prompt_sum as f64, ran),
         mean_reused_tokens: div(reused_sum as f64, ran),
         mean_generated_tokens: div(gen_sum as f64, ran),
+        mean_vetoed: div(veto_sum as f64, ran),
+        vetoed_case_rate: div(veto_cases as f64, ran),
         latency_ms_mean: div(lat.iter().sum(), lat.len()),
         latency_ms_p50: pct(&lat, 0.5),
         latency_ms_p95: pct(&lat, 0.95),
@@ -307,8 +323,13 @@ fn eval(a: CotEvalArgs) -> Result<ExitCode> {
 fn print_report(r: &EvalReport) {
     let p = |x: f64| format!("{:.1} %", x * 100.0);
     println!(
-        "CoT eval: {} — {} held-out cases, model ran on {} ({} threads, kernel {})",
-        r.model, r.cases, r.model_cases, r.threads, r.kernel
+        "CoT eval: {} — {} held-out cases, model ran on {} ({} threads, kernel {}, {})",
+        r.model,
+        r.cases,
+        r.model_cases,
+        r.threads,
+        r.kernel,
+        if r.guided { "guided" } else { "unguided" }
     );
     println!("| metric | value |\n| --- | --- |");
     println!(
@@ -337,6 +358,11 @@ fn print_report(r: &EvalReport) {
     println!(
         "| prompt tokens (reused from cache) / generated | {:.1} ({:.1}) / {:.1} |",
         r.mean_prompt_tokens, r.mean_reused_tokens, r.mean_generated_tokens
+    );
+    println!(
+        "| guide vetoes per model case (cases with any) | {:.2} ({}) |",
+        r.mean_vetoed,
+        p(r.vetoed_case_rate)
     );
     println!(
         "| latency per CoT ms: mean / p50 / p95 | {:.0} / {:.0} / {:.0} |",

@@ -179,6 +179,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<ExitCode> {
             StopReason::MaxTokens => "max tokens",
             StopReason::Callback => "stdout closed",
             StopReason::ContextFull => "context full",
+            StopReason::Guide => "guide",
         },
         st.kv_bytes() as f64 / (1 << 20) as f64
     );

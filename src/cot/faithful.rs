@@ -2,7 +2,8 @@
 //! and compare them with what was measured. Unfaithful when
 //! - it names an AU that is not measured at ≥ B ([`super::engine::CITE_MIN`]), or one we do not
 //!   measure at all;
-//! - it gives an AU a FACS letter other than the measured one (`AU12 D` when AU12 is C);
+//! - it gives an AU a FACS letter other than the measured one (`AU12 D` when AU12 is C), or
+//!   another AU's FACS name (`AU1 D (lip corner depressor)`);
 //! - it describes an appearance whose AUs were not measured at ≥ B (`smile` without AU12,
 //!   `frown` without AU4 or AU15, …: [`APPEARANCE_WORDS`]);
 //! - its conclusion (the last emotion word, normally after `→` or `Conclusion:`) is not one of
@@ -20,6 +21,8 @@ pub enum Verdict {
     InventedAu(u32),
     /// An AU with a letter other than the measured one.
     WrongLetter(u32, char),
+    /// An AU number followed by another AU's FACS name (`AU1 (lip corner depressor)`).
+    WrongName(u32),
     /// No conclusion label found.
     NoConclusion,
     /// The conclusion is an emotion outside the seven labels (e.g. contempt).
@@ -63,8 +66,9 @@ const EMOTION_WORDS: [(&str, Option<usize>); 22] = [
 /// Appearance words and the AUs (any one of them at ≥ B) that justify them.
 /// Face parts with a direction are listed with the direction (`brows lowered` needs AU4 even
 /// when AU2 justifies `outer brow`), so a description that moves a part the wrong way fails.
-/// Each entry matches at a word start, case-insensitively, anywhere in the text.
-pub const APPEARANCE_WORDS: [(&str, &[u8]); 50] = [
+/// Each entry matches at a word start, case-insensitively, anywhere in the text; `-` matches a
+/// space (`lip-corner pull`).
+pub const APPEARANCE_WORDS: [(&str, &[u8]); 49] = [
     ("smil", &[12]),
     ("grin", &[12]),
     ("frown", &[4, 15]),
@@ -101,7 +105,6 @@ pub const APPEARANCE_WORDS: [(&str, &[u8]); 50] = [
     ("cheek", &[6]),
     ("nose", &[9]),
     ("lip corners pulled up", &[12]),
-    ("lip-corner pull", &[12]),
     ("lip corner pull", &[12]),
     ("lip corners down", &[15]),
     ("lip corners pulled down", &[15]),
@@ -133,6 +136,22 @@ pub fn label_of_word(w: &str) -> Option<usize> {
 
 /// Checks `text` against the measured `aus` and the published `label`.
 pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
+    if let Some(fault) = evidence_fault(text, aus) {
+        return fault;
+    }
+    match last_emotion(text) {
+        None => Verdict::NoConclusion,
+        Some((w, None)) => Verdict::LabelOutsideSet(w.to_string()),
+        Some((_, Some(l))) if l != label => Verdict::LabelMismatch(l),
+        Some(_) => Verdict::Faithful,
+    }
+}
+
+/// The evidence half of [`check`]: the first AU, FACS name, letter or appearance word in
+/// `text` that the measured `aus` do not support, or `None`. The conclusion is not looked at,
+/// so this also judges an unfinished line: the guided decode ([`super::llm`]) asks it about
+/// every candidate token. Allocation-free (case-insensitive matching in place).
+pub fn evidence_fault(text: &str, aus: &AuIntensities) -> Option<Verdict> {
     let b = text.as_bytes();
     let mut i = 0;
     while i + 2 < b.len() {
@@ -154,7 +173,7 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
                 let n: u32 = text[start..j].parse().unwrap_or(0);
                 let measured = u8::try_from(n).map_or(0.0, |n| intensity(aus, n));
                 if measured < super::engine::CITE_MIN {
-                    return Verdict::InventedAu(n);
+                    return Some(Verdict::InventedAu(n));
                 }
                 // An intensity letter right after the number ("AU12 D", "AU12D").
                 let mut l = j;
@@ -167,8 +186,19 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
                 {
                     let want = facs_letter(measured);
                     if b[l] as char != want {
-                        return Verdict::WrongLetter(n, b[l] as char);
+                        return Some(Verdict::WrongLetter(n, b[l] as char));
                     }
+                    l += 1;
+                }
+                // A FACS name right after ("AU12 D (lip corner puller)") must be this AU's.
+                while l < b.len() && (b[l] == b' ' || b[l] == b'(' || b[l] == b',') {
+                    l += 1;
+                }
+                if AUS
+                    .iter()
+                    .any(|a| a.0 as u32 != n && starts_with_ci(&b[l..], a.1))
+                {
+                    return Some(Verdict::WrongName(n));
                 }
                 i = j;
                 continue;
@@ -176,30 +206,81 @@ pub fn check(text: &str, aus: &AuIntensities, label: usize) -> Verdict {
         }
         i += 1;
     }
-    let lower = text.to_ascii_lowercase();
     // An AU named by its FACS name ("lid tightener") must be measured like one named by number.
     for au in AUS {
-        if lower.contains(au.1) && intensity(aus, au.0) < super::engine::CITE_MIN {
-            return Verdict::InventedAu(au.0 as u32);
+        if find_ci(b, au.1, false) && intensity(aus, au.0) < super::engine::CITE_MIN {
+            return Some(Verdict::InventedAu(au.0 as u32));
         }
     }
     for (w, aus_needed) in APPEARANCE_WORDS {
-        let at_word_start = lower
-            .match_indices(w)
-            .any(|(at, _)| at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphabetic());
-        let seen = aus_needed
-            .iter()
-            .any(|&a| intensity(aus, a) >= super::engine::CITE_MIN);
-        if at_word_start && !seen {
-            return Verdict::InventedAu(aus_needed[0] as u32);
+        if find_ci(b, w, true)
+            && !aus_needed
+                .iter()
+                .any(|&a| intensity(aus, a) >= super::engine::CITE_MIN)
+        {
+            return Some(Verdict::InventedAu(aus_needed[0] as u32));
         }
     }
-    match last_emotion(text) {
-        None => Verdict::NoConclusion,
-        Some((w, None)) => Verdict::LabelOutsideSet(w.to_string()),
-        Some((_, Some(l))) if l != label => Verdict::LabelMismatch(l),
-        Some(_) => Verdict::Faithful,
+    None
+}
+
+/// `hay` starts with `needle` (lower-case ASCII), ignoring ASCII case and treating `-` and a
+/// space alike ("lips-part" is "lips part").
+fn starts_with_ci(hay: &[u8], needle: &str) -> bool {
+    let norm = |c: u8| {
+        if c == b'-' {
+            b' '
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    hay.len() >= needle.len()
+        && hay
+            .iter()
+            .zip(needle.as_bytes())
+            .all(|(&h, &c)| norm(h) == norm(c))
+}
+
+/// The description part of a condensed line names an AU code (`AU`, `AU12`, `au 4`): the
+/// codes belong in the list before the colon. Used by the guided decode, not by [`check`].
+pub fn names_au_code(text: &str) -> bool {
+    let b = text.as_bytes();
+    (0..b.len().saturating_sub(1)).any(|i| {
+        b[i].eq_ignore_ascii_case(&b'a')
+            && b[i + 1].eq_ignore_ascii_case(&b'u')
+            && (i == 0 || !b[i - 1].is_ascii_alphabetic())
+            && (i + 2 == b.len() || !b[i + 2].is_ascii_alphabetic())
+    })
+}
+
+/// The first whole emotion word in `text` that is not the published `label` (a description
+/// that names another emotion contradicts or pre-empts its conclusion). Used by the guided
+/// decode, not by [`check`] (the engine's three-part text names the runner-up emotion).
+pub fn other_emotion(text: &str, label: usize) -> Option<&'static str> {
+    let b = text.as_bytes();
+    EMOTION_WORDS.iter().find_map(|&(w, l)| {
+        let n = w.len();
+        let hit = b.len() >= n
+            && (0..=b.len() - n).any(|at| {
+                (at == 0 || !b[at - 1].is_ascii_alphabetic())
+                    && (at + n == b.len() || !b[at + n].is_ascii_alphabetic())
+                    && starts_with_ci(&b[at..], w)
+            });
+        (hit && l != Some(label)).then_some(w)
+    })
+}
+
+/// `needle` (lower-case ASCII) occurs in `hay`, ignoring ASCII case; with `word_start`, only
+/// where no ASCII letter precedes it.
+fn find_ci(hay: &[u8], needle: &str, word_start: bool) -> bool {
+    let n = needle.as_bytes();
+    if n.is_empty() || hay.len() < n.len() {
+        return false;
     }
+    (0..=hay.len() - n.len()).any(|at| {
+        (!word_start || at == 0 || !hay[at - 1].is_ascii_alphabetic())
+            && starts_with_ci(&hay[at..], needle)
+    })
 }
 
 /// The last emotion word of a text (the conclusion) and its label, if it is one.
@@ -316,6 +397,50 @@ mod tests {
             check("AU16 C: lower lip down → disgust", &au16, 1),
             Verdict::Faithful
         );
+        // A hyphen is a space: "Lips-part" needs AU25 like "lips part".
+        let au23 = with(&[(23, 0.5)]);
+        assert_eq!(
+            check("AU23 C: Lip-tightener, Lips-part → angry", &au23, 0),
+            Verdict::InventedAu(25)
+        );
+    }
+
+    #[test]
+    fn catches_an_au_given_another_aus_name() {
+        let aus = with(&[(1, 0.7), (15, 0.7)]);
+        assert_eq!(
+            check(
+                "AU1 D + AU15 D: AU1D (inner brow raiser) + AU1D (lip corner depressor) → sad",
+                &aus,
+                4
+            ),
+            Verdict::WrongName(1)
+        );
+        assert_eq!(
+            check(
+                "AU1 D + AU15 D: AU1 D (inner brow raiser), AU15 D (lip corner depressor) → sad",
+                &aus,
+                4
+            ),
+            Verdict::Faithful
+        );
+    }
+
+    #[test]
+    fn the_guides_format_rules() {
+        assert!(names_au_code("lip corner puller, AU"));
+        assert!(names_au_code(" au12 again"));
+        assert!(names_au_code("AU 4"));
+        assert!(!names_au_code("a beautiful August smile"));
+        assert!(!names_au_code("cheeks raised"));
+        assert_eq!(other_emotion(" a happy smile", 3), None);
+        assert_eq!(
+            other_emotion(" happiness shown by lowered corners", 4),
+            Some("happiness")
+        );
+        assert_eq!(other_emotion(" saddle-shaped", 3), None);
+        assert_eq!(other_emotion(" Sad", 3), Some("sad"));
+        assert_eq!(other_emotion(" contempt", 3), Some("contempt"));
     }
 
     #[test]

@@ -5,7 +5,13 @@
 //! 1. the assistant turn is pre-filled with the measured AU list, as the engine writes it
 //!    (`AU6 C + AU12 D:`) — the model cannot invent or re-grade an AU there;
 //! 2. the model writes the description, greedy, until a newline, an arrow, an end token or the
-//!    budget (the whole line stays ≤ [`MAX_TOKENS`] tokens);
+//!    budget (the whole line stays ≤ [`MAX_TOKENS`] tokens). The decode is **guided** (on by
+//!    default): before a token is taken, the line so far plus that token goes through
+//!    [`super::faithful::evidence_fault`], and a token that would name an AU, a FACS name, a
+//!    letter or a face movement the measurements do not support is vetoed — greedy takes the
+//!    most likely token that passes ([`generate_guided`]). The model still chooses every word;
+//!    the guide only removes claims the evidence cannot back. `cot eval --unguided` measures
+//!    the model without it;
 //! 3. the label slot is constrained to the published label: ` → <label>` is appended by us (an
 //!    allow-list of one), so the conclusion always equals the published label;
 //! 4. the whole line goes through [`super::faithful::check`] (the description may still name an
@@ -25,7 +31,9 @@ use anyhow::{Context, Result};
 use super::{engine, faithful, Cot, CotJob, CotSource, CotStage};
 use crate::au::{facs_letter, AUS};
 use crate::llm::chat;
-use crate::llm::generate::{generate, Constraint, GenerateOptions, Sampler, StopReason};
+use crate::llm::generate::{
+    generate, generate_guided, Constraint, GenerateOptions, Sampler, StopReason,
+};
 use crate::llm::model::{Model, State};
 use crate::llm::tokenizer::{Tokenizer, TokenizerSpec};
 use crate::publish::LABELS;
@@ -84,6 +92,10 @@ pub struct Trace {
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
     pub generated_tokens: usize,
+    /// Candidate tokens the guide vetoed (better-scored than the one taken), and whether a step
+    /// found no acceptable token among the best ones (the line then counts as a run-on).
+    pub vetoed: usize,
+    pub guide_gave_up: bool,
     pub prefill_ms: f64,
     pub decode_ms: f64,
     /// Eval only: the label the model picks itself when the slot allows all seven, and the
@@ -107,6 +119,11 @@ pub struct LlmStage {
     /// of the user turn are the same every time) and prefills only the rest.
     cached: Vec<u32>,
     bytes: Vec<u8>,
+    /// Veto unsupported evidence while decoding (see the module doc).
+    guided: bool,
+    /// The guide's buffers: a candidate token's bytes, and the line it would make.
+    piece: Vec<u8>,
+    line: Vec<u8>,
     /// First token of ` <label>` per label, if the seven are distinct (eval's free label slot).
     label_tokens: Option<[u32; 7]>,
     trace: Trace,
@@ -148,6 +165,9 @@ impl LlmStage {
             ids: Vec::with_capacity(512),
             cached: Vec::with_capacity(512),
             bytes: Vec::with_capacity(64),
+            guided: true,
+            piece: Vec::with_capacity(64),
+            line: Vec::with_capacity(256),
             label_tokens: distinct.then_some(label_tokens),
             trace: Trace::default(),
         })
@@ -164,6 +184,11 @@ impl LlmStage {
     pub fn forget(&mut self) {
         self.cached.clear();
         self.st.reset();
+    }
+
+    /// Turn the guided decode off (eval: the model's own faithfulness) or back on.
+    pub fn set_guided(&mut self, on: bool) {
+        self.guided = on;
     }
 
     /// What the last [`CotStage::explain`] did.
@@ -191,16 +216,39 @@ impl LlmStage {
         self.trace.prompt_tokens = self.ids.len();
         self.trace.reused_tokens = keep;
         self.opts.max_tokens = budget.max(1);
-        let mut out = Vec::new();
+        // The description so far: written by `on_token`, read by the guide.
+        let out = std::cell::RefCell::new(Vec::new());
         let (tok, bytes) = (&self.tok, &mut self.bytes);
+        let (piece, line, aus, label) = (&mut self.piece, &mut self.line, &job.aus, job.label);
+        let mut vetoed = 0usize;
+        let mut guide = |t: u32| {
+            if tok.is_eog(t) {
+                return true;
+            }
+            piece.clear();
+            tok.decode_token(t, piece);
+            let p = String::from_utf8_lossy(piece);
+            // A newline or an arrow ends the line: only the part before it would be kept.
+            let p = &p[..p.find(['\n', '→']).unwrap_or(p.len())];
+            line.clear();
+            line.extend_from_slice(prefix.as_bytes());
+            let desc = line.len();
+            line.extend_from_slice(&out.borrow());
+            line.extend_from_slice(p.as_bytes());
+            let ok = guide_accepts(&String::from_utf8_lossy(line), desc, aus, label);
+            vetoed += !ok as usize;
+            ok
+        };
         let mut ended = false;
         let mut first = None;
         let t0 = std::time::Instant::now();
-        let (new, reason) = generate(
+        let (new, reason) = generate_guided(
             &self.model,
             &mut self.st,
             &self.ids[keep..],
             &self.opts,
+            self.guided
+                .then_some(&mut guide as &mut dyn FnMut(u32) -> bool),
             |t| {
                 first.get_or_insert_with(std::time::Instant::now);
                 if tok.is_eog(t) {
@@ -210,6 +258,7 @@ impl LlmStage {
                 bytes.clear();
                 tok.decode_token(t, bytes);
                 let piece = String::from_utf8_lossy(bytes);
+                let mut out = out.borrow_mut();
                 if let Some(cut) = piece.find(['\n', '→']) {
                     out.extend_from_slice(piece[..cut].as_bytes());
                     ended = true;
@@ -219,6 +268,9 @@ impl LlmStage {
                 true
             },
         )?;
+        self.trace.vetoed = vetoed;
+        self.trace.guide_gave_up = reason == StopReason::Guide;
+        let out = out.into_inner();
         let done = std::time::Instant::now();
         let first = first.unwrap_or(done);
         self.trace.prefill_ms = (first - t0).as_secs_f64() * 1e3;
@@ -300,6 +352,23 @@ impl LlmStage {
         self.trace.description = description;
         Ok(cot)
     }
+}
+
+/// The guide's rules for a line `prefix + description` so far (`desc` = where the description
+/// starts): the faithfulness check's evidence rules on the whole line
+/// ([`faithful::evidence_fault`]), and two format rules on the description — no AU code (the
+/// codes are the pre-filled list) and no emotion word but the published label (the conclusion
+/// after the arrow is the label; another emotion in the description would contradict it).
+pub fn guide_accepts(
+    line: &str,
+    desc: usize,
+    aus: &crate::au::AuIntensities,
+    label: usize,
+) -> bool {
+    let d = line.get(desc..).unwrap_or("");
+    faithful::evidence_fault(line, aus).is_none()
+        && !faithful::names_au_code(d)
+        && faithful::other_emotion(d, label).is_none()
 }
 
 /// Assembles `prefix description → label` and checks it; an unfaithful or empty line becomes
@@ -404,6 +473,26 @@ mod tests {
     }
 
     #[test]
+    fn the_guide_vetoes_unmeasured_evidence_codes_and_other_emotions() {
+        let aus = crate::au::intensities(&[(6, 0.5), (12, 0.7)]);
+        let p = "AU6 C + AU12 D:";
+        let at = |d: &str| guide_accepts(&format!("{p}{d}"), p.len(), &aus, 3);
+        assert!(at(" cheeks raised, a warm smile"));
+        assert!(
+            at(" a happy sm"),
+            "an unfinished word is judged as it stands"
+        );
+        assert!(!at(" brows lowered"), "AU4 not measured");
+        assert!(!at(" a sneer"), "AU9/10 not measured");
+        assert!(!at(" AU"), "AU codes belong to the list");
+        assert!(!at(" AU12 D again"));
+        assert!(!at(" not quite sad"), "another emotion than the label");
+        assert!(!at(" cheek raiser (AU6) and lip corner depressor"));
+        // The pre-filled list itself is never vetoed.
+        assert!(guide_accepts(p, p.len(), &aus, 3));
+    }
+
+    #[test]
     fn with_the_real_model_every_line_is_faithful_short_and_concludes_the_label() {
         let path = std::env::var_os("EXPLLM_TEST_MODEL")
             .map(std::path::PathBuf::from)
@@ -455,6 +544,13 @@ mod tests {
                 }
             }
             assert!(c.faithful, "{}", c.text);
+            if c.source == CotSource::Llm {
+                // A model line kept the guide's rules at every step, so also at the end.
+                let (p, d) = c.text.split_once(':').unwrap();
+                let d = d.rsplit_once(" →").unwrap().0;
+                let line = format!("{p}:{d}");
+                assert!(guide_accepts(&line, p.len() + 1, &j.aus, j.label), "{line}");
+            }
             assert_eq!(c.label, j.label);
             assert!(
                 c.text.ends_with(&format!("→ {}", LABELS[j.label])),

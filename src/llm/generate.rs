@@ -1,7 +1,10 @@
 //! Generation: prefill a prompt, then pick tokens one by one — greedy, or temperature and
 //! top-p sampling with a seed — until a stop token, `max_tokens`, or the callback says stop.
 //! Constrained decoding: at chosen steps only an allow-list of tokens may be picked (the CoT
-//! stage uses it to force the conclusion label to one of the seven labels).
+//! stage uses it to force the conclusion label to one of the seven labels); and a *guide* may
+//! veto tokens at every step ([`generate_guided`]): greedy then takes the best token the guide
+//! accepts among the [`GUIDE_TOP_K`] most likely (the CoT stage vetoes tokens that would make
+//! its line name evidence that was not measured).
 //!
 //! Owns sampling and the decode loop; must not know about prompts' meaning or about faces.
 
@@ -51,6 +54,8 @@ pub enum StopReason {
     MaxTokens,
     Callback,
     ContextFull,
+    /// The guide accepted none of the best candidates ([`generate_guided`]).
+    Guide,
 }
 
 /// A small, fast, seedable PRNG (SplitMix64): same seed, same samples, on every board.
@@ -74,10 +79,15 @@ impl Rng {
     }
 }
 
+/// How many of the most likely tokens a guide is offered per step, best first, before the
+/// step gives up ([`StopReason::Guide`]).
+pub const GUIDE_TOP_K: usize = 32;
+
 /// Reusable buffers for picking tokens (no allocation per step once warm).
 #[derive(Default)]
 pub struct Picker {
     cand: Vec<(u32, f32)>,
+    top: Vec<(u32, f32)>,
 }
 
 impl Picker {
@@ -161,6 +171,53 @@ impl Picker {
     }
 }
 
+impl Picker {
+    /// Greedy pick among the [`GUIDE_TOP_K`] best tokens (of `allowed`, when given) that
+    /// `accept` takes, best first (the lowest id wins a tie). Returns the token and how many
+    /// better ones were vetoed, or `None` when the guide took none of them.
+    pub fn pick_guided(
+        &mut self,
+        logits: &[f32],
+        allowed: Option<&[u32]>,
+        accept: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Option<(u32, usize)>> {
+        ensure!(!logits.is_empty(), "no logits");
+        self.top.clear();
+        let offer = |t: u32, l: f32, top: &mut Vec<(u32, f32)>| {
+            // Sorted best first; a later (higher) id never passes an equal logit.
+            if top.len() == GUIDE_TOP_K && top[GUIDE_TOP_K - 1].1 >= l {
+                return;
+            }
+            let at = top.partition_point(|c| c.1 >= l);
+            if top.len() == GUIDE_TOP_K {
+                top.pop();
+            }
+            top.insert(at, (t, l));
+        };
+        match allowed {
+            Some(a) => {
+                for &t in a {
+                    ensure!(
+                        (t as usize) < logits.len(),
+                        "allowed token {t} is outside the vocabulary"
+                    );
+                    offer(t, logits[t as usize], &mut self.top);
+                }
+            }
+            None => {
+                for (i, &l) in logits.iter().enumerate() {
+                    offer(i as u32, l, &mut self.top);
+                }
+            }
+        }
+        Ok(self
+            .top
+            .iter()
+            .position(|&(t, _)| accept(t))
+            .map(|i| (self.top[i].0, i)))
+    }
+}
+
 /// Prefill `prompt` into `st` (after whatever it already holds), then generate. `on_token`
 /// sees each new token; returning `false` stops. Returns the new tokens and why it stopped.
 pub fn generate(
@@ -168,8 +225,26 @@ pub fn generate(
     st: &mut State,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, StopReason)> {
+    generate_guided(model, st, prompt, opts, None, on_token)
+}
+
+/// [`generate`] with a guide: at every step `guide` is asked about candidate tokens, best first,
+/// and greedy takes the first it accepts (sampling with a guide is refused). Generation stops
+/// with [`StopReason::Guide`] when it accepts none of the [`GUIDE_TOP_K`] best.
+pub fn generate_guided(
+    model: &Model,
+    st: &mut State,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut guide: Option<&mut dyn FnMut(u32) -> bool>,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, StopReason)> {
+    ensure!(
+        guide.is_none() || opts.sampler.temperature <= 0.0,
+        "a guided decode is greedy: temperature must be 0"
+    );
     ensure!(!prompt.is_empty(), "empty prompt");
     if st.n_past() + prompt.len() > st.max_ctx() {
         bail!(
@@ -189,7 +264,13 @@ pub fn generate(
             .iter()
             .find(|c| c.step == out.len())
             .map(|c| c.allowed.as_slice());
-        let tok = picker.pick(st.logits(), allowed, &opts.sampler, &mut rng)?;
+        let tok = match guide.as_deref_mut() {
+            None => picker.pick(st.logits(), allowed, &opts.sampler, &mut rng)?,
+            Some(g) => match picker.pick_guided(st.logits(), allowed, g)? {
+                Some((t, _)) => t,
+                None => return Ok((out, StopReason::Guide)),
+            },
+        };
         out.push(tok);
         let go_on = on_token(tok);
         if opts.stop_tokens.contains(&tok) {
@@ -229,6 +310,46 @@ mod tests {
         );
         assert!(p.pick(&[0.1], Some(&[]), &s, &mut rng).is_err());
         assert!(p.pick(&[0.1], Some(&[7]), &s, &mut rng).is_err());
+    }
+
+    #[test]
+    fn a_guide_gets_the_best_token_it_accepts() {
+        let mut p = Picker::default();
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 100) as f32).collect();
+        // Unvetoed, the guided pick is the plain greedy pick.
+        let greedy = p
+            .pick(&logits, None, &Sampler::default(), &mut Rng::new(0))
+            .unwrap();
+        assert_eq!(
+            p.pick_guided(&logits, None, &mut |_| true).unwrap(),
+            Some((greedy, 0))
+        );
+        // Veto the three best: the fourth best is taken, three vetoes counted.
+        let mut order: Vec<u32> = (0..100).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let banned = &order[..3];
+        assert_eq!(
+            p.pick_guided(&logits, None, &mut |t| !banned.contains(&t))
+                .unwrap(),
+            Some((order[3], 3))
+        );
+        // Only tokens beyond the top K are acceptable: the step gives up.
+        let late = order[GUIDE_TOP_K];
+        assert_eq!(
+            p.pick_guided(&logits, None, &mut |t| t == late).unwrap(),
+            None
+        );
+        // Ties: the lowest id first, as in plain greedy; the allow-list still applies.
+        let flat = [1.0f32, 2.0, 2.0, 2.0];
+        assert_eq!(
+            p.pick_guided(&flat, None, &mut |t| t != 1).unwrap(),
+            Some((2, 1))
+        );
+        assert_eq!(
+            p.pick_guided(&flat, Some(&[0, 3]), &mut |_| true).unwrap(),
+            Some((3, 0))
+        );
+        assert!(p.pick_guided(&flat, Some(&[9]), &mut |_| true).is_err());
     }
 
     #[test]

@@ -21,6 +21,42 @@ pub struct ModelFile {
 
 pub const MANIFEST: &str = include_str!("../models/manifest.tsv");
 
+/// Models built at set-up from a fetched base and a committed LoRA adapter
+/// (`models/lora/derived.tsv`, compiled in; `models/fetch` builds them, the bundle ships them).
+pub const DERIVED: &str = include_str!("../models/lora/derived.tsv");
+
+/// Parse `models/lora/derived.tsv` (output | base | adapter | type | sha256 | bytes) into
+/// [`ModelFile`]s, so `models verify` checks them like fetched ones.
+pub fn derived(text: &str) -> Result<Vec<ModelFile>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split('|').collect();
+        if f.len() != 6 {
+            bail!(
+                "models/lora/derived.tsv line {}: expected 6 '|'-separated fields, got {}",
+                i + 1,
+                f.len()
+            );
+        }
+        out.push(ModelFile {
+            name: f[0].into(),
+            package: format!("built: {} + {}", f[1], f[2].trim_start_matches("lora/")),
+            wheel_sha256: String::new(),
+            member: String::new(),
+            sha256: f[4].into(),
+            bytes: f[5]
+                .parse()
+                .with_context(|| format!("models/lora/derived.tsv line {}: bad size", i + 1))?,
+            licence: "Apache-2.0".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// Parse the manifest text.
 pub fn manifest(text: &str) -> Result<Vec<ModelFile>> {
     let mut out = Vec::new();
@@ -106,6 +142,11 @@ mod tests {
             .iter()
             .any(|f| f.name.ends_with(".gguf") && f.sha256.len() == 64));
         assert!(manifest("a|b|c").unwrap_err().to_string().contains("7"));
+        let d = derived(DERIVED).unwrap();
+        assert!(d
+            .iter()
+            .all(|f| f.name.ends_with(".gguf") && f.sha256.len() == 64 && f.bytes > 0));
+        assert!(derived("a|b|c|d|e").unwrap_err().to_string().contains("6"));
     }
 
     #[test]

@@ -693,8 +693,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
 }
 
 fn models_cmd(c: ModelsCommand) -> Result<ExitCode> {
-    use crate::models::{check, default_dir, manifest, FileState, MANIFEST};
-    let files = manifest(MANIFEST)?;
+    use crate::models::{check, default_dir, derived, manifest, FileState, DERIVED, MANIFEST};
+    let mut files = manifest(MANIFEST)?;
+    files.extend(derived(DERIVED)?);
     let (dir, hash) = match &c {
         ModelsCommand::List(d) => (d.dir.clone().unwrap_or_else(default_dir), false),
         ModelsCommand::Verify(d) => (d.dir.clone().unwrap_or_else(default_dir), true),
@@ -728,7 +729,7 @@ fn models_cmd(c: ModelsCommand) -> Result<ExitCode> {
             bad += 1;
         }
         println!(
-            "{:<36} {:>10} B  {:<12} {:<24} {}",
+            "{:<40} {:>10} B  {:<12} {:<24} {}",
             f.name, f.bytes, f.licence, f.package, what
         );
     }

@@ -167,20 +167,94 @@ macro_rules! striped {
             );
             acc = _mm256_add_ps(acc, $terms);
         }
-        if !xr.is_empty() {
-            let g = xc.len();
-            let mut $v = [_mm256_setzero_si256(); 8];
-            for (v, (xb, yb)) in $v.iter_mut().zip(xr.iter().zip(yr)) {
-                *v = $block(xb, yb);
-            }
-            let $g = g;
-            let $s = _mm256_cvtepi32_ps($sums);
-            let ($dx, $ex) = f16_pairs(&tail_words(xr));
-            let ($dy, $ey) = (
-                _mm256_loadu_ps(ydc[g].as_ptr()),
-                _mm256_loadu_ps(ysc[g].as_ptr()),
-            );
-            acc = _mm256_add_ps(acc, $terms);
+        // The tail group, one arm per tail length: see `striped_tail!`.
+        let g = xc.len();
+        match xr.len() {
+            0 => {}
+            1 => $crate::kernels::x86::striped_tail!(
+                1,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            2 => $crate::kernels::x86::striped_tail!(
+                2,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            3 => $crate::kernels::x86::striped_tail!(
+                3,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            4 => $crate::kernels::x86::striped_tail!(
+                4,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            5 => $crate::kernels::x86::striped_tail!(
+                5,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            6 => $crate::kernels::x86::striped_tail!(
+                6,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
+            _ => $crate::kernels::x86::striped_tail!(
+                7,
+                acc,
+                xr,
+                yr,
+                ydc,
+                ysc,
+                g,
+                $block,
+                |$v, $g| $sums,
+                |$s, $dx, $ex, $dy, $ey| $terms
+            ),
         }
         lane_total(&lanes(acc))
     }};
@@ -197,6 +271,31 @@ macro_rules! striped {
     };
 }
 pub(super) use striped;
+
+/// The tail group of [`striped!`] for a tail of exactly `$n` blocks, `$n` a literal: the
+/// blocks' vectors are computed in a loop of constant trip count, so it unrolls and `v` stays
+/// in registers, with the absent blocks' vectors constant zero. (One arm for every length, not
+/// one loop over the tail: with a variable trip count the eight vectors went through the stack
+/// and the 2-block tail of a 576-wide row cost more than its 16 whole blocks — `cargo bench
+/// --bench kernels`, n = 512 vs 576.) Same order and same expressions as a whole group.
+macro_rules! striped_tail {
+    ($n:literal, $acc:ident, $xr:ident, $yr:ident, $ydc:ident, $ysc:ident, $gi:ident, $block:ident, |$v:ident, $g:ident| $sums:expr, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
+        let (xt, yt) = (&$xr[..$n], &$yr[..$n]);
+        let mut $v = [_mm256_setzero_si256(); 8];
+        for k in 0..$n {
+            $v[k] = $block(&xt[k], &yt[k]);
+        }
+        let $g = $gi;
+        let $s = _mm256_cvtepi32_ps($sums);
+        let ($dx, $ex) = f16_pairs(&tail_words(xt));
+        let ($dy, $ey) = (
+            _mm256_loadu_ps($ydc[$gi].as_ptr()),
+            _mm256_loadu_ps($ysc[$gi].as_ptr()),
+        );
+        $acc = _mm256_add_ps($acc, $terms);
+    }};
+}
+pub(super) use striped_tail;
 
 /// The 32-bit words at the starts of up to eight consecutive blocks (`stride` bytes apart),
 /// zero for absent ones: for Q4_1 / Q8_1 blocks the f16 pair (d, m) / (d, s).
@@ -672,7 +771,9 @@ pub(super) mod tests {
         }
     }
 
-    pub(crate) const COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 64];
+    /// Block counts for the property tests: every tail length (0..8 after whole groups of
+    /// eight), one and several groups.
+    pub(crate) const COUNTS: [usize; 15] = [1, 2, 3, 4, 5, 6, 7, 8, 12, 17, 18, 21, 33, 48, 64];
 
     /// A random f16 scale, often extreme.
     pub(crate) fn scale(r: &mut Rng) -> F16Le {

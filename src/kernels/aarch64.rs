@@ -16,12 +16,15 @@
 //! exactly), the f32 term of each block is the reference's expression (`vmulq`/`vaddq`, never
 //! fused), and the terms are summed in the reference's block-striped order
 //! ([`lane_total`]): eight blocks at a time, blocks 0..4 of the chunk in one `float32x4_t` and
-//! 4..8 in another, the last `n % 8` blocks in scalar f32 into lanes `0..n % 8`. A model gives
+//! 4..8 in another, the last `n % 8` blocks as a zero-padded group whose absent blocks add
+//! +0.0 (see `striped`), so they land in lanes `0..n % 8`. A model gives
 //! the same tokens on a Pi 4, a Pi 5, a Graviton and an x86 machine.
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
 use core::arch::aarch64::*;
+
+use bytemuck::Pod;
 
 use crate::kernels::quants::{
     lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, F16Le, LANES,
@@ -177,13 +180,6 @@ fn q8_0_block<D: Dot>(x: &BlockQ8_0, y: &BlockQ8_0) -> int32x4_t {
     unsafe { D::dot(D::dot(zero_i32(), xl, yl), xh, yh) }
 }
 
-/// Exact integer sum of a block's four i32 lanes.
-#[inline(always)]
-fn isum(v: int32x4_t) -> i32 {
-    // SAFETY: NEON is part of the aarch64 baseline.
-    unsafe { vaddvq_s32(v) }
-}
-
 /// The exact sums of four blocks' i32 lanes, `[Σv0, Σv1, Σv2, Σv3]`, as f32 (exact: ≤ 2^19).
 #[inline(always)]
 fn block_sums_4(v: [int32x4_t; 4]) -> float32x4_t {
@@ -227,13 +223,18 @@ fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
 }
 
 /// The reference's block-striped sum (see the module doc): `quad` gives the f32 terms of four
-/// consecutive blocks (in lane order), `tail` one block's term in scalar f32.
+/// consecutive blocks (in lane order). The tail (the `n % 8` blocks after the whole groups of
+/// eight) is copied into a zero-padded group and goes through `quad` like the rest: an absent
+/// block has zero scales and quants, so its term is +0.0, and adding +0.0 leaves a lane as it
+/// was (lanes start at +0.0, so none is ever -0.0) — the reference adds the tail's terms to
+/// lanes `0..n % 8` only, and the result is the same bit for bit. (It used to be a scalar term
+/// per tail block, each f16 scale converted by an out-of-line call: 2 of the 18 blocks of a
+/// SmolLM2 row, and on x86 the same kind of tail cost more than the 16 whole blocks.)
 #[inline(always)]
-fn striped<X, Y>(
+fn striped<X: Pod, Y: Pod>(
     x: &[X],
     y: &[Y],
     quad: impl Fn(&[X; 4], &[Y; 4]) -> float32x4_t,
-    tail: impl Fn(&X, &Y) -> f32,
 ) -> f32 {
     let (xc, xr) = x.as_chunks::<8>();
     let (yc, yr) = y.as_chunks::<8>();
@@ -244,14 +245,22 @@ fn striped<X, Y>(
         lo = add(lo, quad(x0.try_into().unwrap(), y0.try_into().unwrap()));
         hi = add(hi, quad(x1.try_into().unwrap(), y1.try_into().unwrap()));
     }
+    if !xr.is_empty() {
+        // Element by element (fixed-size copies, no memset/memcpy call per row).
+        let xt: [X; 8] = core::array::from_fn(|k| xr.get(k).copied().unwrap_or_else(X::zeroed));
+        let yt: [Y; 8] = core::array::from_fn(|k| yr.get(k).copied().unwrap_or_else(Y::zeroed));
+        let (x0, x1) = xt.split_at(4);
+        let (y0, y1) = yt.split_at(4);
+        lo = add(lo, quad(x0.try_into().unwrap(), y0.try_into().unwrap()));
+        if xr.len() > 4 {
+            hi = add(hi, quad(x1.try_into().unwrap(), y1.try_into().unwrap()));
+        }
+    }
     let mut l = [0f32; LANES];
     // SAFETY: `l` is 8 writable f32, the stores write 0..4 and 4..8.
     unsafe {
         vst1q_f32(l.as_mut_ptr(), lo);
         vst1q_f32(l.as_mut_ptr().add(4), hi);
-    }
-    for (k, (xb, yb)) in xr.iter().zip(yr).enumerate() {
-        l[k] += tail(xb, yb);
     }
     lane_total(&l)
 }
@@ -263,63 +272,45 @@ fn striped<X, Y>(
 #[inline(always)]
 fn q4_0_q8_0<D: Dot>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_0 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        |x, y| {
-            let s = block_sums_4(core::array::from_fn(|k| q4_0_block::<D>(&x[k], &y[k])));
-            mul(
-                mul(s, f16x4(x.each_ref().map(|b| b.d))),
-                f16x4(y.each_ref().map(|b| b.d)),
-            )
-        },
-        |xb, yb| isum(q4_0_block::<D>(xb, yb)) as f32 * xb.d.get() * yb.d.get(),
-    )
+    striped(x, y, |x, y| {
+        let s = block_sums_4(core::array::from_fn(|k| q4_0_block::<D>(&x[k], &y[k])));
+        mul(
+            mul(s, f16x4(x.each_ref().map(|b| b.d))),
+            f16x4(y.each_ref().map(|b| b.d)),
+        )
+    })
 }
 
 #[inline(always)]
 fn q4_1_q8_1<D: Dot>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q4_1 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        |x, y| {
-            let s = block_sums_4(core::array::from_fn(|k| q4_1_block::<D>(&x[k], &y[k])));
-            let dd = mul(
-                f16x4(x.each_ref().map(|b| b.d)),
-                f16x4(y.each_ref().map(|b| b.d)),
-            );
-            let ms = mul(
-                f16x4(x.each_ref().map(|b| b.m)),
-                f16x4(y.each_ref().map(|b| b.s)),
-            );
-            add(mul(dd, s), ms)
-        },
-        |xb, yb| {
-            (xb.d.get() * yb.d.get()) * isum(q4_1_block::<D>(xb, yb)) as f32
-                + xb.m.get() * yb.s.get()
-        },
-    )
+    striped(x, y, |x, y| {
+        let s = block_sums_4(core::array::from_fn(|k| q4_1_block::<D>(&x[k], &y[k])));
+        let dd = mul(
+            f16x4(x.each_ref().map(|b| b.d)),
+            f16x4(y.each_ref().map(|b| b.d)),
+        );
+        let ms = mul(
+            f16x4(x.each_ref().map(|b| b.m)),
+            f16x4(y.each_ref().map(|b| b.s)),
+        );
+        add(mul(dd, s), ms)
+    })
 }
 
 #[inline(always)]
 fn q8_0_q8_0<D: Dot>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len(), "Q8_0 vec_dot: block counts differ");
-    striped(
-        x,
-        y,
-        |x, y| {
-            let s = block_sums_4(core::array::from_fn(|k| q8_0_block::<D>(&x[k], &y[k])));
+    striped(x, y, |x, y| {
+        let s = block_sums_4(core::array::from_fn(|k| q8_0_block::<D>(&x[k], &y[k])));
+        mul(
+            s,
             mul(
-                s,
-                mul(
-                    f16x4(x.each_ref().map(|b| b.d)),
-                    f16x4(y.each_ref().map(|b| b.d)),
-                ),
-            )
-        },
-        |xb, yb| isum(q8_0_block::<D>(xb, yb)) as f32 * (xb.d.get() * yb.d.get()),
-    )
+                f16x4(x.each_ref().map(|b| b.d)),
+                f16x4(y.each_ref().map(|b| b.d)),
+            ),
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,7 +587,8 @@ mod tests {
     use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
     use bytemuck::Zeroable;
 
-    const COUNTS: [usize; 5] = [1, 2, 7, 18, 33];
+    /// Every tail length (`n % 8` = 1..7 and 0), one and several groups.
+    const COUNTS: [usize; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 12, 18, 21, 33];
 
     struct Rng(u64);
 

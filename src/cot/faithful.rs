@@ -241,15 +241,17 @@ fn starts_with_ci(hay: &[u8], needle: &str) -> bool {
             .all(|(&h, &c)| norm(h) == norm(c))
 }
 
-/// The description part of a condensed line names an AU code (`AU`, `AU12`, `au 4`): the
-/// codes belong in the list before the colon. Used by the guided decode, not by [`check`].
+/// The description part of a condensed line names an AU code (`AU12`, `au 4`): the codes
+/// belong in the list before the colon. A bare `AU` stays allowed (the engine's own lines say
+/// "no happiness AU"). Used by the guided decode, not by [`check`].
 pub fn names_au_code(text: &str) -> bool {
     let b = text.as_bytes();
-    (0..b.len().saturating_sub(1)).any(|i| {
+    (0..b.len().saturating_sub(2)).any(|i| {
+        let j = if b[i + 2] == b' ' { i + 3 } else { i + 2 };
         b[i].eq_ignore_ascii_case(&b'a')
             && b[i + 1].eq_ignore_ascii_case(&b'u')
             && (i == 0 || !b[i - 1].is_ascii_alphabetic())
-            && (i + 2 == b.len() || !b[i + 2].is_ascii_alphabetic())
+            && b.get(j).is_some_and(u8::is_ascii_digit)
     })
 }
 
@@ -428,9 +430,14 @@ mod tests {
 
     #[test]
     fn the_guides_format_rules() {
-        assert!(names_au_code("lip corner puller, AU"));
+        assert!(
+            !names_au_code("no happiness AU; classifier"),
+            "a bare AU is the engine's"
+        );
+        assert!(!names_au_code("lip corner puller, AU"));
         assert!(names_au_code(" au12 again"));
         assert!(names_au_code("AU 4"));
+        assert!(names_au_code("AU4"));
         assert!(!names_au_code("a beautiful August smile"));
         assert!(!names_au_code("cheeks raised"));
         assert_eq!(other_emotion(" a happy smile", 3), None);

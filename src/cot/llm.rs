@@ -356,8 +356,8 @@ impl LlmStage {
 
 /// The guide's rules for a line `prefix + description` so far (`desc` = where the description
 /// starts): the faithfulness check's evidence rules on the whole line
-/// ([`faithful::evidence_fault`]), and two format rules on the description — no AU code (the
-/// codes are the pre-filled list) and no emotion word but the published label (the conclusion
+/// ([`faithful::evidence_fault`]), and two format rules on the description — no AU code such as
+/// `AU12` (the codes are the pre-filled list; a bare "AU" is fine) and no emotion word but the published label (the conclusion
 /// after the arrow is the label; another emotion in the description would contradict it).
 pub fn guide_accepts(
     line: &str,
@@ -484,8 +484,11 @@ mod tests {
         );
         assert!(!at(" brows lowered"), "AU4 not measured");
         assert!(!at(" a sneer"), "AU9/10 not measured");
-        assert!(!at(" AU"), "AU codes belong to the list");
-        assert!(!at(" AU12 D again"));
+        assert!(!at(" AU12 D again"), "AU codes belong to the list");
+        assert!(
+            at(", no happiness AU; classifier"),
+            "the engine's own words"
+        );
         assert!(!at(" not quite sad"), "another emotion than the label");
         assert!(!at(" cheek raiser (AU6) and lip corner depressor"));
         // The pre-filled list itself is never vetoed.

@@ -49,9 +49,11 @@ pub struct BenchArgs {
     /// engine's condensed line) or `off`.
     #[arg(long, default_value = "llm", value_parser = ["llm", "engine", "off"])]
     cot: String,
-    /// GGUF model for `--stage llm` and the end-to-end CoT.
-    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-    model: PathBuf,
+    /// GGUF model for `--stage llm` (default: the fetched base,
+    /// models/SmolLM2-135M-Instruct.Q4_1.gguf) and for the end-to-end CoT (default: the daemon's
+    /// `--cot-model`, models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Kernel paths to compare, comma-separated: scalar, avx2, avx512-vnni, neon, neon-dotprod,
     /// neon-i8mm (default: every path this CPU supports).
     #[arg(long, value_delimiter = ',')]
@@ -100,10 +102,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let Some(Stage::Llm) = a.stage else {
         return end_to_end(a);
     };
-    if !a.model.is_file() {
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(super::BASE_MODEL));
+    if !model.is_file() {
         bail!(
             "model {} not found (run `bash scripts/setup` or `expllm models fetch`)",
-            a.model.display()
+            model.display()
         );
     }
     let opts = LlmBenchOptions {
@@ -123,7 +129,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         if let Some(&t) = a.threads.first() {
             pool::set_threads(t as usize);
         }
-        let r = bench::llm(&a.model, &opts, &|_| {})?;
+        let r = bench::llm(&model, &opts, &|_| {})?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -151,7 +157,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     };
     let threads = thread_counts(&a.threads);
     // A bad model file is one error line here, not one per child.
-    drop(crate::llm::model::Model::load(&a.model)?);
+    drop(crate::llm::model::Model::load(&model)?);
     let exe = std::env::current_exe().context("locating the expllm binary")?;
     let total = kernels.len() * threads.len();
     let mut runs: Vec<LlmRun> = Vec::new();
@@ -180,7 +186,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 k.as_str(),
                 "--model",
             ])
-            .arg(&a.model)
+            .arg(&model)
             .args(["--threads", &t.to_string()])
             .args(["--prompt-tokens", &opts.prompt_tokens.to_string()])
             .args(["--tokens", &opts.decode_tokens.to_string()])
@@ -390,7 +396,13 @@ fn end_to_end(a: BenchArgs) -> Result<ExitCode> {
     cfg.threads = threads;
     let mut vision = crate::vision::FaceLandmarker::load(cfg)?;
     let mut cot = match a.cot.as_str() {
-        "llm" => bench::BenchCot::Llm(Box::new(crate::cot::llm::LlmStage::load(&a.model)?)),
+        "llm" => {
+            let model = a
+                .model
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(super::COT_MODEL));
+            bench::BenchCot::Llm(Box::new(crate::cot::llm::LlmStage::load(&model)?))
+        }
         "engine" => bench::BenchCot::Engine,
         _ => bench::BenchCot::Off,
     };

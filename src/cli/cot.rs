@@ -55,8 +55,8 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct CotEvalArgs {
-    /// GGUF instruct model to evaluate.
-    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    /// GGUF instruct model to evaluate (default: the daemon's `--cot-model`).
+    #[arg(long, default_value = super::COT_MODEL)]
     model: PathBuf,
     /// Number of held-out cases.
     #[arg(short = 'n', long, default_value_t = 500)]

@@ -23,6 +23,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The fetched base language model (`models/manifest.tsv`): `llm` commands and `bench --stage llm`.
+pub const BASE_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The CoT model the daemon uses by default: the base + the committed Exp-CoT LoRA adapter,
+/// Q4_0 (`models/lora/derived.tsv`, built by models/fetch).
+pub const COT_MODEL: &str = "models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "expllm",
@@ -149,8 +155,9 @@ struct VisionArgs {
     /// published label; an unfaithful line is replaced by the engine's and counted).
     #[arg(long, default_value = "condensed", value_parser = ["off", "condensed", "full", "llm"])]
     cot: String,
-    /// GGUF instruct model for `--cot llm`.
-    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    /// GGUF instruct model for `--cot llm` (default: the LoRA-tuned Exp-CoT model that
+    /// models/fetch builds; the base is models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, default_value = COT_MODEL)]
     cot_model: PathBuf,
 }
 

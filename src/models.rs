@@ -25,67 +25,69 @@ pub const MANIFEST: &str = include_str!("../models/manifest.tsv");
 /// (`models/lora/derived.tsv`, compiled in; `models/fetch` builds them, the bundle ships them).
 pub const DERIVED: &str = include_str!("../models/lora/derived.tsv");
 
-/// Parse `models/lora/derived.tsv` (output | base | adapter | type | sha256 | bytes) into
-/// [`ModelFile`]s, so `models verify` checks them like fetched ones.
-pub fn derived(text: &str) -> Result<Vec<ModelFile>> {
-    let mut out = Vec::new();
+/// The data lines of a `|`-separated table file (`what` names it in errors): each line's
+/// number and its fields, which must be exactly `n`. Blank lines and `#` comments are skipped.
+fn table<'a>(text: &'a str, what: &str, n: usize) -> Result<Vec<(usize, Vec<&'a str>)>> {
+    let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let f: Vec<&str> = line.split('|').collect();
-        if f.len() != 6 {
+        if f.len() != n {
             bail!(
-                "models/lora/derived.tsv line {}: expected 6 '|'-separated fields, got {}",
+                "{what} line {}: expected {n} '|'-separated fields, got {}",
                 i + 1,
                 f.len()
             );
         }
-        out.push(ModelFile {
-            name: f[0].into(),
-            package: format!("built: {} + {}", f[1], f[2].trim_start_matches("lora/")),
-            wheel_sha256: String::new(),
-            member: String::new(),
-            sha256: f[4].into(),
-            bytes: f[5]
-                .parse()
-                .with_context(|| format!("models/lora/derived.tsv line {}: bad size", i + 1))?,
-            licence: "Apache-2.0".into(),
-        });
+        rows.push((i + 1, f));
     }
-    Ok(out)
+    Ok(rows)
+}
+
+/// Parse `models/lora/derived.tsv` (output | base | adapter | type | sha256 | bytes) into
+/// [`ModelFile`]s, so `models verify` checks them like fetched ones.
+pub fn derived(text: &str) -> Result<Vec<ModelFile>> {
+    const WHAT: &str = "models/lora/derived.tsv";
+    table(text, WHAT, 6)?
+        .into_iter()
+        .map(|(line, f)| {
+            Ok(ModelFile {
+                name: f[0].into(),
+                package: format!("built: {} + {}", f[1], f[2].trim_start_matches("lora/")),
+                wheel_sha256: String::new(),
+                member: String::new(),
+                sha256: f[4].into(),
+                bytes: f[5]
+                    .parse()
+                    .with_context(|| format!("{WHAT} line {line}: bad size"))?,
+                licence: "Apache-2.0".into(),
+            })
+        })
+        .collect()
 }
 
 /// Parse the manifest text.
 pub fn manifest(text: &str) -> Result<Vec<ModelFile>> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split('|').collect();
-        if f.len() != 7 {
-            bail!(
-                "models/manifest.tsv line {}: expected 7 '|'-separated fields, got {}",
-                i + 1,
-                f.len()
-            );
-        }
-        out.push(ModelFile {
-            name: f[0].into(),
-            package: f[1].into(),
-            wheel_sha256: f[2].into(),
-            member: f[3].into(),
-            sha256: f[4].into(),
-            bytes: f[5]
-                .parse()
-                .with_context(|| format!("models/manifest.tsv line {}: bad size", i + 1))?,
-            licence: f[6].into(),
-        });
-    }
-    Ok(out)
+    const WHAT: &str = "models/manifest.tsv";
+    table(text, WHAT, 7)?
+        .into_iter()
+        .map(|(line, f)| {
+            Ok(ModelFile {
+                name: f[0].into(),
+                package: f[1].into(),
+                wheel_sha256: f[2].into(),
+                member: f[3].into(),
+                sha256: f[4].into(),
+                bytes: f[5]
+                    .parse()
+                    .with_context(|| format!("{WHAT} line {line}: bad size"))?,
+                licence: f[6].into(),
+            })
+        })
+        .collect()
 }
 
 /// State of one file on disk.

@@ -7,9 +7,10 @@
 //! 2. the model writes the description, greedy, until a newline, an arrow, an end token or the
 //!    budget (the whole line stays ≤ [`MAX_TOKENS`] tokens). The decode is **guided** (on by
 //!    default): before a token is taken, the line so far plus that token goes through
-//!    [`super::faithful::evidence_fault`], and a token that would name an AU, a FACS name, a
-//!    letter or a face movement the measurements do not support is vetoed — greedy takes the
-//!    most likely token that passes ([`generate_guided`]). The model still chooses every word;
+//!    [`guide_accepts`] — a token that would name an AU, a FACS name, a letter or a face
+//!    movement the measurements do not support, an AU code in the description, or an emotion
+//!    other than the published label is vetoed, and greedy takes the most likely token that
+//!    passes ([`generate_guided`]). The model still chooses every word;
 //!    the guide only removes claims the evidence cannot back. `cot eval --unguided` measures
 //!    the model without it;
 //! 3. the label slot is constrained to the published label: ` → <label>` is appended by us (an
@@ -92,10 +93,9 @@ pub struct Trace {
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
     pub generated_tokens: usize,
-    /// Candidate tokens the guide vetoed (better-scored than the one taken), and whether a step
-    /// found no acceptable token among the best ones (the line then counts as a run-on).
+    /// Candidate tokens the guide vetoed (better-scored than the one taken). A step where the
+    /// guide accepted none of the best leaves the description unended: a run-on.
     pub vetoed: usize,
-    pub guide_gave_up: bool,
     pub prefill_ms: f64,
     pub decode_ms: f64,
     /// Eval only: the label the model picks itself when the slot allows all seven, and the
@@ -269,7 +269,6 @@ impl LlmStage {
             },
         )?;
         self.trace.vetoed = vetoed;
-        self.trace.guide_gave_up = reason == StopReason::Guide;
         let out = out.into_inner();
         let done = std::time::Instant::now();
         let first = first.unwrap_or(done);

@@ -169,93 +169,19 @@ macro_rules! striped {
         }
         // The tail group, one arm per tail length: see `striped_tail!`.
         let g = xc.len();
-        match xr.len() {
-            0 => {}
-            1 => $crate::kernels::x86::striped_tail!(
-                1,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            2 => $crate::kernels::x86::striped_tail!(
-                2,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            3 => $crate::kernels::x86::striped_tail!(
-                3,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            4 => $crate::kernels::x86::striped_tail!(
-                4,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            5 => $crate::kernels::x86::striped_tail!(
-                5,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            6 => $crate::kernels::x86::striped_tail!(
-                6,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-            _ => $crate::kernels::x86::striped_tail!(
-                7,
-                acc,
-                xr,
-                yr,
-                ydc,
-                ysc,
-                g,
-                $block,
-                |$v, $g| $sums,
-                |$s, $dx, $ex, $dy, $ey| $terms
-            ),
-        }
+        $crate::kernels::x86::striped_tail!(
+            xr.len(),
+            [1, 2, 3, 4, 5, 6, 7],
+            acc,
+            xr,
+            yr,
+            ydc,
+            ysc,
+            g,
+            $block,
+            |$v, $g| $sums,
+            |$s, $dx, $ex, $dy, $ey| $terms
+        );
         lane_total(&lanes(acc))
     }};
     ($x:expr, $y:expr, $yd:expr, $ys:expr, $block:ident, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {
@@ -272,28 +198,35 @@ macro_rules! striped {
 }
 pub(super) use striped;
 
-/// The tail group of [`striped!`] for a tail of exactly `$n` blocks, `$n` a literal: the
-/// blocks' vectors are computed in a loop of constant trip count, so it unrolls and `v` stays
-/// in registers, with the absent blocks' vectors constant zero. (One arm for every length, not
-/// one loop over the tail: with a variable trip count the eight vectors went through the stack
-/// and the 2-block tail of a 576-wide row cost more than its 16 whole blocks — `cargo bench
-/// --bench kernels`, n = 512 vs 576.) Same order and same expressions as a whole group.
+/// The tail group of [`striped!`]: a `match` on the tail length `$len` with one arm per
+/// length `$n` (literals), each filling the blocks' vectors in a loop of constant trip count,
+/// so it unrolls and `v` stays in registers, with the absent blocks' vectors constant zero.
+/// (One arm per length, not one loop over the tail: with a variable trip count the eight
+/// vectors went through the stack and the 2-block tail of a 576-wide row cost more than its 16
+/// whole blocks — `cargo bench --bench kernels`, n = 512 vs 576.) Same order and same
+/// expressions as a whole group. `$len` must be below 8 (`as_chunks::<8>`'s remainder).
 macro_rules! striped_tail {
-    ($n:literal, $acc:ident, $xr:ident, $yr:ident, $ydc:ident, $ysc:ident, $gi:ident, $block:ident, |$v:ident, $g:ident| $sums:expr, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {{
-        let (xt, yt) = (&$xr[..$n], &$yr[..$n]);
-        let mut $v = [_mm256_setzero_si256(); 8];
-        for k in 0..$n {
-            $v[k] = $block(&xt[k], &yt[k]);
+    ($len:expr, [$($n:literal),*], $acc:ident, $xr:ident, $yr:ident, $ydc:ident, $ysc:ident, $gi:ident, $block:ident, |$v:ident, $g:ident| $sums:expr, |$s:ident, $dx:ident, $ex:ident, $dy:ident, $ey:ident| $terms:expr) => {
+        match $len {
+            0 => {}
+            $($n => {
+                let (xt, yt) = (&$xr[..$n], &$yr[..$n]);
+                let mut $v = [_mm256_setzero_si256(); 8];
+                for k in 0..$n {
+                    $v[k] = $block(&xt[k], &yt[k]);
+                }
+                let $g = $gi;
+                let $s = _mm256_cvtepi32_ps($sums);
+                let ($dx, $ex) = f16_pairs(&tail_words(xt));
+                let ($dy, $ey) = (
+                    _mm256_loadu_ps($ydc[$gi].as_ptr()),
+                    _mm256_loadu_ps($ysc[$gi].as_ptr()),
+                );
+                $acc = _mm256_add_ps($acc, $terms);
+            })*
+            _ => unreachable!("a tail has fewer than 8 blocks"),
         }
-        let $g = $gi;
-        let $s = _mm256_cvtepi32_ps($sums);
-        let ($dx, $ex) = f16_pairs(&tail_words(xt));
-        let ($dy, $ey) = (
-            _mm256_loadu_ps($ydc[$gi].as_ptr()),
-            _mm256_loadu_ps($ysc[$gi].as_ptr()),
-        );
-        $acc = _mm256_add_ps($acc, $terms);
-    }};
+    };
 }
 pub(super) use striped_tail;
 

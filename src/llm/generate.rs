@@ -83,6 +83,14 @@ impl Rng {
 /// step gives up ([`StopReason::Guide`]).
 pub const GUIDE_TOP_K: usize = 32;
 
+/// The logit of allow-listed token `t`, or an error if `t` is outside the vocabulary.
+fn allowed_logit(logits: &[f32], t: u32) -> Result<f32> {
+    match logits.get(t as usize) {
+        Some(&l) => Ok(l),
+        None => bail!("allowed token {t} is outside the vocabulary"),
+    }
+}
+
 /// Reusable buffers for picking tokens (no allocation per step once warm).
 #[derive(Default)]
 pub struct Picker {
@@ -115,11 +123,7 @@ impl Picker {
         match allowed {
             Some(a) => {
                 for &t in a {
-                    ensure!(
-                        (t as usize) < logits.len(),
-                        "allowed token {t} is outside the vocabulary"
-                    );
-                    self.cand.push((t, logits[t as usize]));
+                    self.cand.push((t, allowed_logit(logits, t)?));
                 }
             }
             None => self
@@ -197,11 +201,7 @@ impl Picker {
         match allowed {
             Some(a) => {
                 for &t in a {
-                    ensure!(
-                        (t as usize) < logits.len(),
-                        "allowed token {t} is outside the vocabulary"
-                    );
-                    offer(t, logits[t as usize], &mut self.top);
+                    offer(t, allowed_logit(logits, t)?, &mut self.top);
                 }
             }
             None => {
@@ -350,6 +350,43 @@ mod tests {
             Some((3, 0))
         );
         assert!(p.pick_guided(&flat, Some(&[9]), &mut |_| true).is_err());
+    }
+
+    /// The guide's wiring in the decode loop, on the tiny K-quant model: accepting everything is
+    /// plain greedy; a vetoed token is never emitted and the next best is; vetoing everything
+    /// stops at once with [`StopReason::Guide`]; sampling with a guide is refused.
+    #[test]
+    fn generate_guided_follows_the_guide() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/llm/tiny-llama-kq.gguf");
+        let m = Model::load(&path).unwrap();
+        let prompt = [1u32, 5, 9];
+        let opts = GenerateOptions {
+            max_tokens: 6,
+            ..GenerateOptions::default()
+        };
+        let run = |guide: Option<&mut dyn FnMut(u32) -> bool>, opts: &GenerateOptions| {
+            let mut st = m.new_state(64);
+            generate_guided(&m, &mut st, &prompt, opts, guide, |_| true)
+        };
+        let plain = run(None, &opts).unwrap();
+        assert_eq!(run(Some(&mut |_| true), &opts).unwrap(), plain);
+        let banned = plain.0[0];
+        let (vetoed, _) = run(Some(&mut |t| t != banned), &opts).unwrap();
+        assert!(!vetoed.contains(&banned), "{vetoed:?}");
+        assert_ne!(vetoed[0], plain.0[0]);
+        assert_eq!(
+            run(Some(&mut |_| false), &opts).unwrap(),
+            (vec![], StopReason::Guide)
+        );
+        let hot = GenerateOptions {
+            sampler: Sampler {
+                temperature: 0.8,
+                ..Sampler::default()
+            },
+            ..opts.clone()
+        };
+        assert!(run(Some(&mut |_| true), &hot).is_err());
     }
 
     #[test]

@@ -30,6 +30,7 @@
 
 use core::arch::x86_64::*;
 
+use super::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use super::quants::{
     lane_total, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le,
 };
@@ -308,6 +309,134 @@ unsafe fn q8_0_block(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
         let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.cast()));
         let y1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(yp.add(16).cast()));
         _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1))
+    }
+}
+
+/// The skeleton of the [`BlockQ4_0x8`] GEMM kernels (this module's AVX2 one and
+/// `x86_vnni`'s): one tile of eight Q4_0 rows (`$x`, `n` blocks) times `$A` Q8_0 activation
+/// rows (`$y`, `$yd` their f32 scales, `$ysum` their exact `Σ qs`, arrays of `$A` slices of at
+/// least `n`), returning `[[f32; 8]; $A]` — activation `a`, row `r` — bit-identical to the
+/// scalar reference ([`super::quants::q4_0x8::gemv_q4_0x8_q8_0`]).
+///
+/// Per block: `$unpack` turns the 128 packed bytes `$qs` into eight vectors `w` (chunk `j` of
+/// four elements per row; lane `r` = row `r`); the block's scales are converted once; then for
+/// each activation row `$dot` (given `w` and that row's 32 quants `$yq`) returns the eight
+/// rows' exact `Σ q·y` (q in 0..=15), from which `8·Σ y` is subtracted (Q4_0's offset), and
+/// `(sumi · dx) · dy` is added into accumulator `i % 8` — the lane order of
+/// [`lane_total`], kept as eight vectors per activation row, so a tail needs no padding. The
+/// unpacked `w` and `dx` serve all `$A` activation rows.
+///
+/// Must be expanded inside an `unsafe` block of a function with at least `avx2,fma,f16c`.
+macro_rules! gemm_q4_0x8 {
+    ($x:expr, $y:expr, $yd:expr, $ysum:expr, $A:ident, |$qs:ident| $unpack:expr, |$w:ident, $yq:ident| $dot:expr) => {{
+        let x: &[BlockQ4_0x8] = $x;
+        let n = x.len();
+        // Exact-length views (panic if an activation slice is short), so the loop below
+        // indexes without checks that could fail.
+        let y: [&[BlockQ8_0]; $A] = $y.map(|s: &[BlockQ8_0]| {
+            assert_eq!(s.len(), n, "Q4_0x8 GEMM: block counts differ");
+            s
+        });
+        let yd: [&[f32]; $A] = $yd.map(|s: &[f32]| &s[..n]);
+        let ysum: [&[i32]; $A] = $ysum.map(|s: &[i32]| &s[..n]);
+        let mut acc = [[_mm256_setzero_ps(); 8]; $A];
+        for i in 0..n {
+            let xb = &x[i];
+            let $qs: &[u8; 128] = &xb.qs;
+            let $w: [__m256i; 8] = $unpack;
+            let dx = _mm256_cvtph_ps(_mm_loadu_si128(xb.d.as_ptr().cast()));
+            for a in 0..$A {
+                let $yq: &[i8; 32] = &y[a][i].qs;
+                let sumi = _mm256_sub_epi32($dot, _mm256_set1_epi32(ysum[a][i] << 3));
+                let t = _mm256_mul_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dx),
+                    _mm256_set1_ps(yd[a][i]),
+                );
+                acc[a][i % 8] = _mm256_add_ps(acc[a][i % 8], t);
+            }
+        }
+        let mut out = [[0f32; TILE_ROWS]; $A];
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            let l: [[f32; 8]; 8] = core::array::from_fn(|k| lanes(acc[k]));
+            for (r, o) in o.iter_mut().enumerate() {
+                *o = lane_total(&core::array::from_fn(|k| l[k][r]));
+            }
+        }
+        out
+    }};
+}
+pub(super) use gemm_q4_0x8;
+
+/// Four activation bytes `yq[4·j..4·j + 4]` as one i32, broadcast to eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn bcast4(yq: &[i8; 32], j: usize) -> __m256i {
+    let b = &yq[4 * j..4 * j + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([
+        b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
+    ]))
+}
+
+/// The 32-byte chunk `j` (0..4) of a packed block's quants.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn chunk(qs: &[u8; 128], j: usize) -> __m256i {
+    let c = &qs[32 * j..32 * j + 32];
+    // SAFETY: AVX2 by contract; `c` is 32 bytes.
+    unsafe { _mm256_loadu_si256(c.as_ptr().cast()) }
+}
+
+/// Eight Q4_0 rows ([`BlockQ4_0x8`] tile) × `A` Q8_0 activation rows, AVX2: per chunk `j` the
+/// low nibbles (`vpand`) and the high ones (`vpsrlw` 4, `vpand`) as u8; per activation row
+/// `vpmaddubsw` of each chunk with its four broadcast activation bytes (i16 pairs, ≤ 2·15·128
+/// each), the eight chunks added in i16 (≤ 8·2·15·128 = 30720: exact) and widened by one
+/// `vpmaddwd` with ones. See [`gemm_q4_0x8`] for the rest and the result (the scalar
+/// reference's bits). `yd`, `ysum`: [`QuantizedActs::scales`], [`QuantizedActs::qsums`].
+///
+/// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales
+/// [`QuantizedActs::qsums`]: super::quants::QuantizedActs::qsums
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If an activation row's block count differs from the tile's, or `yd`/`ysum` are shorter.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_0x8_q8_0<const A: usize>(
+    x: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[f32; TILE_ROWS]; A] {
+    // SAFETY: AVX2/FMA/F16C by contract; every load is inside a block struct (`chunk`,
+    // `xb.d`: 16 bytes) and `bcast4` reads through a bounds-checked slice.
+    unsafe {
+        gemm_q4_0x8!(
+            x,
+            y,
+            yd,
+            ysum,
+            A,
+            |qs| {
+                let m = _mm256_set1_epi8(0x0f);
+                let c: [__m256i; 4] = core::array::from_fn(|j| chunk(qs, j));
+                core::array::from_fn(|k| {
+                    if k < 4 {
+                        _mm256_and_si256(c[k], m)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(c[k - 4]), m)
+                    }
+                })
+            },
+            |w, yq| {
+                let mut p = _mm256_maddubs_epi16(w[0], bcast4(yq, 0));
+                for (k, &wk) in w.iter().enumerate().skip(1) {
+                    // Chunk k < 4: elements 4k..; chunk 4 + j: elements 16 + 4j.. (= 4k..).
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(wk, bcast4(yq, k)));
+                }
+                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+            }
+        )
     }
 }
 
@@ -789,6 +918,89 @@ pub(super) mod tests {
     /// reference, so no tolerance is needed (and none is used).
     pub(crate) fn same(a: f32, b: f32) -> bool {
         a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// The property test of a [`BlockQ4_0x8`] GEMM kernel (`$kernel::<A>`, this module's or
+    /// `x86_vnni`'s): for every block count in [`COUNTS`] (every tail length), 30 random tiles
+    /// of eight rows with extreme scales and quant bytes (all 0x00 / 0xFF, i8 extremes) times
+    /// one to four activation rows (i8 -128 included): each row × activation value must be
+    /// the bits of the GGUF-layout scalar reference [`q4_0::vec_dot_q4_0_q8_0`] (NaN = NaN).
+    macro_rules! check_gemm_q4_0x8 {
+        ($kernel:ident) => {{
+            use crate::kernels::quants::q4_0x8;
+            let mut r = Rng(0x0a11_0c8e_77aa_1234);
+            for iter in 0..30 * COUNTS.len() {
+                let nb = COUNTS[iter % COUNTS.len()];
+                let rows: Vec<BlockQ4_0> = (0..8 * nb)
+                    .map(|_| {
+                        let mut b = BlockQ4_0 {
+                            d: scale(&mut r),
+                            qs: [0; 16],
+                        };
+                        fill_bytes(&mut r, &mut b.qs);
+                        b
+                    })
+                    .collect();
+                let mut tile = vec![bytemuck::Zeroable::zeroed(); nb];
+                q4_0x8::pack(&rows, 8, nb, &mut tile);
+                let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(&mut r, nb)).collect();
+                let yd: Vec<Vec<f32>> = ys.iter().map(|y| pre(y.iter().map(|b| (b.d, b.d))).0).collect();
+                let ysum: Vec<Vec<i32>> = ys
+                    .iter()
+                    .map(|y| {
+                        let mut s: Vec<i32> =
+                            y.iter().map(|b| b.qs.iter().map(|&q| q as i32).sum()).collect();
+                        s.resize(s.len().next_multiple_of(8), 0);
+                        s
+                    })
+                    .collect();
+                let check = |got: &[[f32; 8]]| {
+                    for (a, got) in got.iter().enumerate() {
+                        for (row, &g) in got.iter().enumerate() {
+                            let want =
+                                q4_0::vec_dot_q4_0_q8_0(&rows[row * nb..(row + 1) * nb], &ys[a]);
+                            assert!(
+                                same(g, want),
+                                "nb={nb} iter={iter} acts={}: act {a} row {row}: {g:e} vs {want:e}",
+                                got.len()
+                            );
+                        }
+                    }
+                };
+                // SAFETY: the caller checked the kernel's features; every activation row has
+                // `nb` blocks and its scales / sums are padded to a multiple of 8.
+                unsafe {
+                    check(&$kernel::<1>(&tile, [&ys[0]], [&yd[0]], [&ysum[0]]));
+                    check(&$kernel::<2>(
+                        &tile,
+                        core::array::from_fn(|a| &ys[a][..]),
+                        core::array::from_fn(|a| &yd[a][..]),
+                        core::array::from_fn(|a| &ysum[a][..]),
+                    ));
+                    check(&$kernel::<3>(
+                        &tile,
+                        core::array::from_fn(|a| &ys[a][..]),
+                        core::array::from_fn(|a| &yd[a][..]),
+                        core::array::from_fn(|a| &ysum[a][..]),
+                    ));
+                    check(&$kernel::<4>(
+                        &tile,
+                        core::array::from_fn(|a| &ys[a][..]),
+                        core::array::from_fn(|a| &yd[a][..]),
+                        core::array::from_fn(|a| &ysum[a][..]),
+                    ));
+                }
+            }
+        }};
+    }
+    pub(crate) use check_gemm_q4_0x8;
+
+    #[test]
+    fn gemm_q4_0x8_matches_scalar() {
+        if !have_avx2() {
+            return;
+        }
+        check_gemm_q4_0x8!(gemm_q4_0x8_q8_0);
     }
 
     #[test]

@@ -74,8 +74,11 @@
 
 use core::arch::x86_64::*;
 
+use super::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use super::quants::{lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use super::x86::{block_halves_8, f16_pairs, head_words, lanes, striped};
+use super::x86::{
+    bcast4, block_halves_8, chunk, f16_pairs, gemm_q4_0x8, head_words, lanes, striped,
+};
 
 /// `Σ` over one block of nibble quants `q` (0..=15) times the activations `y`, as eight i32
 /// lanes: lanes 0..4 the low nibbles' products, lanes 4..8 sixteen times the high nibbles'
@@ -259,12 +262,61 @@ pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32], ys
     }
 }
 
+/// Eight Q4_0 rows ([`BlockQ4_0x8`] tile) × `A` Q8_0 activation rows with `vpdpbusd`: per
+/// chunk `j` the low nibbles (`vpand` 0x0f) and the high ones left in place (`vpand` 0xf0, so
+/// 16·q); per activation row four `vpdpbusd` chains of the low chunks and four of the high
+/// ones against their broadcast activation bytes, then `lo + (hi >> 4)` (an exact division of
+/// a multiple of 16, as in [`nibble_totals`]). Two ALU instructions per chunk shared by every
+/// activation row, then one `vpdpbusd` per chunk and row: no shuffles, no horizontal sums. See
+/// [`gemm_q4_0x8`] for the rest and the result (the scalar reference's bits).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.
+///
+/// # Panics
+/// If an activation row's block count differs from the tile's, or `yd`/`ysum` are shorter.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm_q4_0x8_q8_0<const A: usize>(
+    x: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[f32; TILE_ROWS]; A] {
+    // SAFETY: the features by contract; every load is inside a block struct (`chunk`,
+    // `xb.d`: 16 bytes) and `bcast4` reads through a bounds-checked slice.
+    unsafe {
+        gemm_q4_0x8!(
+            x,
+            y,
+            yd,
+            ysum,
+            A,
+            |qs| {
+                let c: [__m256i; 4] = core::array::from_fn(|j| chunk(qs, j));
+                core::array::from_fn(|k| {
+                    let m = if k < 4 { 0x0f } else { 0xf0u8 as i8 };
+                    _mm256_and_si256(c[k % 4], _mm256_set1_epi8(m))
+                })
+            },
+            |w, yq| {
+                let mut lo = _mm256_setzero_si256();
+                let mut hi = _mm256_setzero_si256();
+                for j in 0..4 {
+                    lo = _mm256_dpbusd_epi32(lo, w[j], bcast4(yq, j));
+                    hi = _mm256_dpbusd_epi32(hi, w[4 + j], bcast4(yq, 4 + j));
+                }
+                _mm256_add_epi32(lo, _mm256_srai_epi32::<4>(hi))
+            }
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
     use crate::kernels::x86::tests::{
-        fill_bytes, fill_i8, pre, q8_0_row, same, scale, Rng, COUNTS,
+        check_gemm_q4_0x8, fill_bytes, fill_i8, pre, q8_0_row, same, scale, Rng, COUNTS,
     };
     use crate::kernels::KernelPath;
 
@@ -288,6 +340,14 @@ mod tests {
             .collect();
         s.resize(s.len().next_multiple_of(8), 0);
         s
+    }
+
+    #[test]
+    fn gemm_q4_0x8_matches_scalar() {
+        if !have_vnni() {
+            return;
+        }
+        check_gemm_q4_0x8!(gemm_q4_0x8_q8_0);
     }
 
     fn q4_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_0> {

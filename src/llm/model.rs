@@ -11,7 +11,7 @@
 //! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
 
 use crate::kernels::pool;
-use crate::kernels::quants::{self, QuantizedActs};
+use crate::kernels::quants::{self, PackedMatrix, QuantizedActs};
 use crate::kernels::GgmlType;
 use crate::llm::gguf::{GgufFile, TensorInfo};
 use anyhow::{bail, ensure, Context, Result};
@@ -53,6 +53,9 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     len: usize,
+    /// Index into [`Model`]'s packed copies, when the active kernel path has a GEMM kernel
+    /// for this type ([`PackedMatrix`]); the mapped bytes stay the reference.
+    packed: Option<usize>,
 }
 
 struct Layer {
@@ -78,6 +81,8 @@ pub struct Model {
     output: Weight,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
+    /// Weights repacked at load for the active path's GEMM kernels (see [`Weight::packed`]).
+    packed: Vec<PackedMatrix>,
 }
 
 /// Per-sequence state: the KV cache and every scratch buffer a forward pass needs, so a token
@@ -260,6 +265,7 @@ impl Model {
                 cols,
                 offset: t.offset,
                 len: t.n_bytes,
+                packed: None,
             })
         };
         let vec = |name: &str, n: usize| -> Result<Vec<f32>> {
@@ -297,14 +303,62 @@ impl Model {
             });
         }
         let output_norm = vec("output_norm.weight", n_embd)?;
-        Ok(Model {
+        let mut model = Model {
             file,
             cfg,
             tok_embd,
             output,
             output_norm,
             layers,
-        })
+            packed: Vec::new(),
+        };
+        model.repack()?;
+        Ok(model)
+    }
+
+    /// Repack every matrix a forward pass multiplies by for the active kernel path's GEMM
+    /// kernels, where it has them (x86: Q4_0 → [`quants::q4_0x8`]), unless `EXPLLM_REPACK=0`
+    /// (for A/B benchmarks). A one-time copy at load (the packed matrices take as many bytes as
+    /// the originals: [`packed_bytes`](Self::packed_bytes)); the token embedding is not packed
+    /// (one row is read per token) — a tied output matrix gets its own packed copy.
+    fn repack(&mut self) -> Result<()> {
+        if std::env::var("EXPLLM_REPACK").is_ok_and(|v| v == "0") {
+            return Ok(());
+        }
+        let path = crate::kernels::active();
+        let mut packed = Vec::new();
+        let mut pack = |file: &GgufFile, w: &mut Weight| -> Result<()> {
+            let data = &file.bytes()[w.offset..w.offset + w.len];
+            if let Some(p) = PackedMatrix::pack(path, w.ty, data, w.rows, w.cols)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                w.packed = Some(packed.len());
+                packed.push(p);
+            }
+            Ok(())
+        };
+        for l in &mut self.layers {
+            for w in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ] {
+                pack(&self.file, w)?;
+            }
+        }
+        pack(&self.file, &mut self.output)?;
+        self.packed = packed;
+        Ok(())
+    }
+
+    /// Bytes of the weights repacked at load (0 where the kernel path reads the file's
+    /// layout).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.iter().map(PackedMatrix::bytes).sum()
     }
 
     pub fn gguf(&self) -> &GgufFile {
@@ -395,8 +449,11 @@ impl Model {
             a.quantize_for(w.ty, row)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        quants::matmul(w.ty, self.data(w), w.rows, w.cols, &acts[..nb], out)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        match w.packed {
+            Some(i) => quants::matmul_packed(&self.packed[i], &acts[..nb], out),
+            None => quants::matmul(w.ty, self.data(w), w.rows, w.cols, &acts[..nb], out),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Run one token at the next position. Returns the logits when `want_logits` (the output

@@ -41,6 +41,7 @@ use crate::kernels::GgmlType;
 pub mod float;
 pub mod k_quants;
 pub mod q4_0;
+pub mod q4_0x8;
 pub mod q4_1;
 pub mod q8;
 
@@ -926,6 +927,171 @@ pub fn matmul(
         });
     }
     matmul_dyn(weight, w, rb, n_rows, acts, out);
+    Ok(())
+}
+
+/// A weight matrix repacked at load for a kernel path's GEMM ([`q4_0x8`]: Q4_0, eight rows
+/// per tile), an owned copy beside the mapped original. Used by [`matmul_packed`]; the result
+/// is the same bits as [`matmul`] on the original, only faster where the path has a kernel.
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    tiles: Vec<q4_0x8::BlockQ4_0x8>,
+}
+
+impl PackedMatrix {
+    /// Whether `path` has a GEMM kernel for `ty` (so packing pays): AVX2 and AVX-512 VNNI,
+    /// Q4_0. The NEON paths have none yet and keep the GGUF layout.
+    pub fn has_kernel(path: crate::kernels::KernelPath, ty: GgmlType) -> bool {
+        use crate::kernels::KernelPath as P;
+        ty == GgmlType::Q4_0 && matches!(path, P::Avx2 | P::Avx512Vnni)
+    }
+
+    /// Repack `w` (`rows` × `cols` of `ty`, GGUF bytes) if `path` has a kernel for it and the
+    /// rows fill whole tiles (a multiple of 8); `Ok(None)` otherwise (use [`matmul`]).
+    pub fn pack(
+        path: crate::kernels::KernelPath,
+        ty: GgmlType,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<PackedMatrix>, QuantError> {
+        if !Self::has_kernel(path, ty) || !rows.is_multiple_of(q4_0x8::TILE_ROWS) {
+            return Ok(None);
+        }
+        Self::pack_q4_0(w, rows, cols).map(Some)
+    }
+
+    /// Repack Q4_0 `w` (`rows` a multiple of 8) whatever the path (tests use it to reach the
+    /// scalar fallback of [`matmul_packed`]).
+    fn pack_q4_0(w: &[u8], rows: usize, cols: usize) -> Result<PackedMatrix, QuantError> {
+        let ty = GgmlType::Q4_0;
+        let rb = row_bytes(ty, cols)?;
+        if Some(w.len()) != rb.checked_mul(rows) {
+            return Err(QuantError::MatrixBytes {
+                ty,
+                n_rows: rows,
+                n_cols: cols,
+                expected: rb.saturating_mul(rows),
+                got: w.len(),
+            });
+        }
+        let nb = cols / q4_0::QK4_0;
+        let mut tiles = vec![bytemuck::Zeroable::zeroed(); rows / q4_0x8::TILE_ROWS * nb];
+        q4_0x8::pack(blocks(w), rows, nb, &mut tiles);
+        Ok(PackedMatrix { rows, cols, tiles })
+    }
+
+    /// Bytes held by the packed copy.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.tiles.as_slice())
+    }
+}
+
+/// Activation rows per GEMM kernel call: the unpacked weight block serves this many.
+const GEMM_ACTS: usize = 4;
+
+/// One tile × `A` activation rows on `path` (the scalar packed reference where the path has
+/// no kernel; `PackedMatrix::pack` only packs where it has one).
+fn gemm_tile<const A: usize>(
+    path: crate::kernels::KernelPath,
+    x: &[q4_0x8::BlockQ4_0x8],
+    acts: &[QuantizedActs],
+) -> [[f32; q4_0x8::TILE_ROWS]; A] {
+    let y: [&[BlockQ8_0]; A] = std::array::from_fn(|a| blocks(acts[a].bytes()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::KernelPath as P;
+        let yd: [&[f32]; A] = std::array::from_fn(|a| acts[a].scales());
+        let ys: [&[i32]; A] = std::array::from_fn(|a| acts[a].qsums());
+        match path {
+            // SAFETY: these paths are active (or, in tests, passed) only on CPUs with their
+            // features (avx2/fma/f16c; plus avx512f/bw/vl/vnni for VNNI), the kernels' whole
+            // contract; `check_acts` made every activation row `x.len()` blocks of Q8_0, and
+            // `QuantizedActs` pads `scales`/`qsums` to at least that.
+            P::Avx512Vnni => {
+                return unsafe { crate::kernels::x86_vnni::gemm_q4_0x8_q8_0(x, y, yd, ys) }
+            }
+            P::Avx2 => return unsafe { crate::kernels::x86::gemm_q4_0x8_q8_0(x, y, yd, ys) },
+            _ => {}
+        }
+    }
+    let _ = path;
+    std::array::from_fn(|a| q4_0x8::gemv_q4_0x8_q8_0(x, y[a]))
+}
+
+/// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
+/// Tiles are split over the compute threads; each tile (a few KB) stays in L1 while the
+/// activation rows pass it [`GEMM_ACTS`] at a time.
+pub fn matmul_packed(
+    p: &PackedMatrix,
+    acts: &[QuantizedActs],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    matmul_packed_on(crate::kernels::active(), p, acts, out)
+}
+
+fn matmul_packed_on(
+    path: crate::kernels::KernelPath,
+    p: &PackedMatrix,
+    acts: &[QuantizedActs],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    for a in acts {
+        check_acts(GgmlType::Q4_0, a, p.cols)?;
+    }
+    let n = p.rows;
+    if out.len() != n * acts.len() {
+        return Err(QuantError::Len {
+            what: "matmul output",
+            expected: n * acts.len(),
+            got: out.len(),
+        });
+    }
+    let nb = p.cols / q4_0::QK4_0;
+    if nb == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // Tiles `t0..t1`, every activation row, into `out[b·n + 8t ..][..8]`.
+    let run = |t0: usize, t1: usize| {
+        for t in t0..t1 {
+            let x = &p.tiles[t * nb..(t + 1) * nb];
+            let put = |b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
+                for (a, v) in vals.iter().enumerate() {
+                    // SAFETY: `b·n + 8t + 8 ≤ b·n + n ≤ out.len()` (8t + 8 ≤ n, b =
+                    // b0 + a < acts.len()). Concurrent calls of `run` get disjoint tile ranges,
+                    // so no two live references overlap, and `out` outlives them (`pool::run`
+                    // returns only when every part is done).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add((b0 + a) * n + t * 8), 8)
+                    };
+                    o.copy_from_slice(v);
+                }
+            };
+            for (c, chunk) in acts.chunks(GEMM_ACTS).enumerate() {
+                let b0 = c * GEMM_ACTS;
+                match chunk.len() {
+                    4 => put(b0, &gemm_tile::<4>(path, x, chunk)),
+                    3 => put(b0, &gemm_tile::<3>(path, x, chunk)),
+                    2 => put(b0, &gemm_tile::<2>(path, x, chunk)),
+                    _ => put(b0, &gemm_tile::<1>(path, x, chunk)),
+                }
+            }
+        }
+    };
+    let tiles = n / q4_0x8::TILE_ROWS;
+    let threads = crate::kernels::pool::threads();
+    if threads <= 1 || n * acts.len() < 2 * ROWS_PER_PART {
+        run(0, tiles);
+        return Ok(());
+    }
+    let per_rows = ROWS_PER_PART.div_ceil(q4_0x8::TILE_ROWS);
+    let parts = (tiles / per_rows).clamp(1, threads * 4);
+    let per = tiles.div_ceil(parts);
+    let parts = tiles.div_ceil(per);
+    crate::kernels::pool::run(parts, &|i| run(i * per, (i * per + per).min(tiles)));
     Ok(())
 }
 

@@ -1021,3 +1021,101 @@ fn prop_every_supported_row_kernel_equals_the_scalar_reference_dot() {
         }
     }
 }
+
+/// `matmul_packed` on a [`PackedMatrix`], for every kernel path this CPU supports that packs
+/// (AVX2, AVX-512 VNNI) and for the scalar fallback, with the thread pool: every weight row ×
+/// activation row is the scalar reference dot's bits — whole tiles of 8 to 200 rows, every
+/// block tail, 1 to 9 activation rows (the kernels take 4 at a time, so every leftover
+/// count), extreme values (zero blocks, i8 ±127, f16 scales from the quantizer).
+#[test]
+fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
+    use crate::kernels::KernelPath;
+    let mut rng = Rng(0x0007_eed0_f3a7_2025);
+    let paths: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|&p| p.supported() && PackedMatrix::has_kernel(p, GgmlType::Q4_0))
+        .chain([KernelPath::Scalar])
+        .collect();
+    eprintln!(
+        "packed paths: {:?}",
+        paths.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+    );
+    let ty = GgmlType::Q4_0;
+    for &(n_rows, n_cols) in &[
+        (8usize, 32usize),
+        (16, 576),
+        (24, 608),
+        (64, 1536),
+        (200, 288),
+    ] {
+        let w: Vec<u8> = (0..n_rows)
+            .flat_map(|_| random_row(&mut rng, ty, n_cols))
+            .collect();
+        let rb = w.len() / n_rows;
+        for n_acts in 1..=9 {
+            let acts: Vec<QuantizedActs> = (0..n_acts)
+                .map(|_| {
+                    let mut a = QuantizedActs::new();
+                    a.quantize_for(ty, &random_values(&mut rng, n_cols, 32))
+                        .unwrap();
+                    a
+                })
+                .collect();
+            for &p in &paths {
+                let packed = match PackedMatrix::pack(p, ty, &w, n_rows, n_cols).unwrap() {
+                    Some(m) => m,
+                    None => PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap(),
+                };
+                assert_eq!(packed.bytes(), w.len(), "packing keeps the size");
+                let mut out = vec![f32::NAN; n_rows * n_acts];
+                matmul_packed_on(p, &packed, &acts, &mut out).unwrap();
+                for (b, a) in acts.iter().enumerate() {
+                    let y = a.blocks::<BlockQ8_0>().unwrap();
+                    for r in 0..n_rows {
+                        let want = q4_0::vec_dot_q4_0_q8_0(blocks(&w[r * rb..(r + 1) * rb]), y);
+                        let got = out[b * n_rows + r];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} {n_rows}x{n_cols}, {n_acts} acts: row {r} act {b}: {got:e} vs {want:e}",
+                            p.as_str()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A packed matmul refuses what the plain one refuses (one-line errors, no panic), and a path
+/// without a GEMM kernel or rows that do not fill tiles are not packed.
+#[test]
+fn packed_matmul_checks_its_inputs() {
+    use crate::kernels::KernelPath;
+    let w = vec![0u8; 8 * 18];
+    assert!(
+        PackedMatrix::pack(KernelPath::Neon, GgmlType::Q4_0, &w, 8, 32)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        PackedMatrix::pack(KernelPath::Avx2, GgmlType::Q8_0, &w, 8, 32)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        PackedMatrix::pack(KernelPath::Avx2, GgmlType::Q4_0, &w[..7 * 18], 7, 32)
+            .unwrap()
+            .is_none()
+    );
+    assert!(PackedMatrix::pack(KernelPath::Avx2, GgmlType::Q4_0, &w[..100], 8, 32).is_err());
+    let p = PackedMatrix::pack_q4_0(&w, 8, 32).unwrap();
+    let mut a = QuantizedActs::new();
+    a.quantize_for(GgmlType::Q4_0, &[1.0; 64]).unwrap();
+    let e = matmul_packed(&p, std::slice::from_ref(&a), &mut [0.0; 8]).unwrap_err();
+    assert!(!e.to_string().contains('\n'), "{e}");
+    a.quantize_for(GgmlType::Q4_0, &[1.0; 32]).unwrap();
+    assert!(matmul_packed(&p, std::slice::from_ref(&a), &mut [0.0; 7]).is_err());
+    a.quantize_for(GgmlType::Q4_1, &[1.0; 32]).unwrap();
+    assert!(matmul_packed(&p, std::slice::from_ref(&a), &mut [0.0; 8]).is_err());
+}

@@ -1,7 +1,7 @@
 //! On-device benchmarks (`expllm bench`): what a stage costs on the machine it runs on.
 //!
 //! Owns timing, the memory-bandwidth probe and the report structs. It calls the very code
-//! the daemon runs (`Model::forward`, `quants::matvec`) and must not change it or its
+//! the daemon runs (`Model::forward`, `Model::matmul_quantized`) and must not change it or its
 //! results. Speed is measured here, never asserted in tests.
 //!
 //! The LLM stage: decode and prefill tokens/s for one kernel path and thread count, the
@@ -17,9 +17,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::quants::{self, QuantizedActs};
+use crate::kernels::quants::QuantizedActs;
 use crate::kernels::{self, pool, GgmlType};
-use crate::llm::model::Model;
+use crate::llm::model::{Model, Weight};
 use crate::llm::tokenizer::{Tokenizer, TokenizerSpec};
 
 /// The fixed English text whose first `prompt_tokens` tokens form the prefill prompt
@@ -199,7 +199,7 @@ fn argmax(l: &[f32]) -> u32 {
 
 fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {
     /// (type, rows, cols) → (role of the first, type, every matrix's bytes).
-    type Group<'a> = (String, GgmlType, Vec<&'a [u8]>);
+    type Group<'a> = (String, GgmlType, Vec<&'a Weight>);
     let mut groups: BTreeMap<(u8, usize, usize), Group> = BTreeMap::new();
     for (name, w) in model.matrices() {
         let role = name.rsplit('.').next().unwrap_or(&name).to_string();
@@ -207,7 +207,7 @@ fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {
             .entry((w.ty as u8, w.rows, w.cols))
             .or_insert_with(|| (role, w.ty, Vec::new()))
             .2
-            .push(model.data(w));
+            .push(w);
     }
     let mut out = Vec::new();
     for ((_, rows, cols), (role, ty, datas)) in groups {
@@ -217,13 +217,14 @@ fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {
         let mut acts = QuantizedActs::new();
         acts.quantize_for(ty, &x)?;
         let mut y = vec![0f32; rows];
-        for d in &datas {
-            quants::matvec(ty, d, rows, cols, &acts, &mut y)?;
+        let acts = std::slice::from_ref(&acts);
+        for w in &datas {
+            model.matmul_quantized(w, acts, &mut y)?;
         }
         let (mut calls, t) = (0usize, Instant::now());
         while t.elapsed().as_secs_f64() < 0.3 || calls < 2 * datas.len() {
-            for d in &datas {
-                quants::matvec(ty, d, rows, cols, &acts, &mut y)?;
+            for w in &datas {
+                model.matmul_quantized(w, acts, &mut y)?;
                 calls += 1;
             }
         }
@@ -236,7 +237,7 @@ fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {
             cols,
             count: datas.len(),
             us_per_matvec: s * 1e6,
-            gb_s: datas[0].len() as f64 / s / 1e9,
+            gb_s: model.data(datas[0]).len() as f64 / s / 1e9,
             gop_s: 2.0 * (rows * cols) as f64 / s / 1e9,
         });
     }

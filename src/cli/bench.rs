@@ -49,9 +49,9 @@ pub struct BenchArgs {
     /// engine's condensed line) or `off`.
     #[arg(long, default_value = "llm", value_parser = ["llm", "engine", "off"])]
     cot: String,
-    /// GGUF model for `--stage llm` (default: the fetched base,
-    /// models/SmolLM2-135M-Instruct.Q4_1.gguf) and for the end-to-end CoT (default: the daemon's
-    /// `--cot-model`, models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf).
+    /// GGUF model for `--stage llm` and for the end-to-end CoT (default for both: the model the
+    /// daemon runs, its `--cot-model`, models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf; the
+    /// fetched base is models/SmolLM2-135M-Instruct.Q4_1.gguf).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Kernel paths to compare, comma-separated: scalar, avx2, avx512-vnni, neon, neon-dotprod,
@@ -105,7 +105,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let model = a
         .model
         .clone()
-        .unwrap_or_else(|| PathBuf::from(super::BASE_MODEL));
+        .unwrap_or_else(|| PathBuf::from(super::COT_MODEL));
     if !model.is_file() {
         bail!(
             "model {} not found (run `bash scripts/setup` or `expllm models fetch`)",

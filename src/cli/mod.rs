@@ -23,10 +23,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The fetched base language model (`models/manifest.tsv`): `llm` commands and `bench --stage llm`.
-pub const BASE_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The CoT model the daemon uses by default: the base + the committed Exp-CoT LoRA adapter,
-/// Q4_0 (`models/lora/derived.tsv`, built by models/fetch).
+/// The CoT model the daemon uses by default, and the default of `bench --stage llm` and
+/// `cot eval`: the fetched base (`models/manifest.tsv`, SmolLM2-135M-Instruct Q4_1) + the
+/// committed Exp-CoT LoRA adapter, Q4_0 (`models/lora/derived.tsv`, built by models/fetch).
 pub const COT_MODEL: &str = "models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf";
 
 #[derive(Parser, Debug)]

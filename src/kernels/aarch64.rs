@@ -26,6 +26,7 @@ use core::arch::aarch64::*;
 
 use bytemuck::Pod;
 
+use crate::kernels::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use crate::kernels::quants::{
     lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, F16Le, LANES,
 };
@@ -569,6 +570,162 @@ pub unsafe fn vec_dot_q8_0_q8_0_i8mm_2x2(
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Q4_0x8 GEMM: eight repacked rows × up to four activation rows (see `quants::q4_0x8`)
+
+/// `acc[r] + Σ_{t<4} w[4r+t] · y[4L+t]` for each lane `r`: four quants of row `r` times the
+/// activation bytes of group `L` (0..4) of `y` — exactly per lane, unlike [`Dot`], because in
+/// the repacked layout lane `r` is weight row `r`.
+trait LaneDot {
+    /// # Safety
+    /// The CPU must have the instructions of the implementation.
+    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t;
+}
+
+impl LaneDot for MullDot {
+    /// `dup` the group to every lane, `smull` + `smull2` (|w·y| ≤ 15·128 fits i16), `addp`
+    /// (the pairs of one lane sit side by side: ≤ 3840) and `sadalp` into the lane.
+    #[inline(always)]
+    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t {
+        // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+        unsafe {
+            let b = vreinterpretq_s8_s32(vdupq_laneq_s32::<L>(vreinterpretq_s32_s8(y)));
+            let p0 = vmull_s8(vget_low_s8(w), vget_low_s8(b));
+            let p1 = vmull_high_s8(w, b);
+            vpadalq_s16(acc, vpaddq_s16(p0, p1))
+        }
+    }
+}
+
+impl LaneDot for SDot {
+    /// `sdot acc.4s, w.16b, y.4b[L]` (the by-element form: no `dup`).
+    #[inline(always)]
+    unsafe fn dot_lane<const L: i32>(mut acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t {
+        // SAFETY: register-only arithmetic (no memory, no stack, no flags). Reached only from
+        // the `_dotprod` functions, whose callers guarantee dotprod (their `# Safety`
+        // contract); the directive is as in [`sdot`].
+        unsafe {
+            core::arch::asm!(
+                ".arch_extension dotprod",
+                "sdot {0:v}.4s, {1:v}.16b, {2:v}.4b[{l}]",
+                inout(vreg) acc,
+                in(vreg) w,
+                in(vreg) y,
+                l = const L,
+                options(pure, nomem, nostack)
+            );
+        }
+        acc
+    }
+}
+
+/// One tile × `A` activation rows, bit-identical per row to the scalar reference (see
+/// `quants::q4_0x8`): per block the eight chunk vectors of each half tile (rows 0..4, 4..8)
+/// are split into low nibbles (`and`) and high ones (`ushr` 4) once for all `A` rows; per
+/// activation row and half, eight lane dots give the four rows' exact `Σ q·y`, minus
+/// `8·Σ y` (Q4_0's offset, [`QuantizedActs::qsums`]), then `(sumi · dx) · dy` in f32 is added
+/// into accumulator `i % 8` — the reference's lane order, so a tail needs no padding.
+///
+/// [`QuantizedActs::qsums`]: crate::kernels::quants::QuantizedActs::qsums
+#[inline(always)]
+fn gemm_q4_0x8<D: LaneDot, const A: usize>(
+    x: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[f32; TILE_ROWS]; A] {
+    let n = x.len();
+    let y = y.map(|s| {
+        assert_eq!(s.len(), n, "Q4_0x8 GEMM: block counts differ");
+        s
+    });
+    let yd = yd.map(|s| &s[..n]);
+    let ysum = ysum.map(|s| &s[..n]);
+    let mut acc = [[[zero_f32(); 2]; LANES]; A];
+    for (i, xb) in x.iter().enumerate() {
+        // SAFETY: every load reads 16 bytes inside `xb.qs` (chunk j, half h: bytes
+        // 32j + 16h .. + 16 of 128); NEON is part of the aarch64 baseline.
+        let (lo, hi): ([[int8x16_t; 2]; 4], [[int8x16_t; 2]; 4]) = unsafe {
+            let v: [[uint8x16_t; 2]; 4] = core::array::from_fn(|j| {
+                core::array::from_fn(|h| vld1q_u8(xb.qs.as_ptr().add(32 * j + 16 * h)))
+            });
+            (
+                v.map(|v| v.map(|v| vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))))),
+                v.map(|v| v.map(|v| vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)))),
+            )
+        };
+        let dx = [
+            f16x4([xb.d[0], xb.d[1], xb.d[2], xb.d[3]]),
+            f16x4([xb.d[4], xb.d[5], xb.d[6], xb.d[7]]),
+        ];
+        for a in 0..A {
+            let (yl, yh) = load_q8(&y[a][i].qs);
+            // SAFETY: `D`'s instructions are available (the caller's target features or the
+            // baseline); plain NEON otherwise.
+            unsafe {
+                let off = vdupq_n_s32(ysum[a][i] << 3);
+                let dy = vdupq_n_f32(yd[a][i]);
+                for h in 0..2 {
+                    let mut s = zero_i32();
+                    s = D::dot_lane::<0>(s, lo[0][h], yl);
+                    s = D::dot_lane::<1>(s, lo[1][h], yl);
+                    s = D::dot_lane::<2>(s, lo[2][h], yl);
+                    s = D::dot_lane::<3>(s, lo[3][h], yl);
+                    s = D::dot_lane::<0>(s, hi[0][h], yh);
+                    s = D::dot_lane::<1>(s, hi[1][h], yh);
+                    s = D::dot_lane::<2>(s, hi[2][h], yh);
+                    s = D::dot_lane::<3>(s, hi[3][h], yh);
+                    let t = mul(mul(to_f32(vsubq_s32(s, off)), dx[h]), dy);
+                    acc[a][i % LANES][h] = add(acc[a][i % LANES][h], t);
+                }
+            }
+        }
+    }
+    acc.map(|acc| {
+        let l: [[f32; 4]; 2 * LANES] = core::array::from_fn(|k| store_2x2(acc[k / 2][k % 2]));
+        core::array::from_fn(|r| lane_total(&core::array::from_fn(|k| l[2 * k + r / 4][r % 4])))
+    })
+}
+
+/// Eight Q4_0 rows ([`BlockQ4_0x8`] tile) × `A` Q8_0 activation rows with baseline NEON;
+/// `out[a][r]` is bit-identical to the scalar reference dot of row `r` and activation `a`.
+/// `yd`, `ysum`: [`QuantizedActs::scales`], [`QuantizedActs::qsums`].
+///
+/// [`QuantizedActs::scales`]: crate::kernels::quants::QuantizedActs::scales
+/// [`QuantizedActs::qsums`]: crate::kernels::quants::QuantizedActs::qsums
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline).
+///
+/// # Panics
+/// If an activation row's block count differs from the tile's, or `yd`/`ysum` are shorter.
+pub unsafe fn gemm_q4_0x8_q8_0_neon<const A: usize>(
+    x: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[f32; TILE_ROWS]; A] {
+    gemm_q4_0x8::<MullDot, A>(x, y, yd, ysum)
+}
+
+/// [`gemm_q4_0x8_q8_0_neon`] with `sdot` (by element: four rows × one group of four
+/// activation bytes per instruction).
+///
+/// # Safety
+/// The CPU must have dotprod (`std::arch::is_aarch64_feature_detected!("dotprod")`).
+///
+/// # Panics
+/// As [`gemm_q4_0x8_q8_0_neon`].
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn gemm_q4_0x8_q8_0_dotprod<const A: usize>(
+    x: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[f32; TILE_ROWS]; A] {
+    gemm_q4_0x8::<SDot, A>(x, y, yd, ysum)
+}
+
 #[cfg(test)]
 mod tests {
     //! Property tests against the scalar reference on xorshift data: block counts 1, 2, 7, 18,
@@ -802,6 +959,108 @@ mod tests {
             crate::kernels::cpu_features()
         );
         (dp, mm)
+    }
+
+    /// The Q4_0x8 GEMM kernels (baseline NEON, and dotprod where detected) against the
+    /// GGUF-layout scalar reference, per row and activation, for one to four activation rows:
+    /// every block count of [`COUNTS`], every pair of data kinds (the eight rows of a tile mix
+    /// kinds), i8 -128 included.
+    #[test]
+    fn gemm_q4_0x8_matches_scalar() {
+        use crate::kernels::quants::q4_0x8;
+        let (dp, _) = announce("gemm_q4_0x8", false);
+        let mut rng = Rng(0x0a11_0c8e_77aa_1234);
+        for n in COUNTS {
+            for kx in KINDS {
+                for ky in KINDS {
+                    let rows: Vec<BlockQ4_0> = (0..8)
+                        .flat_map(|r| {
+                            q4_0_row(&mut rng, if r % 3 == 0 { kx } else { KINDS[r % 4] }, n)
+                        })
+                        .collect();
+                    let mut tile = vec![BlockQ4_0x8::zeroed(); n];
+                    q4_0x8::pack(&rows, 8, n, &mut tile);
+                    let ys: Vec<Vec<BlockQ8_0>> = (0..4)
+                        .map(|a| q8_0_row(&mut rng, if a == 0 { ky } else { KINDS[a] }, n))
+                        .collect();
+                    let pad = |mut v: Vec<f32>| {
+                        v.resize(v.len().next_multiple_of(8), 0.0);
+                        v
+                    };
+                    let yd: Vec<Vec<f32>> = ys
+                        .iter()
+                        .map(|y| pad(y.iter().map(|b| b.d.get()).collect()))
+                        .collect();
+                    let ysum: Vec<Vec<i32>> = ys
+                        .iter()
+                        .map(|y| {
+                            let mut s: Vec<i32> = y
+                                .iter()
+                                .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+                                .collect();
+                            s.resize(s.len().next_multiple_of(8), 0);
+                            s
+                        })
+                        .collect();
+                    let what = format!("n={n} x={kx:?} y={ky:?}");
+                    let check_all = |path: &str, got: &[[f32; 8]]| {
+                        for (a, got) in got.iter().enumerate() {
+                            for (r, &g) in got.iter().enumerate() {
+                                let x = &rows[r * n..(r + 1) * n];
+                                let want = q4_0::vec_dot_q4_0_q8_0(x, &ys[a]);
+                                check(
+                                    &format!("{path} acts={} act {a} row {r} {what}", got.len()),
+                                    g,
+                                    want,
+                                    mag_q4_0(x, &ys[a]),
+                                );
+                            }
+                        }
+                    };
+                    macro_rules! run {
+                        ($f:ident, $path:literal) => {
+                            // SAFETY: baseline NEON needs nothing; dotprod only when detected
+                            // (the caller's `if`). Every activation row has `n` blocks and
+                            // padded scales / sums.
+                            unsafe {
+                                check_all($path, &$f::<1>(&tile, [&ys[0]], [&yd[0]], [&ysum[0]]));
+                                check_all(
+                                    $path,
+                                    &$f::<2>(
+                                        &tile,
+                                        core::array::from_fn(|a| &ys[a][..]),
+                                        core::array::from_fn(|a| &yd[a][..]),
+                                        core::array::from_fn(|a| &ysum[a][..]),
+                                    ),
+                                );
+                                check_all(
+                                    $path,
+                                    &$f::<3>(
+                                        &tile,
+                                        core::array::from_fn(|a| &ys[a][..]),
+                                        core::array::from_fn(|a| &yd[a][..]),
+                                        core::array::from_fn(|a| &ysum[a][..]),
+                                    ),
+                                );
+                                check_all(
+                                    $path,
+                                    &$f::<4>(
+                                        &tile,
+                                        core::array::from_fn(|a| &ys[a][..]),
+                                        core::array::from_fn(|a| &yd[a][..]),
+                                        core::array::from_fn(|a| &ysum[a][..]),
+                                    ),
+                                );
+                            }
+                        };
+                    }
+                    run!(gemm_q4_0x8_q8_0_neon, "neon");
+                    if dp {
+                        run!(gemm_q4_0x8_q8_0_dotprod, "dotprod");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

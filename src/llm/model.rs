@@ -449,9 +449,21 @@ impl Model {
             a.quantize_for(w.ty, row)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        self.matmul_quantized(w, &acts[..nb], out)
+    }
+
+    /// `out[b·rows + r] = W[r] · acts[b]` with activations already quantized for `w.ty`: the
+    /// packed copy where there is one, else the mapped bytes (the kernels a forward pass
+    /// runs; `bench` times them per shape).
+    pub fn matmul_quantized(
+        &self,
+        w: &Weight,
+        acts: &[QuantizedActs],
+        out: &mut [f32],
+    ) -> Result<()> {
         match w.packed {
-            Some(i) => quants::matmul_packed(&self.packed[i], &acts[..nb], out),
-            None => quants::matmul(w.ty, self.data(w), w.rows, w.cols, &acts[..nb], out),
+            Some(i) => quants::matmul_packed(&self.packed[i], acts, out),
+            None => quants::matmul(w.ty, self.data(w), w.rows, w.cols, acts, out),
         }
         .map_err(|e| anyhow::anyhow!("{e}"))
     }

@@ -940,11 +940,16 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// Whether `path` has a GEMM kernel for `ty` (so packing pays): AVX2 and AVX-512 VNNI,
-    /// Q4_0. The NEON paths have none yet and keep the GGUF layout.
+    /// Whether `path` has a GEMM kernel for `ty` (so packing pays): Q4_0 on AVX2, AVX-512
+    /// VNNI, NEON and NEON + dotprod (the i8mm path uses the dotprod one: `smmla` wants
+    /// another layout, not written yet).
     pub fn has_kernel(path: crate::kernels::KernelPath, ty: GgmlType) -> bool {
         use crate::kernels::KernelPath as P;
-        ty == GgmlType::Q4_0 && matches!(path, P::Avx2 | P::Avx512Vnni)
+        ty == GgmlType::Q4_0
+            && matches!(
+                path,
+                P::Avx2 | P::Avx512Vnni | P::Neon | P::NeonDotprod | P::NeonI8mm
+            )
     }
 
     /// Repack `w` (`rows` × `cols` of `ty`, GGUF bytes) if `path` has a kernel for it and the
@@ -1013,6 +1018,22 @@ fn gemm_tile<const A: usize>(
                 return unsafe { crate::kernels::x86_vnni::gemm_q4_0x8_q8_0(x, y, yd, ys) }
             }
             P::Avx2 => return unsafe { crate::kernels::x86::gemm_q4_0x8_q8_0(x, y, yd, ys) },
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use crate::kernels::aarch64 as a64;
+        use crate::kernels::KernelPath as P;
+        let yd: [&[f32]; A] = std::array::from_fn(|a| acts[a].scales());
+        let ys: [&[i32]; A] = std::array::from_fn(|a| acts[a].qsums());
+        match path {
+            // SAFETY: `NeonDotprod` / `NeonI8mm` are active (or, in tests, passed) only on
+            // CPUs with dotprod; NEON is the aarch64 baseline. Lengths as for x86 above.
+            P::NeonDotprod | P::NeonI8mm => {
+                return unsafe { a64::gemm_q4_0x8_q8_0_dotprod(x, y, yd, ys) }
+            }
+            P::Neon => return unsafe { a64::gemm_q4_0x8_q8_0_neon(x, y, yd, ys) },
             _ => {}
         }
     }

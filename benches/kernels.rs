@@ -10,7 +10,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use expllm_edge::kernels::quants::{q4_0, q4_1, q8, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use expllm_edge::kernels::quants::{
+    q4_0, q4_0x8, q4_1, q8, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1,
+};
 
 fn ns(mut f: impl FnMut() -> f32) -> f64 {
     let mut best = f64::MAX;
@@ -78,6 +80,17 @@ fn print(n: usize, name: &str, path: &str, scalar: f64, simd: f64) {
     );
 }
 
+/// The Q4_0x8 GEMM's time per weight row × activation row, with one and four activation
+/// rows per call, against the one-row kernel of the same path.
+#[allow(dead_code)]
+fn print_gemm(n: usize, path: &str, row: f64, g1: f64, g4: f64) {
+    println!(
+        "n={n:5} q4_0x8 gemm     {path:<12} row kernel {row:8.1} ns  gemm A=1 {g1:8.1} ns (x{:.1})  A=4 {g4:8.1} ns (x{:.1}) per row·act",
+        row / g1,
+        row / g4
+    );
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use expllm_edge::kernels::{x86, x86_vnni, KernelPath};
@@ -115,6 +128,34 @@ fn main() {
                 x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
             });
             print(n, "q4_0·q8_0", "avx512-vnni", s, v);
+        }
+        // The Q4_0x8 GEMM (repacked tiles, what the model runs on these paths): eight rows ×
+        // A activation rows per call, reported per row × activation, beside the row kernel.
+        let tile = {
+            let src: Vec<BlockQ4_0> = (0..8).flat_map(|_| w40.iter().copied()).collect();
+            let mut t = vec![bytemuck::Zeroable::zeroed(); w40.len()];
+            q4_0x8::pack(&src, 8, w40.len(), &mut t);
+            t
+        };
+        let row_avx2 = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0) });
+        let (t, y, d, q) = (&tile, a0.as_slice(), d0.as_slice(), q0s.as_slice());
+        let g1 =
+            ns(|| unsafe { x86::gemm_q4_0x8_q8_0::<1>(black_box(t), [y], [d], [q])[0][0] }) / 8.0;
+        let g4 = ns(|| unsafe {
+            x86::gemm_q4_0x8_q8_0::<4>(black_box(t), [y; 4], [d; 4], [q; 4])[0][0]
+        }) / 32.0;
+        print_gemm(n, "avx2", row_avx2, g1, g4);
+        if vnni {
+            let row = ns(|| unsafe {
+                x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
+            });
+            let g1 = ns(|| unsafe {
+                x86_vnni::gemm_q4_0x8_q8_0::<1>(black_box(t), [y], [d], [q])[0][0]
+            }) / 8.0;
+            let g4 = ns(|| unsafe {
+                x86_vnni::gemm_q4_0x8_q8_0::<4>(black_box(t), [y; 4], [d; 4], [q; 4])[0][0]
+            }) / 32.0;
+            print_gemm(n, "avx512-vnni", row, g1, g4);
         }
         let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
         let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1) });

@@ -3,6 +3,12 @@
 //!
 //! Owns every `unsafe` SIMD block in the crate. The kernels issue fills in the dot products;
 //! the CPU detection below is what picks the path. Must not know about models or files.
+//!
+//! Two kernel shapes per path: one-row dot products on the GGUF block layouts (`quants`'
+//! `vec_dot_*` references; `x86`, `x86_vnni`, `aarch64`), and for Q4_0 a GEMM on weights
+//! repacked eight rows at a time ([`quants::q4_0x8`]: one tile × up to four activation rows
+//! per call, no horizontal sums), which `quants::matmul_packed` runs for the model. Both are
+//! bit-identical to the scalar reference.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;

@@ -390,7 +390,7 @@ pub(super) unsafe fn chunk(qs: &[u8; 128], j: usize) -> __m256i {
 /// low nibbles (`vpand`) and the high ones (`vpsrlw` 4, `vpand`) as u8; per activation row
 /// `vpmaddubsw` of each chunk with its four broadcast activation bytes (i16 pairs, ≤ 2·15·128
 /// each), the eight chunks added in i16 (≤ 8·2·15·128 = 30720: exact) and widened by one
-/// `vpmaddwd` with ones. See [`gemm_q4_0x8`] for the rest and the result (the scalar
+/// `vpmaddwd` with ones. See this module's `gemm_q4_0x8!` skeleton for the rest and the result (the scalar
 /// reference's bits). `yd`, `ysum`: [`QuantizedActs::scales`], [`QuantizedActs::qsums`].
 ///
 /// [`QuantizedActs::scales`]: super::quants::QuantizedActs::scales

@@ -266,9 +266,9 @@ pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], yd: &[f32], ys
 /// chunk `j` the low nibbles (`vpand` 0x0f) and the high ones left in place (`vpand` 0xf0, so
 /// 16·q); per activation row four `vpdpbusd` chains of the low chunks and four of the high
 /// ones against their broadcast activation bytes, then `lo + (hi >> 4)` (an exact division of
-/// a multiple of 16, as in [`nibble_totals`]). Two ALU instructions per chunk shared by every
+/// a multiple of 16, as in `nibble_totals`). Two ALU instructions per chunk shared by every
 /// activation row, then one `vpdpbusd` per chunk and row: no shuffles, no horizontal sums. See
-/// [`gemm_q4_0x8`] for the rest and the result (the scalar reference's bits).
+/// `x86`'s `gemm_q4_0x8!` skeleton for the rest and the result (the scalar reference's bits).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.

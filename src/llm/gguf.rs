@@ -241,6 +241,32 @@ impl GgufFile {
         }
     }
 
+    /// Drop the resident pages of `bytes()[offset..offset + len]` (the whole pages inside it)
+    /// from this process's memory: for tensors copied elsewhere at load (repacked weights), so
+    /// RSS does not hold both copies. Best effort (a no-op for in-memory files, and errors are
+    /// ignored): a later read of the range still returns the file's bytes, faulted in again.
+    pub fn release_range(&self, offset: usize, len: usize) {
+        let Backing::Mmap(m) = &self.data else {
+            return;
+        };
+        let page = 4096;
+        let start = offset.next_multiple_of(page);
+        let end = (offset.saturating_add(len)).min(m.len()) / page * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: `MADV_DONTNEED` on a read-only `MAP_SHARED` mapping of a file (`Mmap::map`)
+        // only discards resident pages: the next access faults the same file bytes back in, so
+        // every live borrow of the map (`bytes()`) keeps reading the same contents — the
+        // hazard memmap2 guards against (private or writable mappings losing data) cannot
+        // happen here. The range lies inside the map (clamped to `m.len()`) and starts on a
+        // page boundary (the map itself is page-aligned).
+        #[cfg(unix)]
+        let _ = unsafe {
+            m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+
     /// All metadata, in file order.
     pub fn metadata(&self) -> &[(String, MetaValue)] {
         &self.metadata
@@ -1228,6 +1254,29 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Releasing mapped pages (what `Model` does after repacking a matrix) keeps every byte:
+    /// the next read faults the file's bytes back in. Whole file, an unaligned middle range,
+    /// an empty and an out-of-range one.
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/llm/tiny-llama-kq.gguf"
+        );
+        let want = std::fs::read(path).unwrap();
+        let f = GgufFile::open(Path::new(path)).unwrap();
+        assert_eq!(f.bytes(), &want[..]);
+        for (off, len) in [
+            (0, want.len()),
+            (1234, 20000),
+            (5000, 0),
+            (want.len() - 10, 99),
+        ] {
+            f.release_range(off, len);
+            assert!(f.bytes() == &want[..], "after releasing {off}+{len}");
+        }
+    }
 
     // ---- raw GGUF bytes for hostile inputs --------------------------------------------------
 

@@ -3,7 +3,12 @@
 //! grouped-query attention over a KV cache, SwiGLU FFN; qwen2 adds Q/K/V biases.
 //!
 //! Every hyper-parameter comes from the file's metadata. Weights stay in the memory map
-//! (zero-copy); only the small norm vectors and biases are copied to f32 at load. The KV cache
+//! (zero-copy) and only the small norm vectors and biases are copied to f32 at load — except
+//! that where the kernel path has a GEMM kernel for a matrix's type (Q4_0 on every SIMD path
+//! today), the matrix is also repacked once at load into eight-row tiles
+//! ([`quants::q4_0x8`]; same bits, 2–3× faster matmuls; the mapped pages of a packed matrix
+//! are then released, so RAM holds one copy; see `Model::repack`, `EXPLLM_REPACK=0` turns it
+//! off). The KV cache
 //! is f16 (as llama.cpp's default) and grows with the context actually used, up to the limit
 //! given to [`Model::new_state`]. Numerics follow ggml's CPU path: activations are quantized
 //! to the weight type's dot-product type (Q8_0 / Q8_1 / Q8_K) once per matmul input, RMSNorm
@@ -327,13 +332,20 @@ impl Model {
         }
         let path = crate::kernels::active();
         let mut packed = Vec::new();
-        let mut pack = |file: &GgufFile, w: &mut Weight| -> Result<()> {
+        // Each packed matrix's mapped pages are not read again: they are dropped from RSS
+        // right after packing, so the process holds one copy of those weights (and the peak
+        // is the file plus one matrix). A tied output matrix is the token embedding, whose
+        // rows are still read: its pages stay.
+        let mut pack = |file: &GgufFile, w: &mut Weight, release: bool| -> Result<()> {
             let data = &file.bytes()[w.offset..w.offset + w.len];
             if let Some(p) = PackedMatrix::pack(path, w.ty, data, w.rows, w.cols)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
                 w.packed = Some(packed.len());
                 packed.push(p);
+                if release {
+                    file.release_range(w.offset, w.len);
+                }
             }
             Ok(())
         };
@@ -347,10 +359,11 @@ impl Model {
                 &mut l.w_up,
                 &mut l.w_down,
             ] {
-                pack(&self.file, w)?;
+                pack(&self.file, w, true)?;
             }
         }
-        pack(&self.file, &mut self.output)?;
+        let tied = self.output.offset == self.tok_embd.offset;
+        pack(&self.file, &mut self.output, !tied)?;
         self.packed = packed;
         Ok(())
     }

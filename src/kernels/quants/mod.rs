@@ -1043,7 +1043,7 @@ fn gemm_tile<const A: usize>(
 
 /// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
 /// Tiles are split over the compute threads; each tile (a few KB) stays in L1 while the
-/// activation rows pass it [`GEMM_ACTS`] at a time.
+/// activation rows pass it four at a time.
 pub fn matmul_packed(
     p: &PackedMatrix,
     acts: &[QuantizedActs],

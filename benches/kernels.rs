@@ -83,11 +83,15 @@ fn print(n: usize, name: &str, path: &str, scalar: f64, simd: f64) {
 /// The Q4_0x8 GEMM's time per weight row × activation row, with one and four activation
 /// rows per call, against the one-row kernel of the same path.
 #[allow(dead_code)]
-fn print_gemm(n: usize, path: &str, row: f64, g1: f64, g4: f64) {
+fn print_gemm(n: usize, path: &str, row: f64, g: [f64; 3]) {
     println!(
-        "n={n:5} q4_0x8 gemm     {path:<12} row kernel {row:8.1} ns  gemm A=1 {g1:8.1} ns (x{:.1})  A=4 {g4:8.1} ns (x{:.1}) per row·act",
-        row / g1,
-        row / g4
+        "n={n:5} q4_0x8 gemm     {path:<12} row kernel {row:6.1} ns  gemm A=1 {:6.1} ns (x{:.1})  A=2 {:6.1} ns (x{:.1})  A=4 {:6.1} ns (x{:.1}) per row·act",
+        g[0],
+        row / g[0],
+        g[1],
+        row / g[1],
+        g[2],
+        row / g[2]
     );
 }
 
@@ -139,23 +143,27 @@ fn main() {
         };
         let row_avx2 = ns(|| unsafe { x86::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0) });
         let (t, y, d, q) = (&tile, a0.as_slice(), d0.as_slice(), q0s.as_slice());
-        let g1 =
-            ns(|| unsafe { x86::gemm_q4_0x8_q8_0::<1>(black_box(t), [y], [d], [q])[0][0] }) / 8.0;
-        let g4 = ns(|| unsafe {
-            x86::gemm_q4_0x8_q8_0::<4>(black_box(t), [y; 4], [d; 4], [q; 4])[0][0]
-        }) / 32.0;
-        print_gemm(n, "avx2", row_avx2, g1, g4);
+        // ns per row × activation of `$m::gemm_q4_0x8_q8_0::<A>`, A = 1, 2, 4.
+        macro_rules! gemm3 {
+            ($m:ident) => {
+                [
+                    ns(|| unsafe { $m::gemm_q4_0x8_q8_0::<1>(black_box(t), [y], [d], [q])[0][0] })
+                        / 8.0,
+                    ns(|| unsafe {
+                        $m::gemm_q4_0x8_q8_0::<2>(black_box(t), [y; 2], [d; 2], [q; 2])[0][0]
+                    }) / 16.0,
+                    ns(|| unsafe {
+                        $m::gemm_q4_0x8_q8_0::<4>(black_box(t), [y; 4], [d; 4], [q; 4])[0][0]
+                    }) / 32.0,
+                ]
+            };
+        }
+        print_gemm(n, "avx2", row_avx2, gemm3!(x86));
         if vnni {
             let row = ns(|| unsafe {
                 x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
             });
-            let g1 = ns(|| unsafe {
-                x86_vnni::gemm_q4_0x8_q8_0::<1>(black_box(t), [y], [d], [q])[0][0]
-            }) / 8.0;
-            let g4 = ns(|| unsafe {
-                x86_vnni::gemm_q4_0x8_q8_0::<4>(black_box(t), [y; 4], [d; 4], [q; 4])[0][0]
-            }) / 32.0;
-            print_gemm(n, "avx512-vnni", row, g1, g4);
+            print_gemm(n, "avx512-vnni", row, gemm3!(x86_vnni));
         }
         let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
         let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1) });

@@ -575,21 +575,39 @@ pub unsafe fn vec_dot_q8_0_q8_0_i8mm_2x2(
 
 /// `acc[r] + Σ_{t<4} w[4r+t] · y[4L+t]` for each lane `r`: four quants of row `r` times the
 /// activation bytes of group `L` (0..4) of `y` — exactly per lane, unlike [`Dot`], because in
-/// the repacked layout lane `r` is weight row `r`.
+/// the repacked layout lane `r` is weight row `r`. `Y` is the activation register as the
+/// instruction wants it, made once per activation row by `prep` and used for both half tiles.
 trait LaneDot {
+    type Y: Copy;
+    fn prep(y: int8x16_t) -> Self::Y;
     /// # Safety
     /// The CPU must have the instructions of the implementation.
-    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t;
+    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: Self::Y) -> int32x4_t;
 }
 
 impl LaneDot for MullDot {
-    /// `dup` the group to every lane, `smull` + `smull2` (|w·y| ≤ 15·128 fits i16), `addp`
-    /// (the pairs of one lane sit side by side: ≤ 3840) and `sadalp` into the lane.
+    /// The four groups, each `dup`ed to every lane.
+    type Y = [int8x16_t; 4];
     #[inline(always)]
-    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t {
+    fn prep(y: int8x16_t) -> [int8x16_t; 4] {
+        // SAFETY: plain NEON; NEON is part of the aarch64 baseline.
+        unsafe {
+            let y = vreinterpretq_s32_s8(y);
+            [
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<0>(y)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<1>(y)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<2>(y)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<3>(y)),
+            ]
+        }
+    }
+    /// `smull` + `smull2` (|w·y| ≤ 15·128 fits i16), `addp` (the pairs of one lane sit side by
+    /// side: ≤ 3840) and `sadalp` into the lane.
+    #[inline(always)]
+    unsafe fn dot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, y: [int8x16_t; 4]) -> int32x4_t {
         // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
         unsafe {
-            let b = vreinterpretq_s8_s32(vdupq_laneq_s32::<L>(vreinterpretq_s32_s8(y)));
+            let b = y[L as usize];
             let p0 = vmull_s8(vget_low_s8(w), vget_low_s8(b));
             let p1 = vmull_high_s8(w, b);
             vpadalq_s16(acc, vpaddq_s16(p0, p1))
@@ -598,6 +616,11 @@ impl LaneDot for MullDot {
 }
 
 impl LaneDot for SDot {
+    type Y = int8x16_t;
+    #[inline(always)]
+    fn prep(y: int8x16_t) -> int8x16_t {
+        y
+    }
     /// `sdot acc.4s, w.16b, y.4b[L]` (the by-element form: no `dup`).
     #[inline(always)]
     unsafe fn dot_lane<const L: i32>(mut acc: int32x4_t, w: int8x16_t, y: int8x16_t) -> int32x4_t {
@@ -660,6 +683,7 @@ fn gemm_q4_0x8<D: LaneDot, const A: usize>(
         ];
         for a in 0..A {
             let (yl, yh) = load_q8(&y[a][i].qs);
+            let (yl, yh) = (D::prep(yl), D::prep(yh));
             // SAFETY: `D`'s instructions are available (the caller's target features or the
             // baseline); plain NEON otherwise.
             unsafe {

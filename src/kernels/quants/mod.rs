@@ -993,8 +993,20 @@ impl PackedMatrix {
     }
 }
 
-/// Activation rows per GEMM kernel call: the unpacked weight block serves this many.
-const GEMM_ACTS: usize = 4;
+/// Activation rows per GEMM kernel call on `path` (the unpacked weight block serves this
+/// many), the best by measurement or instruction count: x86 4 (`cargo bench --bench kernels`:
+/// VNNI per row × activation 8.8–21 ns at 4 against 13–27 ns at 1); NEON + dotprod 2 and
+/// baseline NEON 1 (`scripts/neon-instruction-counts`: per row × block 6.4 at 2 against 7.9
+/// at 4 and 8.4 at 1 with dotprod; 15.0 at 1 against 18.8–22.7 for more on baseline NEON,
+/// whose 64 multiply-add instructions per activation row leave nothing to amortize).
+fn gemm_acts(path: crate::kernels::KernelPath) -> usize {
+    use crate::kernels::KernelPath as P;
+    match path {
+        P::Neon => 1,
+        P::NeonDotprod | P::NeonI8mm => 2,
+        _ => 4,
+    }
+}
 
 /// One tile × `A` activation rows on `path` (the scalar packed reference where the path has
 /// no kernel; `PackedMatrix::pack` only packs where it has one).
@@ -1043,7 +1055,7 @@ fn gemm_tile<const A: usize>(
 
 /// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
 /// Tiles are split over the compute threads; each tile (a few KB) stays in L1 while the
-/// activation rows pass it four at a time.
+/// activation rows pass it a few at a time (`gemm_acts`).
 pub fn matmul_packed(
     p: &PackedMatrix,
     acts: &[QuantizedActs],
@@ -1075,6 +1087,7 @@ fn matmul_packed_on(
         return Ok(());
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let per_call = gemm_acts(path);
     // Tiles `t0..t1`, every activation row, into `out[b·n + 8t ..][..8]`.
     let run = |t0: usize, t1: usize| {
         for t in t0..t1 {
@@ -1091,8 +1104,8 @@ fn matmul_packed_on(
                     o.copy_from_slice(v);
                 }
             };
-            for (c, chunk) in acts.chunks(GEMM_ACTS).enumerate() {
-                let b0 = c * GEMM_ACTS;
+            for (c, chunk) in acts.chunks(per_call).enumerate() {
+                let b0 = c * per_call;
                 match chunk.len() {
                     4 => put(b0, &gemm_tile::<4>(path, x, chunk)),
                     3 => put(b0, &gemm_tile::<3>(path, x, chunk)),

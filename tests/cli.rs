@@ -441,10 +441,17 @@ fn models_verify_names_the_missing_file_and_fails() {
 #[test]
 fn every_kernel_path_gives_the_same_greedy_tokens() {
     let tiny = data("../golden/llm/tiny-llama-kq.gguf");
-    let smol = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut models = vec![(tiny, "48")];
-    if smol.exists() {
-        models.push((smol, "24"));
+    // The base (Q4_1: the one-row kernels, i8mm pairs) and the tuned CoT model (Q4_0: the
+    // repacked Q4_0x8 GEMM on every SIMD path, the scalar path on the GGUF layout).
+    for (f, n) in [
+        ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "24"),
+        ("models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf", "16"),
+    ] {
+        if root.join(f).exists() {
+            models.push((root.join(f), n));
+        }
     }
     let paths: Vec<&str> = [
         "scalar",

@@ -6,7 +6,7 @@
 //! (zero-copy) and only the small norm vectors and biases are copied to f32 at load — except
 //! that where the kernel path has a GEMM kernel for a matrix's type (Q4_0 on every SIMD path
 //! today), the matrix is also repacked once at load into eight-row tiles
-//! ([`quants::q4_0x8`]; same bits, 2–3× faster matmuls; the mapped pages of a packed matrix
+//! ([`quants::q4_0x8`]; same bits, faster matmuls; the mapped pages of a packed matrix
 //! are then released, so RAM holds one copy; see `Model::repack`, `EXPLLM_REPACK=0` turns it
 //! off). The KV cache
 //! is f16 (as llama.cpp's default) and grows with the context actually used, up to the limit

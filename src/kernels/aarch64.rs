@@ -1041,40 +1041,27 @@ mod tests {
                             }
                         }
                     };
+                    // `$f::<A>` for each A in the list, on the first A activation rows.
+                    macro_rules! for_acts {
+                        ($f:ident, $path:literal, [$($a:literal),*]) => {
+                            $(check_all(
+                                $path,
+                                &$f::<$a>(
+                                    &tile,
+                                    core::array::from_fn(|a| &ys[a][..]),
+                                    core::array::from_fn(|a| &yd[a][..]),
+                                    core::array::from_fn(|a| &ysum[a][..]),
+                                ),
+                            );)*
+                        };
+                    }
                     macro_rules! run {
                         ($f:ident, $path:literal) => {
                             // SAFETY: baseline NEON needs nothing; dotprod only when detected
                             // (the caller's `if`). Every activation row has `n` blocks and
                             // padded scales / sums.
                             unsafe {
-                                check_all($path, &$f::<1>(&tile, [&ys[0]], [&yd[0]], [&ysum[0]]));
-                                check_all(
-                                    $path,
-                                    &$f::<2>(
-                                        &tile,
-                                        core::array::from_fn(|a| &ys[a][..]),
-                                        core::array::from_fn(|a| &yd[a][..]),
-                                        core::array::from_fn(|a| &ysum[a][..]),
-                                    ),
-                                );
-                                check_all(
-                                    $path,
-                                    &$f::<3>(
-                                        &tile,
-                                        core::array::from_fn(|a| &ys[a][..]),
-                                        core::array::from_fn(|a| &yd[a][..]),
-                                        core::array::from_fn(|a| &ysum[a][..]),
-                                    ),
-                                );
-                                check_all(
-                                    $path,
-                                    &$f::<4>(
-                                        &tile,
-                                        core::array::from_fn(|a| &ys[a][..]),
-                                        core::array::from_fn(|a| &yd[a][..]),
-                                        core::array::from_fn(|a| &ysum[a][..]),
-                                    ),
-                                );
+                                for_acts!($f, $path, [1, 2, 3, 4]);
                             }
                         };
                     }

@@ -869,6 +869,19 @@ pub(super) mod tests {
         }
     }
 
+    pub(crate) fn q4_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_0> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ4_0 {
+                    d: scale(r),
+                    qs: [0; 16],
+                };
+                fill_bytes(r, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
     pub(crate) fn q8_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ8_0> {
         (0..n)
             .map(|_| {
@@ -926,21 +939,21 @@ pub(super) mod tests {
     /// one to four activation rows (i8 -128 included): each row × activation value must be
     /// the bits of the GGUF-layout scalar reference [`q4_0::vec_dot_q4_0_q8_0`] (NaN = NaN).
     macro_rules! check_gemm_q4_0x8 {
+        // `$kernel::<A>` for each A in the list, on the first A activation rows.
+        (@acts $kernel:ident, $check:ident, $tile:ident, $ys:ident, $yd:ident, $ysum:ident, [$($a:literal),*]) => {
+            $($check(&$kernel::<$a>(
+                &$tile,
+                core::array::from_fn(|a| &$ys[a][..]),
+                core::array::from_fn(|a| &$yd[a][..]),
+                core::array::from_fn(|a| &$ysum[a][..]),
+            ));)*
+        };
         ($kernel:ident) => {{
             use crate::kernels::quants::q4_0x8;
             let mut r = Rng(0x0a11_0c8e_77aa_1234);
             for iter in 0..30 * COUNTS.len() {
                 let nb = COUNTS[iter % COUNTS.len()];
-                let rows: Vec<BlockQ4_0> = (0..8 * nb)
-                    .map(|_| {
-                        let mut b = BlockQ4_0 {
-                            d: scale(&mut r),
-                            qs: [0; 16],
-                        };
-                        fill_bytes(&mut r, &mut b.qs);
-                        b
-                    })
-                    .collect();
+                let rows = q4_0_row(&mut r, 8 * nb);
                 let mut tile = vec![bytemuck::Zeroable::zeroed(); nb];
                 q4_0x8::pack(&rows, 8, nb, &mut tile);
                 let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(&mut r, nb)).collect();
@@ -970,25 +983,7 @@ pub(super) mod tests {
                 // SAFETY: the caller checked the kernel's features; every activation row has
                 // `nb` blocks and its scales / sums are padded to a multiple of 8.
                 unsafe {
-                    check(&$kernel::<1>(&tile, [&ys[0]], [&yd[0]], [&ysum[0]]));
-                    check(&$kernel::<2>(
-                        &tile,
-                        core::array::from_fn(|a| &ys[a][..]),
-                        core::array::from_fn(|a| &yd[a][..]),
-                        core::array::from_fn(|a| &ysum[a][..]),
-                    ));
-                    check(&$kernel::<3>(
-                        &tile,
-                        core::array::from_fn(|a| &ys[a][..]),
-                        core::array::from_fn(|a| &yd[a][..]),
-                        core::array::from_fn(|a| &ysum[a][..]),
-                    ));
-                    check(&$kernel::<4>(
-                        &tile,
-                        core::array::from_fn(|a| &ys[a][..]),
-                        core::array::from_fn(|a| &yd[a][..]),
-                        core::array::from_fn(|a| &ysum[a][..]),
-                    ));
+                    check_gemm_q4_0x8!(@acts $kernel, check, tile, ys, yd, ysum, [1, 2, 3, 4]);
                 }
             }
         }};
@@ -1011,16 +1006,7 @@ pub(super) mod tests {
         let mut r = Rng(0x1234_5678_9abc_def1);
         for iter in 0..400 {
             let n = COUNTS[iter % COUNTS.len()];
-            let x: Vec<BlockQ4_0> = (0..n)
-                .map(|_| {
-                    let mut b = BlockQ4_0 {
-                        d: scale(&mut r),
-                        qs: [0; 16],
-                    };
-                    fill_bytes(&mut r, &mut b.qs);
-                    b
-                })
-                .collect();
+            let x = q4_0_row(&mut r, n);
             let y = q8_0_row(&mut r, n);
             let want = q4_0::vec_dot_q4_0_q8_0(&x, &y);
             let (yd, _) = pre(y.iter().map(|b| (b.d, b.d)));

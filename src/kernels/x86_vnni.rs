@@ -316,7 +316,7 @@ mod tests {
     use super::*;
     use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
     use crate::kernels::x86::tests::{
-        check_gemm_q4_0x8, fill_bytes, fill_i8, pre, q8_0_row, same, scale, Rng, COUNTS,
+        check_gemm_q4_0x8, fill_bytes, fill_i8, pre, q4_0_row, q8_0_row, same, scale, Rng, COUNTS,
     };
     use crate::kernels::KernelPath;
 
@@ -348,19 +348,6 @@ mod tests {
             return;
         }
         check_gemm_q4_0x8!(gemm_q4_0x8_q8_0);
-    }
-
-    fn q4_0_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_0> {
-        (0..n)
-            .map(|_| {
-                let mut b = BlockQ4_0 {
-                    d: scale(r),
-                    qs: [0; 16],
-                };
-                fill_bytes(r, &mut b.qs);
-                b
-            })
-            .collect()
     }
 
     fn q4_1_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_1> {

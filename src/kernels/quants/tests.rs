@@ -533,6 +533,17 @@ fn random_k_row(rng: &mut Rng, ty: GgmlType, nb: usize) -> Vec<u8> {
     row
 }
 
+/// `n` random activation rows of `cols` elements, quantized for weight type `ty`.
+fn random_acts(rng: &mut Rng, ty: GgmlType, n: usize, cols: usize) -> Vec<QuantizedActs> {
+    (0..n)
+        .map(|_| {
+            let mut a = QuantizedActs::new();
+            a.quantize_for(ty, &random_values(rng, cols, 32)).unwrap();
+            a
+        })
+        .collect()
+}
+
 /// A random row of weight type `ty` with `n` elements (quantized from random floats, or random
 /// valid bytes for the k-quants).
 fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
@@ -924,14 +935,7 @@ fn prop_matmul_equals_the_scalar_reference_dot_bit_for_bit() {
                 .flat_map(|_| random_row(&mut rng, ty, n_cols))
                 .collect();
             for n_acts in 1..=5 {
-                let acts: Vec<QuantizedActs> = (0..n_acts)
-                    .map(|_| {
-                        let mut a = QuantizedActs::new();
-                        a.quantize_for(ty, &random_values(&mut rng, n_cols, 32))
-                            .unwrap();
-                        a
-                    })
-                    .collect();
+                let acts = random_acts(&mut rng, ty, n_acts, n_cols);
                 let mut out = vec![f32::NAN; n_rows * n_acts];
                 matmul(ty, &w, n_rows, n_cols, &acts, &mut out).unwrap();
                 let rb = w.len() / n_rows;
@@ -1053,14 +1057,7 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
             .collect();
         let rb = w.len() / n_rows;
         for n_acts in 1..=9 {
-            let acts: Vec<QuantizedActs> = (0..n_acts)
-                .map(|_| {
-                    let mut a = QuantizedActs::new();
-                    a.quantize_for(ty, &random_values(&mut rng, n_cols, 32))
-                        .unwrap();
-                    a
-                })
-                .collect();
+            let acts = random_acts(&mut rng, ty, n_acts, n_cols);
             for &p in &paths {
                 let packed = match PackedMatrix::pack(p, ty, &w, n_rows, n_cols).unwrap() {
                     Some(m) => m,

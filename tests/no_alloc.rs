@@ -43,6 +43,11 @@ fn models() -> Vec<PathBuf> {
     let smol = std::env::var_os("EXPLLM_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    // The tuned CoT model (Q4_0): its matrices go through the repacked GEMM.
+    let tuned = root.join("models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf");
+    if tuned.exists() && std::env::var_os("EXPLLM_TEST_MODEL").is_none() {
+        v.push(tuned);
+    }
     if smol.exists() {
         v.push(smol);
     } else if std::env::var("EXPLLM_SKIP_MODEL_TESTS").as_deref() != Ok("1") {

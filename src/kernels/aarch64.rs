@@ -1,7 +1,9 @@
 //! aarch64 SIMD dot products of quantized blocks: baseline NEON (Cortex-A72/A57, no dotprod),
 //! NEON + dotprod (`sdot`; Cortex-A76/A78) and NEON + i8mm (`smmla`, two weight rows × two
 //! activation columns at once). Ports of ggml's `ggml-cpu/arch/arm/quants.c`
-//! (`ggml_vec_dot_q4_0_q8_0`, `ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q8_0_q8_0`).
+//! (`ggml_vec_dot_q4_0_q8_0`, `ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q8_0_q8_0`). Plus the
+//! Q4_0x8 GEMM on repacked weights (layout in [`crate::kernels::quants::q4_0x8`]) for
+//! baseline NEON and dotprod (`sdot` by element), which the model runs for Q4_0 matrices.
 //!
 //! Owns the `unsafe` of the aarch64 kernels: the unaligned vector loads from the
 //! alignment-1 block structs, and the `sdot`/`smmla` inline asm (their intrinsics

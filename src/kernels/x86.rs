@@ -1,5 +1,7 @@
 //! AVX2+FMA kernels for x86_64: the quantized dot products of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K
-//! weights with their activation blocks, and the Q8_0/Q8_1 activation quantizers.
+//! weights with their activation blocks, the Q4_0x8 GEMM on repacked weights
+//! ([`gemm_q4_0x8_q8_0`], layout in [`super::quants::q4_0x8`]; its skeleton `gemm_q4_0x8!` is
+//! shared with the VNNI kernel), and the Q8_0/Q8_1 activation quantizers.
 //!
 //! Every function here is **bit-identical** to its scalar reference in [`super::quants`]
 //! (for the quantizers: for inputs without NaN), so whole-model results do not depend on the

@@ -249,6 +249,15 @@ impl GgufFile {
         let Backing::Mmap(m) = &self.data else {
             return;
         };
+        // The kernel's page size (4 KiB on x86, 4, 16 or 64 KiB on aarch64 kernels: the Pi 5's
+        // is 16 KiB): `madvise` needs a page-aligned start and rounds the length up.
+        // SAFETY: `sysconf` has no preconditions and only reads a constant.
+        #[cfg(unix)]
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        #[cfg(not(unix))]
         let page = 4096;
         let start = offset.next_multiple_of(page);
         let end = (offset.saturating_add(len)).min(m.len()) / page * page;

@@ -322,10 +322,10 @@ impl Model {
     }
 
     /// Repack every matrix a forward pass multiplies by for the active kernel path's GEMM
-    /// kernels, where it has them (x86: Q4_0 → [`quants::q4_0x8`]), unless `EXPLLM_REPACK=0`
-    /// (for A/B benchmarks). A one-time copy at load (the packed matrices take as many bytes as
-    /// the originals: [`packed_bytes`](Self::packed_bytes)); the token embedding is not packed
-    /// (one row is read per token) — a tied output matrix gets its own packed copy.
+    /// kernels, where it has them (Q4_0 on every SIMD path → [`quants::q4_0x8`],
+    /// `PackedMatrix::has_kernel`), unless `EXPLLM_REPACK=0` (for A/B benchmarks). A one-time
+    /// copy at load, as many bytes as the original; the token embedding is not packed (one row
+    /// is read per token) — a tied output matrix gets its own packed copy.
     fn repack(&mut self) -> Result<()> {
         if std::env::var("EXPLLM_REPACK").is_ok_and(|v| v == "0") {
             return Ok(());
@@ -366,12 +366,6 @@ impl Model {
         pack(&self.file, &mut self.output, !tied)?;
         self.packed = packed;
         Ok(())
-    }
-
-    /// Bytes of the weights repacked at load (0 where the kernel path reads the file's
-    /// layout).
-    pub fn packed_bytes(&self) -> usize {
-        self.packed.iter().map(PackedMatrix::bytes).sum()
     }
 
     pub fn gguf(&self) -> &GgufFile {

@@ -30,7 +30,8 @@ use bytemuck::Pod;
 
 use crate::kernels::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use crate::kernels::quants::{
-    lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, F16Le, LANES,
+    lane_total, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le,
+    LANES,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -392,6 +393,184 @@ pub unsafe fn vec_dot_q4_1_q8_1_dotprod(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn vec_dot_q8_0_q8_0_dotprod(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     q8_0_q8_0::<SDot>(x, y)
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quants (Q4_K, Q6_K × Q8_K), every aarch64 path
+//
+// The reference (ggml's generic `vec_dot_q4_K_q8_K`) keeps eight i32 sums per 256-element
+// block, element `i` in sum `i % 8`, and converts each to f32 on its own, so the split of the
+// products over the lanes is part of the result. A widening multiply keeps it for free:
+// `smull` of eight consecutive bytes gives lane `j` = element `8k + j`. `sdot` adds four
+// consecutive bytes into one lane, which mixes four lanes; using it would take two `tbl`
+// transposes (weights and activations) per 32 elements, more instructions than it saves
+// (4 `tbl` + 2 `sdot` against 4 `smull`/`smlal`). So one kernel serves every aarch64 path.
+
+/// `[elements 8k + 0..8]` summed over `k` of `a·b` for 16-byte `a`, `b`: lane `j` of the
+/// result is `a[j]·b[j] + a[8+j]·b[8+j]` (`smull` + `smlal2`; the caller bounds the sum to i16).
+#[inline(always)]
+fn mull_pair(a: int8x16_t, b: int8x16_t) -> int16x8_t {
+    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+    unsafe { vmlal_high_s8(vmull_s8(vget_low_s8(a), vget_low_s8(b)), a, b) }
+}
+
+/// `acc + p · s` in the eight i32 lanes `(lo, hi)` (`smlal`/`smlal2`: exact).
+#[inline(always)]
+fn mla_scale(acc: (int32x4_t, int32x4_t), p: int16x8_t, s: i16) -> (int32x4_t, int32x4_t) {
+    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+    unsafe {
+        (
+            vmlal_n_s16(acc.0, vget_low_s16(p), s),
+            vmlal_high_n_s16(acc.1, p, s),
+        )
+    }
+}
+
+/// `sums[lane] += d · aux[lane]` for the eight lanes (`fmul` then `fadd`, never fused, as the
+/// reference's `sums[l] += d * aux32[l]`; `aux` ≤ 2^22 converts exactly).
+#[inline(always)]
+fn add_scaled(
+    sums: (float32x4_t, float32x4_t),
+    d: f32,
+    aux: (int32x4_t, int32x4_t),
+) -> (float32x4_t, float32x4_t) {
+    // SAFETY: plain NEON arithmetic; NEON is part of the aarch64 baseline.
+    unsafe {
+        let d = vdupq_n_f32(d);
+        (
+            add(sums.0, mul(d, vcvtq_f32_s32(aux.0))),
+            add(sums.1, mul(d, vcvtq_f32_s32(aux.1))),
+        )
+    }
+}
+
+/// `init + sums[0] + … + sums[7]`, left to right (the reference's final loop).
+#[inline(always)]
+fn add_lanes(init: f32, sums: (float32x4_t, float32x4_t)) -> f32 {
+    let mut l = [0f32; 8];
+    // SAFETY: `l` is 8 writable f32, the stores write 0..4 and 4..8.
+    unsafe {
+        vst1q_f32(l.as_mut_ptr(), sums.0);
+        vst1q_f32(l.as_mut_ptr().add(4), sums.1);
+    }
+    l.iter().fold(init, |s, &v| s + v)
+}
+
+/// Q4_K · Q8_K for every aarch64 path; bit-identical to
+/// [`vec_dot_q4k_q8k`](crate::kernels::quants::k_quants::vec_dot_q4k_q8k) (see the section
+/// comment above).
+///
+/// Per 32-element sub-block: the nibbles (`and` / `ushr`, one load serving two sub-blocks),
+/// four widening multiplies into i16 (|Σ| ≤ 4·15·128 = 7680) and two `smlal` by the 6-bit
+/// scale into the eight i32 lanes. The mins term `Σ bsums·m` is exact in i32 (`addp`, `smull`,
+/// `smlal2`, `addv`).
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline); `unsafe` only for a uniform kernel
+/// signature.
+///
+/// # Panics
+/// If the block counts differ.
+pub unsafe fn vec_dot_q4k_q8k_neon(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q4_K vec_dot: block counts differ");
+    let mut sums = (zero_f32(), zero_f32());
+    let mut sumf = 0f32;
+    for (x, y) in x.iter().zip(y) {
+        let (sc, mn) = crate::kernels::quants::k_quants::scales_mins_k4(&x.scales);
+        // SAFETY: NEON is part of the aarch64 baseline. Loads: 16 bytes at 16·k (k < 8) of the
+        // 128-byte `x.qs`, at 16·k (k < 16) of the 256-byte `y.qs`, the 32-byte `y.bsums` in
+        // two halves, and the 8-byte `mn`.
+        let (aux, summ) = unsafe {
+            // Σ bsums[j]·mins[j/2]: adjacent bsums paired (|pair| ≤ 2·16·128, i16), × mins.
+            let b0 = vld1q_s16(y.bsums.as_ptr().cast());
+            let b1 = vld1q_s16(y.bsums.as_ptr().add(8).cast());
+            let pairs = vpaddq_s16(b0, b1);
+            let m = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+            let summ = vaddvq_s32(vmlal_high_s16(
+                vmull_s16(vget_low_s16(pairs), vget_low_s16(m)),
+                pairs,
+                m,
+            ));
+            let mut aux = (zero_i32(), zero_i32());
+            let (xq, yq) = (x.qs.as_ptr(), y.qs.as_ptr());
+            for c in 0..4 {
+                let (q0, q1) = (vld1q_u8(xq.add(32 * c)), vld1q_u8(xq.add(32 * c + 16)));
+                let m4 = vdupq_n_u8(0x0f);
+                let lo = [vandq_u8(q0, m4), vandq_u8(q1, m4)].map(|v| vreinterpretq_s8_u8(v));
+                let hi = [vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1)].map(|v| vreinterpretq_s8_u8(v));
+                let a: [int8x16_t; 4] = core::array::from_fn(|k| vld1q_s8(yq.add(64 * c + 16 * k)));
+                let p_lo = vaddq_s16(mull_pair(lo[0], a[0]), mull_pair(lo[1], a[1]));
+                let p_hi = vaddq_s16(mull_pair(hi[0], a[2]), mull_pair(hi[1], a[3]));
+                aux = mla_scale(aux, p_lo, sc[2 * c] as i16);
+                aux = mla_scale(aux, p_hi, sc[2 * c + 1] as i16);
+            }
+            (aux, summ)
+        };
+        let d = x.d.get() * y.d.get();
+        sums = add_scaled(sums, d, aux);
+        let dmin = x.dmin.get() * y.d.get();
+        sumf -= dmin * summ as f32;
+    }
+    add_lanes(sumf, sums)
+}
+
+/// Q6_K · Q8_K for every aarch64 path; bit-identical to
+/// [`vec_dot_q6k_q8k`](crate::kernels::quants::k_quants::vec_dot_q6k_q8k).
+///
+/// Per 16-element sub-block: the 6-bit quants rebuilt from `ql` / `qh` (shared by four
+/// sub-blocks), minus 32, two widening multiplies into i16 (|Σ| ≤ 2·32·128 = 8192) and two
+/// `smlal` by the i8 scale into the eight i32 lanes.
+///
+/// # Safety
+/// None beyond aarch64 (NEON is part of the baseline); `unsafe` only for a uniform kernel
+/// signature.
+///
+/// # Panics
+/// If the block counts differ.
+pub unsafe fn vec_dot_q6k_q8k_neon(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "Q6_K vec_dot: block counts differ");
+    let mut sums = (zero_f32(), zero_f32());
+    for (x, y) in x.iter().zip(y) {
+        // SAFETY: NEON is part of the aarch64 baseline. Loads: 16 bytes at 64·h + 16·k (h < 2,
+        // k < 4) of the 128-byte `x.ql`, at 32·h + 16·k (k < 2) of the 64-byte `x.qh`, at
+        // 128·h + 16·k (k < 8) of the 256-byte `y.qs`.
+        let aux = unsafe {
+            let mut aux = (zero_i32(), zero_i32());
+            let (m4, m2, k32) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03), vdupq_n_s8(32));
+            for h in 0..2 {
+                let ql = x.ql.as_ptr().add(64 * h);
+                let qh = x.qh.as_ptr().add(32 * h);
+                for k in 0..2 {
+                    // Elements 128h + 32t + 16k + 0..16 of quant set t = 0..4 (see `BlockQ6K`).
+                    let l0 = vld1q_u8(ql.add(16 * k));
+                    let l1 = vld1q_u8(ql.add(32 + 16 * k));
+                    let hb = vld1q_u8(qh.add(16 * k));
+                    let q = [
+                        vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8::<4>(vandq_u8(hb, m2))),
+                        vorrq_u8(
+                            vandq_u8(l1, m4),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), m2)),
+                        ),
+                        vorrq_u8(
+                            vshrq_n_u8::<4>(l0),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), m2)),
+                        ),
+                        vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
+                    ];
+                    for (t, &q) in q.iter().enumerate() {
+                        let q = vsubq_s8(vreinterpretq_s8_u8(q), k32);
+                        let a = vld1q_s8(y.qs.as_ptr().add(128 * h + 32 * t + 16 * k));
+                        let s = x.scales[8 * h + 2 * t + k];
+                        aux = mla_scale(aux, mull_pair(q, a), s as i16);
+                    }
+                }
+            }
+            aux
+        };
+        let d = x.d.get() * y.d.get();
+        sums = add_scaled(sums, d, aux);
+    }
+    add_lanes(0.0, sums)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1217,6 +1396,123 @@ mod tests {
         let x = vec![BlockQ8_0::zeroed(); 2];
         // SAFETY: baseline NEON needs nothing beyond aarch64.
         unsafe { vec_dot_q8_0_q8_0_neon(&x, &x[..1]) };
+    }
+
+    /// A Q8_K activation row of `kind` (bsums from its quants, as `quantize_row_q8_k` makes
+    /// them); scales include 0, tiny, huge and negative.
+    fn q8k_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ8K> {
+        use crate::kernels::quants::{F32Le, I16Le};
+        (0..n)
+            .map(|_| {
+                let mut qs = [0i8; 256];
+                for c in qs.chunks_exact_mut(32) {
+                    c.copy_from_slice(&quants(rng, kind));
+                }
+                let bsums = core::array::from_fn(|j| {
+                    I16Le::new(qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum())
+                });
+                let d = match kind {
+                    Kind::Zero => 0.0,
+                    Kind::Random => scale(rng, kind).get() / 64.0,
+                    _ => [1e-30, -3e4, 3.0e38, 0.0][rng.below(4) as usize],
+                };
+                BlockQ8K {
+                    d: F32Le::new(d),
+                    qs,
+                    bsums,
+                }
+            })
+            .collect()
+    }
+
+    /// Random bytes, or for `Saturated` all 0x00 / 0xFF / 0x3F (6-bit maxima), for `Zero` 0.
+    fn fill(rng: &mut Rng, kind: Kind, out: &mut [u8]) {
+        let sat = [0x00, 0xff, 0x3f][rng.below(3) as usize];
+        for b in out {
+            *b = match kind {
+                Kind::Zero => 0,
+                Kind::Saturated => sat,
+                _ => rng.next() as u8,
+            };
+        }
+    }
+
+    fn q4k_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ4K> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ4K {
+                    d: scale(rng, kind),
+                    dmin: scale(rng, kind),
+                    scales: [0; 12],
+                    qs: [0; 128],
+                };
+                fill(rng, kind, &mut b.scales);
+                fill(rng, kind, &mut b.qs);
+                b
+            })
+            .collect()
+    }
+
+    fn q6k_row(rng: &mut Rng, kind: Kind, n: usize) -> Vec<BlockQ6K> {
+        (0..n)
+            .map(|_| {
+                let mut b = BlockQ6K {
+                    ql: [0; 128],
+                    qh: [0; 64],
+                    scales: [0; 16],
+                    d: scale(rng, kind),
+                };
+                fill(rng, kind, &mut b.ql);
+                fill(rng, kind, &mut b.qh);
+                let mut sc = [0u8; 16];
+                fill(rng, kind, &mut sc);
+                if matches!(kind, Kind::Saturated) && rng.below(2) == 0 {
+                    sc = [0x80; 16]; // i8 −128
+                }
+                b.scales = sc.map(|v| v as i8);
+                b
+            })
+            .collect()
+    }
+
+    /// The K-quant kernel (one for every aarch64 path) against the scalar reference, at 1..9
+    /// and 18 super-blocks (every pair of data kinds).
+    #[test]
+    fn k_quants_match_scalar() {
+        use crate::kernels::quants::k_quants;
+        println!(
+            "k_quants: one kernel for every aarch64 path (cpu features {:?})",
+            crate::kernels::cpu_features()
+        );
+        let mut rng = Rng(0x6b71_7561_6e74_7321);
+        for n in [1, 2, 3, 5, 8, 9, 18] {
+            for kx in KINDS {
+                for ky in KINDS {
+                    for rep in 0..2 {
+                        let what = format!("n={n} x={kx:?} y={ky:?} rep={rep}");
+                        let y = q8k_row(&mut rng, ky, n);
+                        let x = q4k_row(&mut rng, kx, n);
+                        // SAFETY: baseline NEON needs nothing beyond aarch64; equal lengths.
+                        let got = unsafe { vec_dot_q4k_q8k_neon(&x, &y) };
+                        check(
+                            &format!("q4_k {what}"),
+                            got,
+                            k_quants::vec_dot_q4k_q8k(&x, &y),
+                            0.0,
+                        );
+                        let x = q6k_row(&mut rng, kx, n);
+                        // SAFETY: as above.
+                        let got = unsafe { vec_dot_q6k_q8k_neon(&x, &y) };
+                        check(
+                            &format!("q6_k {what}"),
+                            got,
+                            k_quants::vec_dot_q6k_q8k(&x, &y),
+                            0.0,
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// `EXPLLM_EXPECT_KERNEL` (`neon`, `neon-dotprod`, `neon-i8mm`) pins the features the CPU

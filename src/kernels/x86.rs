@@ -537,20 +537,6 @@ pub(super) unsafe fn lanes(v: __m256) -> [f32; 8] {
     a
 }
 
-/// ggml `get_scale_min_k4`, all eight at once.
-#[inline]
-fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = q[j] & 63;
-        m[j] = q[j + 4] & 63;
-        sc[j + 4] = (q[j + 8] & 0x0f) | ((q[j] >> 6) << 4);
-        m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
-    (sc, m)
-}
-
 /// Q4_K × Q8_K, bit-identical to [`super::quants::k_quants::vec_dot_q4k_q8k`].
 ///
 /// # Safety
@@ -569,7 +555,7 @@ pub unsafe fn vec_dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0f);
         let mut sums = _mm256_setzero_ps();
         for (x, y) in x.iter().zip(y) {
-            let (sc, mn) = q4k_scales_mins(&x.scales);
+            let (sc, mn) = super::quants::k_quants::scales_mins_k4(&x.scales);
             // Σ bsums[j]·mins[j/2], exact in i32.
             let mins16 = _mm256_setr_epi16(
                 mn[0] as i16,

@@ -66,6 +66,21 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     }
 }
 
+/// [`get_scale_min_k4`] for all eight sub-blocks at once: `(scales, mins)`, for the SIMD
+/// kernels.
+#[inline]
+pub fn scales_mins_k4(q: &[u8; K_SCALE_SIZE]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+        sc[j + 4] = (q[j + 8] & 0x0f) | ((q[j] >> 6) << 4);
+        m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+    }
+    (sc, m)
+}
+
 /// ggml `dequantize_row_q4_K`: `x = (d·sc)·q − (dmin·m)`.
 ///
 /// # Panics

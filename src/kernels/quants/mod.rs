@@ -810,6 +810,27 @@ fn row_kernel(path: crate::kernels::KernelPath, weight: GgmlType) -> RowsFn {
                 _ => {}
             }
         }
+        // Q4_K / Q6_K: one widening-multiply kernel for every aarch64 path (why not `sdot`:
+        // `kernels::aarch64`'s K-quant section).
+        if matches!(path, P::Neon | P::NeonDotprod | P::NeonI8mm) {
+            match weight {
+                GgmlType::Q4K => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ4K>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q4k_q8k_neon(x, y)
+                        })
+                    }
+                }
+                GgmlType::Q6K => {
+                    return |w, rb, a, o| {
+                        rows_with::<BlockQ6K>(w, rb, a, o, |x, y| unsafe {
+                            a64::vec_dot_q6k_q8k_neon(x, y)
+                        })
+                    }
+                }
+                _ => {}
+            }
+        }
         if path == P::Neon {
             match weight {
                 GgmlType::Q4_0 => {

@@ -71,6 +71,61 @@ pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)
     });
 }
 
+/// Call `f(i, &mut data[i·chunk..(i+1)·chunk])` for every whole chunk of `data` (rows of a
+/// batch), spread over the threads like [`run`]. A trailing partial chunk is not visited.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let mut none: [T; 0] = [];
+    for_each_chunk_mut2(data, chunk, &mut none, 0, &|i, a, _| f(i, a));
+}
+
+/// What [`for_each_chunk_mut2`] calls: `(i, a_i, b_i)`.
+pub type ChunkPairFn<'a, T, U> = dyn Fn(usize, &mut [T], &mut [U]) + Sync + 'a;
+
+/// Call `f(i, a_i, b_i)` with chunk `i` of `a` (`ca` long) and of `b` (`cb` long) for every
+/// `i` below the number of whole chunks of `a` (`b` must hold as many, unless `cb == 0`),
+/// spread over the threads like [`run`].
+///
+/// # Panics
+/// If `ca == 0`, or `cb > 0` and `b` has fewer whole chunks than `a`.
+pub fn for_each_chunk_mut2<T: Send, U: Send>(
+    a: &mut [T],
+    ca: usize,
+    b: &mut [U],
+    cb: usize,
+    f: &ChunkPairFn<'_, T, U>,
+) {
+    assert!(ca > 0, "for_each_chunk_mut2: empty chunks");
+    let n = a.len() / ca;
+    assert!(
+        cb == 0 || b.len() / cb >= n,
+        "for_each_chunk_mut2: {} chunks of a, {} of b",
+        n,
+        b.len() / cb
+    );
+    struct Base<T, U>(*mut T, *mut U);
+    // SAFETY: only used below to hand each chunk to one call at a time.
+    unsafe impl<T: Send, U: Send> Sync for Base<T, U> {}
+    let base = Base(a.as_mut_ptr(), b.as_mut_ptr());
+    let base = &base;
+    run(n, &|i| {
+        // SAFETY: `run` calls each `i` in 0..n exactly once, and chunk `i` of `a` (`b`) is the
+        // range `i·ca..(i+1)·ca` (`i·cb..(i+1)·cb`), inside `a` (`b`) by the checks above and
+        // disjoint from every other chunk: these are unique references to live elements of
+        // `a` and `b`, which outlive `run`. (`cb == 0`: an empty slice at `b`'s start.)
+        let (x, y) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(base.0.add(i * ca), ca),
+                std::slice::from_raw_parts_mut(base.1.add(i * cb), cb),
+            )
+        };
+        f(i, x, y)
+    });
+}
+
 /// The ticket word: `generation << 32 | parts << 16 | next`. Parts are claimed by a CAS that
 /// must see the claimer's generation, so a worker that wakes up late for an old job claims
 /// nothing, and the caller never has to wait for a worker that is not running: if no worker
@@ -258,6 +313,29 @@ mod tests {
                 hits[p].fetch_add(1, Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "parts={parts}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_handed_out_once_and_disjoint() {
+        for (len, chunk) in [(0, 3), (7, 7), (10, 3), (64 * 9, 9), (1000, 1)] {
+            let mut a = vec![0u32; len];
+            let mut b = vec![0u64; 2 * (len / chunk) + 1];
+            for_each_chunk_mut2(&mut a, chunk, &mut b, 2, &|i, x, y| {
+                assert_eq!((x.len(), y.len()), (chunk, 2));
+                x.iter_mut().for_each(|v| *v += i as u32 + 1);
+                y.iter_mut().for_each(|v| *v += 1);
+            });
+            let whole = len / chunk * chunk;
+            for (k, &v) in a.iter().enumerate() {
+                let want = if k < whole { (k / chunk) as u32 + 1 } else { 0 };
+                assert_eq!(v, want, "len={len} chunk={chunk} k={k}");
+            }
+            assert!(b[..2 * (len / chunk)].iter().all(|&v| v == 1));
+            assert_eq!(b[2 * (len / chunk)], 0);
+            let mut c = vec![1u8; len];
+            for_each_chunk_mut(&mut c, chunk, &|_, x| x.iter_mut().for_each(|v| *v -= 1));
+            assert_eq!(c.iter().filter(|&&v| v == 0).count(), whole);
         }
     }
 

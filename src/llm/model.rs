@@ -447,16 +447,55 @@ impl Model {
         out: &mut [f32],
         fresh: bool,
     ) -> Result<()> {
-        let nb = x.len() / w.cols;
-        for (a, row) in acts
-            .iter_mut()
-            .zip(x.chunks_exact(w.cols))
-            .filter(|_| !fresh)
-        {
-            a.quantize_for(w.ty, row)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !fresh {
+            self.quantize(w, x, acts)?;
         }
-        self.matmul_quantized(w, &acts[..nb], out)
+        self.matmul_quantized(w, &acts[..x.len() / w.cols], out)
+    }
+
+    /// Quantize each row of `x` (`w.cols` long) for `w`'s type into `acts`, one row per part,
+    /// spread over the compute threads (a batch's rows are independent; one row runs on this
+    /// thread).
+    fn quantize(&self, w: &Weight, x: &[f32], acts: &mut [QuantizedActs]) -> Result<()> {
+        let nb = x.len() / w.cols;
+        let err = std::sync::OnceLock::new();
+        pool::for_each_mut(&mut acts[..nb], &|b, a| {
+            if let Err(e) = a.quantize_for(w.ty, &x[b * w.cols..(b + 1) * w.cols]) {
+                let _ = err.set(e);
+            }
+        });
+        match err.into_inner() {
+            Some(e) => bail!("{e}"),
+            None => Ok(()),
+        }
+    }
+
+    /// [`matmul`](Self::matmul) of several matrices with the same input `x`: quantized once
+    /// per weight type, and where every matrix has a packed copy, one job for the compute
+    /// threads ([`quants::matmul_packed_many`]). The same bits as one call per matrix.
+    fn matmul_many<const N: usize>(
+        &self,
+        x: &[f32],
+        acts: &mut [QuantizedActs],
+        jobs: [(&Weight, &mut [f32]); N],
+    ) -> Result<()> {
+        let Some(first) = jobs.first().map(|j| *j.0) else {
+            return Ok(());
+        };
+        if N <= quants::MAX_PACKED_JOBS && jobs.iter().all(|(w, _)| w.packed.is_some()) {
+            self.quantize(&first, x, acts)?;
+            // (Every `packed` is `Some`: checked just above.)
+            let mut packed = jobs.map(|(w, o)| (&self.packed[w.packed.unwrap_or(0)], o));
+            let nb = x.len() / first.cols;
+            return quants::matmul_packed_many(&mut packed, &acts[..nb])
+                .map_err(|e| anyhow::anyhow!("{e}"));
+        }
+        let mut prev = None;
+        for (w, out) in jobs {
+            self.matmul(w, x, acts, out, prev == Some(w.ty))?;
+            prev = Some(w.ty);
+        }
+        Ok(())
     }
 
     /// `out[b·rows + r] = W[r] · acts[b]` with activations already quantized for `w.ty`: the
@@ -558,26 +597,14 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
-            self.matmul(
-                &l.wq,
+            self.matmul_many(
                 &st.xn[..nb * d],
                 &mut st.acts,
-                &mut st.q[..nb * dq],
-                false,
-            )?;
-            self.matmul(
-                &l.wk,
-                &st.xn[..nb * d],
-                &mut st.acts,
-                &mut st.kk[..nb * kv_dim],
-                l.wk.ty == l.wq.ty,
-            )?;
-            self.matmul(
-                &l.wv,
-                &st.xn[..nb * d],
-                &mut st.acts,
-                &mut st.vv[..nb * kv_dim],
-                l.wv.ty == l.wk.ty,
+                [
+                    (&l.wq, &mut st.q[..nb * dq]),
+                    (&l.wk, &mut st.kk[..nb * kv_dim]),
+                    (&l.wv, &mut st.vv[..nb * kv_dim]),
+                ],
             )?;
             for (bias, t, n) in [
                 (&l.bq, &mut st.q, dq),
@@ -590,32 +617,36 @@ impl Model {
                     }
                 }
             }
-            for b in 0..nb {
-                let (cos, sin) = (
-                    &st.rope_cos[b * half..(b + 1) * half],
-                    &st.rope_sin[b * half..(b + 1) * half],
-                );
-                for h in st.q[b * dq..(b + 1) * dq].chunks_exact_mut(c.head_dim) {
-                    rope(h, cos, sin, c.rope_neox);
-                }
-                for h in st.kk[b * kv_dim..(b + 1) * kv_dim].chunks_exact_mut(c.head_dim) {
-                    rope(h, cos, sin, c.rope_neox);
-                }
-                let pos = st.n_past + b;
-                let (kc, vc) = (&mut st.k[li], &mut st.v[li]);
-                for (dst, s) in kc[pos * kv_dim..(pos + 1) * kv_dim]
-                    .iter_mut()
-                    .zip(&st.kk[b * kv_dim..(b + 1) * kv_dim])
-                {
-                    *dst = f16::from_f32(*s);
-                }
-                for (dst, s) in vc[pos * kv_dim..(pos + 1) * kv_dim]
-                    .iter_mut()
-                    .zip(&st.vv[b * kv_dim..(b + 1) * kv_dim])
-                {
-                    *dst = f16::from_f32(*s);
-                }
-            }
+            // RoPE on each token's q and k, then k and v into the f16 cache at the token's
+            // position: the batch's tokens spread over the compute threads.
+            let (cos, sin) = (&st.rope_cos, &st.rope_sin);
+            pool::for_each_chunk_mut2(
+                &mut st.q[..nb * dq],
+                dq,
+                &mut st.kk[..nb * kv_dim],
+                kv_dim,
+                &|b, q, k| {
+                    let (cos, sin) = (&cos[b * half..][..half], &sin[b * half..][..half]);
+                    for h in q.chunks_exact_mut(c.head_dim) {
+                        rope(h, cos, sin, c.rope_neox);
+                    }
+                    for h in k.chunks_exact_mut(c.head_dim) {
+                        rope(h, cos, sin, c.rope_neox);
+                    }
+                },
+            );
+            let (kk, vv) = (&st.kk, &st.vv);
+            let cached = st.n_past * kv_dim..(st.n_past + nb) * kv_dim;
+            pool::for_each_chunk_mut2(
+                &mut st.k[li][cached.clone()],
+                kv_dim,
+                &mut st.v[li][cached],
+                kv_dim,
+                &|b, kc, vc| {
+                    kc.convert_from_f32_slice(&kk[b * kv_dim..(b + 1) * kv_dim]);
+                    vc.convert_from_f32_slice(&vv[b * kv_dim..(b + 1) * kv_dim]);
+                },
+            );
 
             // attention per token and head over positions 0..=pos (causal); the heads of a
             // token are spread over the compute threads, each with its own scratch
@@ -670,23 +701,21 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
-            self.matmul(
-                &l.w_gate,
+            self.matmul_many(
                 &st.xn[..nb * d],
                 &mut st.acts,
-                &mut st.gate[..nb * dff],
-                false,
+                [
+                    (&l.w_gate, &mut st.gate[..nb * dff]),
+                    (&l.w_up, &mut st.up[..nb * dff]),
+                ],
             )?;
-            self.matmul(
-                &l.w_up,
-                &st.xn[..nb * d],
-                &mut st.acts,
-                &mut st.up[..nb * dff],
-                l.w_up.ty == l.w_gate.ty,
-            )?;
-            for ((o, g), u) in st.ffn_out[..nb * dff].iter_mut().zip(&st.gate).zip(&st.up) {
-                *o = silu(*g) * u;
-            }
+            let (gate, up) = (&st.gate, &st.up);
+            pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
+                let (g, u) = (&gate[b * dff..][..dff], &up[b * dff..][..dff]);
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    *o = silu(*g) * u;
+                }
+            });
             self.matmul(
                 &l.w_down,
                 &st.ffn_out[..nb * dff],
@@ -755,11 +784,11 @@ pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
     crate::kernels::quants::lane_total(&l)
 }
 
-/// [`rms_norm`] of every row of `x` (rows of `w.len()` values) into the same rows of `out`.
+/// [`rms_norm`] of every row of `x` (rows of `w.len()` values) into the same rows of `out`,
+/// the rows spread over the compute threads (one row: on this thread).
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        rms_norm(x, w, eps, o);
-    }
+    let n = w.len();
+    pool::for_each_chunk_mut(out, n, &|b, o| rms_norm(&x[b * n..(b + 1) * n], w, eps, o));
 }
 
 /// RMSNorm as ggml: mean of squares accumulated in f64, then `x * w / sqrt(mean + eps)`.

@@ -1082,42 +1082,86 @@ pub fn matmul_packed(
     acts: &[QuantizedActs],
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    matmul_packed_on(crate::kernels::active(), p, acts, out)
+    matmul_packed_on(crate::kernels::active(), &mut [(p, out)], acts)
+}
+
+/// Most matrices [`matmul_packed_many`] takes at once.
+pub const MAX_PACKED_JOBS: usize = 4;
+
+/// [`matmul_packed`] of several matrices with the same input (`acts`), as one job for the
+/// compute threads: `jobs[m].1[b·rows_m + r] = W_m[r] · acts[b]`. The same bits as one call
+/// per matrix, one hand-out of work instead of several (a decode step's Q/K/V and gate/up
+/// matrices are a few µs of work each, so the hand-outs and the waits at their ends count).
+pub fn matmul_packed_many(
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
+    acts: &[QuantizedActs],
+) -> Result<(), QuantError> {
+    matmul_packed_on(crate::kernels::active(), jobs, acts)
 }
 
 fn matmul_packed_on(
     path: crate::kernels::KernelPath,
-    p: &PackedMatrix,
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
     acts: &[QuantizedActs],
-    out: &mut [f32],
 ) -> Result<(), QuantError> {
-    for a in acts {
-        check_acts(GgmlType::Q4_0, a, p.cols)?;
-    }
-    let n = p.rows;
-    if out.len() != n * acts.len() {
+    if jobs.len() > MAX_PACKED_JOBS {
         return Err(QuantError::Len {
-            what: "matmul output",
-            expected: n * acts.len(),
-            got: out.len(),
+            what: "packed matmul jobs",
+            expected: MAX_PACKED_JOBS,
+            got: jobs.len(),
         });
     }
-    let nb = p.cols / q4_0::QK4_0;
+    // Per matrix: its tiles, rows, first global tile, output.
+    let mut mats = [(&[][..], 0usize, 0usize, SendPtr(std::ptr::null_mut())); MAX_PACKED_JOBS];
+    let mut tiles = 0;
+    let cols = jobs.first().map_or(0, |j| j.0.cols);
+    for ((p, out), m) in jobs.iter_mut().zip(&mut mats) {
+        for a in acts {
+            check_acts(GgmlType::Q4_0, a, p.cols)?;
+        }
+        if p.cols != cols {
+            return Err(QuantError::Len {
+                what: "packed matmul columns",
+                expected: cols,
+                got: p.cols,
+            });
+        }
+        if out.len() != p.rows * acts.len() {
+            return Err(QuantError::Len {
+                what: "matmul output",
+                expected: p.rows * acts.len(),
+                got: out.len(),
+            });
+        }
+        *m = (&p.tiles[..], p.rows, tiles, SendPtr(out.as_mut_ptr()));
+        tiles += p.rows / q4_0x8::TILE_ROWS;
+    }
+    let mats = &mats[..jobs.len()];
+    let nb = cols / q4_0::QK4_0;
     if nb == 0 {
-        out.fill(0.0);
+        jobs.iter_mut().for_each(|(_, o)| o.fill(0.0));
         return Ok(());
     }
-    let out_ptr = SendPtr(out.as_mut_ptr());
     let per_call = gemm_acts(path);
-    // Tiles `t0..t1`, every activation row, into `out[b·n + 8t ..][..8]`.
-    let run = |t0: usize, t1: usize| {
-        for t in t0..t1 {
-            let x = &p.tiles[t * nb..(t + 1) * nb];
+    // Global tiles `g0..g1` (matrix after matrix), every activation row, into the owning
+    // matrix's `out[b·n + 8t ..][..8]`.
+    let run = |g0: usize, g1: usize| {
+        for g in g0..g1 {
+            // The last matrix starting at or before `g` (matrix 0 starts at 0).
+            let (ptiles, n, first, out_ptr) = mats
+                .iter()
+                .rev()
+                .find(|m| m.2 <= g)
+                .copied()
+                .unwrap_or(mats[0]);
+            let t = g - first;
+            let x = &ptiles[t * nb..(t + 1) * nb];
             let put = |b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
                 for (a, v) in vals.iter().enumerate() {
                     // SAFETY: `b·n + 8t + 8 ≤ b·n + n ≤ out.len()` (8t + 8 ≤ n, b =
-                    // b0 + a < acts.len()). Concurrent calls of `run` get disjoint tile ranges,
-                    // so no two live references overlap, and `out` outlives them (`pool::run`
+                    // b0 + a < acts.len()) for the matrix's own `out` (length checked above).
+                    // Concurrent calls of `run` get disjoint global tile ranges, so no two
+                    // live references overlap, and every `out` outlives them (`pool::run`
                     // returns only when every part is done).
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((b0 + a) * n + t * 8), 8)
@@ -1136,9 +1180,8 @@ fn matmul_packed_on(
             }
         }
     };
-    let tiles = n / q4_0x8::TILE_ROWS;
     let threads = crate::kernels::pool::threads();
-    if threads <= 1 || n * acts.len() < 2 * ROWS_PER_PART {
+    if threads <= 1 || tiles * q4_0x8::TILE_ROWS * acts.len() < 2 * ROWS_PER_PART {
         run(0, tiles);
         return Ok(());
     }

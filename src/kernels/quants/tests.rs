@@ -1055,7 +1055,10 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
         let w: Vec<u8> = (0..n_rows)
             .flat_map(|_| random_row(&mut rng, ty, n_cols))
             .collect();
-        let rb = w.len() / n_rows;
+        let small: Vec<u8> = (0..16)
+            .flat_map(|_| random_row(&mut rng, ty, n_cols))
+            .collect();
+        let small_packed = PackedMatrix::pack_q4_0(&small, 16, n_cols).unwrap();
         for n_acts in 1..=9 {
             let acts = random_acts(&mut rng, ty, n_acts, n_cols);
             for &p in &paths {
@@ -1064,21 +1067,43 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
                     None => PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap(),
                 };
                 assert_eq!(packed.bytes(), w.len(), "packing keeps the size");
-                let mut out = vec![f32::NAN; n_rows * n_acts];
-                matmul_packed_on(p, &packed, &acts, &mut out).unwrap();
-                for (b, a) in acts.iter().enumerate() {
-                    let y = a.blocks::<BlockQ8_0>().unwrap();
-                    for r in 0..n_rows {
-                        let want = q4_0::vec_dot_q4_0_q8_0(blocks(&w[r * rb..(r + 1) * rb]), y);
-                        let got = out[b * n_rows + r];
-                        assert_eq!(
-                            got.to_bits(),
-                            want.to_bits(),
-                            "{} {n_rows}x{n_cols}, {n_acts} acts: row {r} act {b}: {got:e} vs {want:e}",
-                            p.as_str()
-                        );
+                let check = |w: &[u8], n_rows: usize, out: &[f32], what: &str| {
+                    let rb = w.len() / n_rows;
+                    for (b, a) in acts.iter().enumerate() {
+                        let y = a.blocks::<BlockQ8_0>().unwrap();
+                        for r in 0..n_rows {
+                            let want = q4_0::vec_dot_q4_0_q8_0(blocks(&w[r * rb..(r + 1) * rb]), y);
+                            let got = out[b * n_rows + r];
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{} {what} {n_rows}x{n_cols}, {n_acts} acts: row {r} act {b}: {got:e} vs {want:e}",
+                                p.as_str()
+                            );
+                        }
                     }
-                }
+                };
+                let mut out = vec![f32::NAN; n_rows * n_acts];
+                matmul_packed_on(p, &mut [(&packed, &mut out)], &acts).unwrap();
+                check(&w, n_rows, &out, "one matrix");
+                // Three matrices in one job (a small one before and after): each output as
+                // from its own call.
+                let mut o1 = vec![f32::NAN; 16 * n_acts];
+                let mut o2 = vec![f32::NAN; n_rows * n_acts];
+                let mut o3 = vec![f32::NAN; 16 * n_acts];
+                matmul_packed_on(
+                    p,
+                    &mut [
+                        (&small_packed, &mut o1),
+                        (&packed, &mut o2),
+                        (&small_packed, &mut o3),
+                    ],
+                    &acts,
+                )
+                .unwrap();
+                check(&small, 16, &o1, "many[0]");
+                check(&w, n_rows, &o2, "many[1]");
+                check(&small, 16, &o3, "many[2]");
             }
         }
     }
@@ -1115,4 +1140,25 @@ fn packed_matmul_checks_its_inputs() {
     assert!(matmul_packed(&p, std::slice::from_ref(&a), &mut [0.0; 7]).is_err());
     a.quantize_for(GgmlType::Q4_1, &[1.0; 32]).unwrap();
     assert!(matmul_packed(&p, std::slice::from_ref(&a), &mut [0.0; 8]).is_err());
+    // Several matrices: the same checks for each, plus one width and at most four.
+    a.quantize_for(GgmlType::Q4_0, &[1.0; 32]).unwrap();
+    let wide = PackedMatrix::pack_q4_0(&[0u8; 8 * 36], 8, 64).unwrap();
+    let (mut o1, mut o2) = ([0.0; 8], [0.0; 8]);
+    let e = matmul_packed_many(
+        &mut [(&p, &mut o1), (&wide, &mut o2)],
+        std::slice::from_ref(&a),
+    )
+    .unwrap_err();
+    assert!(!e.to_string().contains('\n'), "{e}");
+    let mut o = [[0.0f32; 8]; 5];
+    let [o0, o1, o2, o3, o4] = &mut o;
+    let mut jobs = [
+        (&p, &mut o0[..]),
+        (&p, &mut o1[..]),
+        (&p, &mut o2[..]),
+        (&p, &mut o3[..]),
+        (&p, &mut o4[..]),
+    ];
+    assert!(matmul_packed_many(&mut jobs, std::slice::from_ref(&a)).is_err());
+    assert!(matmul_packed_many(&mut jobs[..4], std::slice::from_ref(&a)).is_ok());
 }

@@ -8,11 +8,13 @@
 //! `vec_dot_*` references; `x86`, `x86_vnni`, `aarch64`), and for Q4_0 a GEMM on weights
 //! repacked eight rows at a time ([`quants::q4_0x8`]: one tile × up to four activation rows
 //! per call, no horizontal sums), which `quants::matmul_packed` runs for the model. Both are
-//! bit-identical to the scalar reference.
+//! bit-identical to the scalar reference. Plus attention's loops over the f16 KV cache
+//! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references).
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod ggml_type;
+pub mod kv;
 pub mod pool;
 pub mod quants;
 #[cfg(target_arch = "x86_64")]

@@ -15,6 +15,7 @@
 //! sums squares in f64, Q and the softmax weights are rounded to f16 before meeting the f16
 //! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
 
+use crate::kernels::kv::KvOps;
 use crate::kernels::pool;
 use crate::kernels::quants::{self, PackedMatrix, QuantizedActs};
 use crate::kernels::GgmlType;
@@ -117,11 +118,10 @@ pub struct State {
     rope_sin: Vec<f32>,
 }
 
-/// One attention head's scratch for one token: the query rounded through f16, one cached
-/// key/value row in f32, the scores over the context, the head's output.
+/// One attention head's scratch for one token: the query rounded through f16, the scores
+/// over the context, the head's output.
 struct HeadScratch {
     qh: Vec<f32>,
-    kv_row: Vec<f32>,
     scores: Vec<f32>,
     out: Vec<f32>,
 }
@@ -416,7 +416,6 @@ impl Model {
             heads: (0..c.n_head)
                 .map(|_| HeadScratch {
                     qh: vec![0.0; c.head_dim],
-                    kv_row: vec![0.0; c.head_dim],
                     scores: vec![0.0; max_ctx],
                     out: vec![0.0; c.head_dim],
                 })
@@ -651,6 +650,7 @@ impl Model {
             // attention per token and head over positions 0..=pos (causal); the heads of a
             // token are spread over the compute threads, each with its own scratch
             let (kc, vc) = (&st.k[li], &st.v[li]);
+            let kv = KvOps::for_path(crate::kernels::active());
             for b in 0..nb {
                 let n = st.n_past + b + 1;
                 let q_tok = &st.q[b * dq..(b + 1) * dq];
@@ -663,19 +663,14 @@ impl Model {
                     let scores = &mut hs.scores[..n];
                     for (p, sc) in scores.iter_mut().enumerate() {
                         let kr = &kc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        kr.convert_to_f32_slice(&mut hs.kv_row);
-                        *sc = dot_striped(&hs.qh, &hs.kv_row) * scale;
+                        *sc = (kv.dot)(&hs.qh, kr) * scale;
                     }
                     softmax(scores);
                     hs.out.fill(0.0);
                     for (p, &sc) in scores.iter().enumerate() {
                         let w = f16::from_f32(sc).to_f32();
                         let vr = &vc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        vr.convert_to_f32_slice(&mut hs.kv_row);
-                        hs.out
-                            .iter_mut()
-                            .zip(&hs.kv_row)
-                            .for_each(|(o, v)| *o += w * v);
+                        (kv.axpy)(&mut hs.out, w, vr);
                     }
                 });
                 for (h, hs) in st.heads[..c.n_head].iter().enumerate() {
@@ -763,25 +758,6 @@ impl Model {
         }
         unreachable!("at least one chunk")
     }
-}
-
-/// `Σ a·b` in f32 with eight lane sums (element `i` in lane `i % 8`, lanes reduced like
-/// [`crate::kernels::quants::lane_total`]): written out so that the compiler may vectorize it
-/// on every target without changing a bit (plain left-to-right sums cannot be vectorized),
-/// and every build gives the same result.
-pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
-    let mut l = [0f32; 8];
-    let (ac, ar) = a.as_chunks::<8>();
-    let (bc, br) = b.as_chunks::<8>();
-    for (x, y) in ac.iter().zip(bc) {
-        for k in 0..8 {
-            l[k] += x[k] * y[k];
-        }
-    }
-    for (k, (x, y)) in ar.iter().zip(br).enumerate() {
-        l[k] += x * y;
-    }
-    crate::kernels::quants::lane_total(&l)
 }
 
 /// [`rms_norm`] of every row of `x` (rows of `w.len()` values) into the same rows of `out`,

@@ -313,6 +313,95 @@ pub unsafe fn gemm_q4_0x8_q8_0<const A: usize>(
     }
 }
 
+/// Two Q4_0x8 tiles (16 weight rows: `x0`'s eight, then `x1`'s) × `A` Q8_0 activation rows
+/// on 512-bit registers: chunk `j` of both tiles in one `zmm` (`x0` in the low half), so each
+/// `vpdpbusd` against the activation bytes broadcast to 16 lanes serves 16 rows; the scales,
+/// the integer-to-float step and the f32 terms likewise 16 lanes wide. Per weight row and
+/// activation row the same integer sums and the same f32 operations, in the same order, as
+/// [`gemm_q4_0x8_q8_0`] (and so the scalar reference's bits): lane `r` is row `r` of `x0`,
+/// lane `8 + r` row `r` of `x1`. Returns `[x0's rows, x1's rows]` per activation row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512-VNNI.
+///
+/// # Panics
+/// If the tiles' or an activation row's block counts differ, or `yd`/`ysum` are shorter.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
+    x0: &[BlockQ4_0x8],
+    x1: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[[f32; TILE_ROWS]; A]; 2] {
+    let n = x0.len();
+    assert_eq!(x1.len(), n, "Q4_0x8 GEMM: tiles' block counts differ");
+    let y: [&[BlockQ8_0]; A] = y.map(|s| {
+        assert_eq!(s.len(), n, "Q4_0x8 GEMM: block counts differ");
+        s
+    });
+    let yd: [&[f32]; A] = yd.map(|s| &s[..n]);
+    let ysum: [&[i32]; A] = ysum.map(|s| &s[..n]);
+    // Four activation bytes `yq[4·j..4·j + 4]` as one i32 on all 16 lanes.
+    let quad = |yq: &[i8; 32], j: usize| {
+        let b = &yq[4 * j..4 * j + 4];
+        _mm512_set1_epi32(i32::from_le_bytes([
+            b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
+        ]))
+    };
+    // SAFETY: the features by contract; every load is inside a block struct (`chunk`: 32 of
+    // the 128 quant bytes; `d`: the 16 bytes of eight f16), and `quad` reads through a
+    // bounds-checked slice.
+    unsafe {
+        let (m_lo, m_hi) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0xf0u8 as i8));
+        let mut acc = [[_mm512_setzero_ps(); 8]; A];
+        for i in 0..n {
+            let (b0, b1) = (&x0[i], &x1[i]);
+            let c: [__m512i; 4] = core::array::from_fn(|j| {
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(chunk(&b0.qs, j)), chunk(&b1.qs, j))
+            });
+            // Low nibbles as u8, high nibbles left in place (16·q), as the 8-row kernel.
+            let w: [__m512i; 8] = core::array::from_fn(|k| {
+                _mm512_and_si512(c[k % 4], if k < 4 { m_lo } else { m_hi })
+            });
+            let dx = _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(b0.d.as_ptr().cast())),
+                _mm_loadu_si128(b1.d.as_ptr().cast()),
+            ));
+            for a in 0..A {
+                let yq = &y[a][i].qs;
+                let mut lo = _mm512_setzero_si512();
+                let mut hi = _mm512_setzero_si512();
+                for j in 0..4 {
+                    lo = _mm512_dpbusd_epi32(lo, w[j], quad(yq, j));
+                    hi = _mm512_dpbusd_epi32(hi, w[4 + j], quad(yq, 4 + j));
+                }
+                let dot = _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi));
+                let sumi = _mm512_sub_epi32(dot, _mm512_set1_epi32(ysum[a][i] << 3));
+                let t = _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dx),
+                    _mm512_set1_ps(yd[a][i]),
+                );
+                acc[a][i % 8] = _mm512_add_ps(acc[a][i % 8], t);
+            }
+        }
+        let mut out = [[[0f32; TILE_ROWS]; A]; 2];
+        for (a, acc) in acc.iter().enumerate() {
+            let l: [[f32; 16]; 8] = core::array::from_fn(|k| {
+                let mut v = [0f32; 16];
+                _mm512_storeu_ps(v.as_mut_ptr(), acc[k]);
+                v
+            });
+            for (tile, out) in out.iter_mut().enumerate() {
+                for (r, o) in out[a].iter_mut().enumerate() {
+                    *o = lane_total(&core::array::from_fn(|k| l[k][8 * tile + r]));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +439,73 @@ mod tests {
             return;
         }
         check_gemm_q4_0x8!(gemm_q4_0x8_q8_0);
+    }
+
+    /// The two-tile (zmm) GEMM against the reference per row (16 rows) and activation row,
+    /// A = 1..4, every block count of `COUNTS` (tails included).
+    #[test]
+    fn gemm2_q4_0x8_matches_scalar() {
+        use crate::kernels::quants::q4_0x8;
+        if !have_vnni() {
+            return;
+        }
+        let mut r = Rng(0x2e11_0c8e_77aa_5678);
+        for iter in 0..30 * COUNTS.len() {
+            let nb = COUNTS[iter % COUNTS.len()];
+            let rows = q4_0_row(&mut r, 16 * nb);
+            let mut tiles = vec![bytemuck::Zeroable::zeroed(); 2 * nb];
+            q4_0x8::pack(&rows, 16, nb, &mut tiles);
+            let (t0, t1) = tiles.split_at(nb);
+            let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(&mut r, nb)).collect();
+            let yd: Vec<Vec<f32>> = ys
+                .iter()
+                .map(|y| pre(y.iter().map(|b| (b.d, b.d))).0)
+                .collect();
+            let ysum: Vec<Vec<i32>> = ys
+                .iter()
+                .map(|y| {
+                    let mut s: Vec<i32> = y
+                        .iter()
+                        .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+                        .collect();
+                    s.resize(s.len().next_multiple_of(8), 0);
+                    s
+                })
+                .collect();
+            let check = |got: &[&[[f32; 8]]; 2]| {
+                for (tile, got) in got.iter().enumerate() {
+                    for (a, got) in got.iter().enumerate() {
+                        for (row, &g) in got.iter().enumerate() {
+                            let row = 8 * tile + row;
+                            let want =
+                                q4_0::vec_dot_q4_0_q8_0(&rows[row * nb..(row + 1) * nb], &ys[a]);
+                            assert!(
+                                same(g, want),
+                                "nb={nb} iter={iter} acts={}: act {a} row {row}: {g:e} vs {want:e}",
+                                got.len()
+                            );
+                        }
+                    }
+                }
+            };
+            macro_rules! run {
+                ($($a:literal),*) => {$({
+                    // SAFETY: VNNI checked above; every activation row has `nb` blocks and
+                    // its scales / sums are padded to a multiple of 8.
+                    let got = unsafe {
+                        gemm2_q4_0x8_q8_0::<$a>(
+                            t0,
+                            t1,
+                            core::array::from_fn(|a| &ys[a][..]),
+                            core::array::from_fn(|a| &yd[a][..]),
+                            core::array::from_fn(|a| &ysum[a][..]),
+                        )
+                    };
+                    check(&[&got[0][..], &got[1][..]]);
+                })*};
+            }
+            run!(1, 2, 3, 4);
+        }
     }
 
     fn q4_1_row(r: &mut Rng, n: usize) -> Vec<BlockQ4_1> {

@@ -1074,6 +1074,35 @@ fn gemm_tile<const A: usize>(
     std::array::from_fn(|a| q4_0x8::gemv_q4_0x8_q8_0(x, y[a]))
 }
 
+/// Whether `path` multiplies two tiles (16 rows) per kernel call ([`gemm_tile2`]): AVX-512
+/// VNNI, on 512-bit registers.
+fn gemm_two_tiles(path: crate::kernels::KernelPath) -> bool {
+    cfg!(target_arch = "x86_64") && path == crate::kernels::KernelPath::Avx512Vnni
+}
+
+/// Two tiles × `A` activation rows on a path where [`gemm_two_tiles`] holds (else two
+/// [`gemm_tile`] calls): `[x0's rows, x1's rows]` per activation row.
+fn gemm_tile2<const A: usize>(
+    path: crate::kernels::KernelPath,
+    x0: &[q4_0x8::BlockQ4_0x8],
+    x1: &[q4_0x8::BlockQ4_0x8],
+    acts: &[QuantizedActs],
+) -> [[[f32; q4_0x8::TILE_ROWS]; A]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if path == crate::kernels::KernelPath::Avx512Vnni {
+        let y: [&[BlockQ8_0]; A] = std::array::from_fn(|a| blocks(acts[a].bytes()));
+        let yd: [&[f32]; A] = std::array::from_fn(|a| acts[a].scales());
+        let ys: [&[i32]; A] = std::array::from_fn(|a| acts[a].qsums());
+        // SAFETY: as for `gemm_tile`'s VNNI call; both tiles come from one packed matrix, so
+        // they have the same block count as the activation rows.
+        return unsafe { crate::kernels::x86_vnni::gemm2_q4_0x8_q8_0(x0, x1, y, yd, ys) };
+    }
+    [
+        gemm_tile::<A>(path, x0, acts),
+        gemm_tile::<A>(path, x1, acts),
+    ]
+}
+
 /// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
 /// Tiles are split over the compute threads; each tile (a few KB) stays in L1 while the
 /// activation rows pass it a few at a time (`gemm_acts`).
@@ -1143,10 +1172,14 @@ fn matmul_packed_on(
         return Ok(());
     }
     let per_call = gemm_acts(path);
+    // (Decode, one activation row, stays on one tile per call: measured slower on two.)
+    let two = gemm_two_tiles(path) && acts.len() > 1;
     // Global tiles `g0..g1` (matrix after matrix), every activation row, into the owning
-    // matrix's `out[b·n + 8t ..][..8]`.
+    // matrix's `out[b·n + 8t ..][..8]`; two tiles of one matrix per call where the path
+    // takes two.
     let run = |g0: usize, g1: usize| {
-        for g in g0..g1 {
+        let mut g = g0;
+        while g < g1 {
             // The last matrix starting at or before `g` (matrix 0 starts at 0).
             let (ptiles, n, first, out_ptr) = mats
                 .iter()
@@ -1156,28 +1189,52 @@ fn matmul_packed_on(
                 .unwrap_or(mats[0]);
             let t = g - first;
             let x = &ptiles[t * nb..(t + 1) * nb];
-            let put = |b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
+            let put = |t: usize, b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
                 for (a, v) in vals.iter().enumerate() {
-                    // SAFETY: `b·n + 8t + 8 ≤ b·n + n ≤ out.len()` (8t + 8 ≤ n, b =
-                    // b0 + a < acts.len()) for the matrix's own `out` (length checked above).
-                    // Concurrent calls of `run` get disjoint global tile ranges, so no two
-                    // live references overlap, and every `out` outlives them (`pool::run`
-                    // returns only when every part is done).
+                    // SAFETY: `t` is the matrix's tile of global tile `g` or (two-tile call)
+                    // `g + 1`, both in this call's range `g0..g1` and in this matrix (checked
+                    // before the two-tile call). `b·n + 8t + 8 ≤ b·n + n ≤ out.len()`
+                    // (8t + 8 ≤ n, b = b0 + a < acts.len()) for the matrix's own `out` (length
+                    // checked above). Concurrent calls of `run` get disjoint global tile
+                    // ranges, so no two live references overlap, and every `out` outlives them
+                    // (`pool::run` returns only when every part is done).
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((b0 + a) * n + t * 8), 8)
                     };
                     o.copy_from_slice(v);
                 }
             };
+            if two && g + 1 < g1 && (t + 2) * 8 <= n {
+                let x1 = &ptiles[(t + 1) * nb..(t + 2) * nb];
+                for (c, chunk) in acts.chunks(per_call).enumerate() {
+                    let b0 = c * per_call;
+                    macro_rules! pair {
+                        ($a:literal) => {{
+                            let [o0, o1] = gemm_tile2::<$a>(path, x, x1, chunk);
+                            put(t, b0, &o0);
+                            put(t + 1, b0, &o1);
+                        }};
+                    }
+                    match chunk.len() {
+                        4 => pair!(4),
+                        3 => pair!(3),
+                        2 => pair!(2),
+                        _ => pair!(1),
+                    }
+                }
+                g += 2;
+                continue;
+            }
             for (c, chunk) in acts.chunks(per_call).enumerate() {
                 let b0 = c * per_call;
                 match chunk.len() {
-                    4 => put(b0, &gemm_tile::<4>(path, x, chunk)),
-                    3 => put(b0, &gemm_tile::<3>(path, x, chunk)),
-                    2 => put(b0, &gemm_tile::<2>(path, x, chunk)),
-                    _ => put(b0, &gemm_tile::<1>(path, x, chunk)),
+                    4 => put(t, b0, &gemm_tile::<4>(path, x, chunk)),
+                    3 => put(t, b0, &gemm_tile::<3>(path, x, chunk)),
+                    2 => put(t, b0, &gemm_tile::<2>(path, x, chunk)),
+                    _ => put(t, b0, &gemm_tile::<1>(path, x, chunk)),
                 }
             }
+            g += 1;
         }
     };
     let threads = crate::kernels::pool::threads();

@@ -102,7 +102,9 @@ pub struct State {
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
-    /// Per attention head: its scratch (heads run on the compute threads in parallel).
+    /// Attention scratch, one per part of the attention job: head `h` of the tokens
+    /// `c·ATT_TOKENS..(c+1)·ATT_TOKENS` of a batch at index `c·n_head + h` (the parts run on
+    /// the compute threads in parallel).
     heads: Vec<HeadScratch>,
     kk: Vec<f32>,
     vv: Vec<f32>,
@@ -118,8 +120,12 @@ pub struct State {
     rope_sin: Vec<f32>,
 }
 
-/// One attention head's scratch for one token: the query rounded through f16, the scores
-/// over the context, the head's output.
+/// Tokens of a batch per part of the attention job (with the heads: `n_head · ⌈nb / 4⌉`
+/// parts, one hand-out per layer, small enough to balance over the threads).
+const ATT_TOKENS: usize = 4;
+
+/// One attention head's scratch for up to [`ATT_TOKENS`] tokens: the query rounded through
+/// f16, the scores over the context, the head's output per token.
 struct HeadScratch {
     qh: Vec<f32>,
     scores: Vec<f32>,
@@ -413,11 +419,11 @@ impl Model {
             x: vec![0.0; MAX_BATCH * c.n_embd],
             xn: vec![0.0; MAX_BATCH * c.n_embd],
             q: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
-            heads: (0..c.n_head)
+            heads: (0..c.n_head * MAX_BATCH.div_ceil(ATT_TOKENS))
                 .map(|_| HeadScratch {
                     qh: vec![0.0; c.head_dim],
                     scores: vec![0.0; max_ctx],
-                    out: vec![0.0; c.head_dim],
+                    out: vec![0.0; ATT_TOKENS * c.head_dim],
                 })
                 .collect(),
             kk: vec![0.0; MAX_BATCH * c.n_head_kv * c.head_dim],
@@ -647,34 +653,41 @@ impl Model {
                 },
             );
 
-            // attention per token and head over positions 0..=pos (causal); the heads of a
-            // token are spread over the compute threads, each with its own scratch
+            // attention per token and head over positions 0..=pos (causal): one job per
+            // layer, a part per head and group of ATT_TOKENS tokens, each with its own scratch
             let (kc, vc) = (&st.k[li], &st.v[li]);
             let kv = KvOps::for_path(crate::kernels::active());
-            for b in 0..nb {
-                let n = st.n_past + b + 1;
-                let q_tok = &st.q[b * dq..(b + 1) * dq];
-                pool::for_each_mut(&mut st.heads[..c.n_head], &|h, hs: &mut HeadScratch| {
-                    let kvh = h / group;
-                    let q = &q_tok[h * c.head_dim..][..c.head_dim];
+            let (n_head, hd, n_past) = (c.n_head, c.head_dim, st.n_past);
+            let parts = n_head * nb.div_ceil(ATT_TOKENS);
+            let q_all = &st.q;
+            pool::for_each_mut(&mut st.heads[..parts], &|i, hs: &mut HeadScratch| {
+                let (g, h) = (i / n_head, i % n_head);
+                let kvh = h / group;
+                for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
+                    let n = n_past + b + 1;
+                    let q = &q_all[b * dq + h * hd..][..hd];
                     for (dst, s) in hs.qh.iter_mut().zip(q) {
                         *dst = f16::from_f32(*s).to_f32();
                     }
                     let scores = &mut hs.scores[..n];
                     for (p, sc) in scores.iter_mut().enumerate() {
-                        let kr = &kc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
+                        let kr = &kc[p * kv_dim + kvh * hd..][..hd];
                         *sc = (kv.dot)(&hs.qh, kr) * scale;
                     }
                     softmax(scores);
-                    hs.out.fill(0.0);
+                    let out = &mut hs.out[k * hd..(k + 1) * hd];
+                    out.fill(0.0);
                     for (p, &sc) in scores.iter().enumerate() {
                         let w = f16::from_f32(sc).to_f32();
-                        let vr = &vc[p * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        (kv.axpy)(&mut hs.out, w, vr);
+                        let vr = &vc[p * kv_dim + kvh * hd..][..hd];
+                        (kv.axpy)(out, w, vr);
                     }
-                });
-                for (h, hs) in st.heads[..c.n_head].iter().enumerate() {
-                    st.att_out[b * dq + h * c.head_dim..][..c.head_dim].copy_from_slice(&hs.out);
+                }
+            });
+            for (i, hs) in st.heads[..parts].iter().enumerate() {
+                let (g, h) = (i / n_head, i % n_head);
+                for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
+                    st.att_out[b * dq + h * hd..][..hd].copy_from_slice(&hs.out[k * hd..][..hd]);
                 }
             }
             self.matmul(

@@ -1,8 +1,8 @@
 //! AVX-512 VNNI kernels for x86_64 ([`KernelPath::Avx512Vnni`](super::KernelPath::Avx512Vnni)):
 //! the Q4_0 × Q8_0, Q4_1 × Q8_1 and Q8_0 × Q8_0 dot products (the base SmolLM2's Q4_1 layer
 //! matrices and Q8_0 output matrix) and the Q4_0x8 GEMM on repacked weights
-//! ([`gemm_q4_0x8_q8_0`]: the tuned CoT model's matrices, prefill and decode) with
-//! `vpdpbusd`. The path's other kernels (Q4_K, Q6_K, the Q8 activation quantizers) are
+//! ([`gemm_q4_0x8_q8_0`]: the tuned CoT model's matrices, decode; [`gemm2_q4_0x8_q8_0`]: two
+//! tiles per 512-bit register, prefill) with `vpdpbusd`. The path's other kernels (Q4_K, Q6_K, the Q8 activation quantizers) are
 //! [`super::x86`]'s AVX2 ones.
 //!
 //! Every function here is **bit-identical** to its scalar reference in [`super::quants`], as

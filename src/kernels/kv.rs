@@ -18,7 +18,7 @@ use crate::kernels::KernelPath;
 /// `Σ a·b` in f32 with eight lane sums (element `i` in lane `i % 8`, lanes reduced like
 /// [`lane_total`]): written out so that the compiler may vectorize it on every target without
 /// changing a bit (plain left-to-right sums cannot be vectorized), and every build gives the
-/// same result. The reference of [`dot_f16`].
+/// same result. The reference of [`KvOps::dot`] (via [`dot_f16_ref`]).
 pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
     let mut l = [0f32; 8];
     let (ac, ar) = a.as_chunks::<8>();

@@ -229,25 +229,18 @@ mod aarch64 {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        /// Moderate values, with zeros, ±0, f16 extremes (65504, subnormals) and their f32
-        /// neighbours mixed in.
-        fn f(&mut self) -> f32 {
-            match self.next() % 10 {
-                0 => 0.0,
-                1 => -0.0,
-                2 => 65504.0,
-                3 => -6e-8,
-                4 => 3.0e4,
-                _ => ((self.next() % 20001) as f32 - 10000.0) / 1000.0,
-            }
+    use crate::kernels::quants::tests::Rng;
+
+    /// Moderate values, with zeros, ±0, f16 extremes (65504, subnormals) and their f32
+    /// neighbours mixed in.
+    fn value(r: &mut Rng) -> f32 {
+        match r.next_u64() % 10 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => 65504.0,
+            3 => -6e-8,
+            4 => 3.0e4,
+            _ => ((r.next_u64() % 20001) as f32 - 10000.0) / 1000.0,
         }
     }
 
@@ -264,7 +257,7 @@ mod tests {
     /// `dot_striped` of the converted row.
     #[test]
     fn every_path_matches_the_scalar_reference_bit_for_bit() {
-        let mut r = Rng(0x6b76_5f6f_7073_2121);
+        let mut r = Rng::new(0x6b76_5f6f_7073_2121);
         let paths = paths();
         println!(
             "kv paths: {:?}",
@@ -272,10 +265,10 @@ mod tests {
         );
         for n in (0..=70).chain([128, 257]) {
             for _ in 0..20 {
-                let a: Vec<f32> = (0..n).map(|_| r.f()).collect();
-                let b: Vec<f16> = (0..n).map(|_| f16::from_f32(r.f())).collect();
-                let out0: Vec<f32> = (0..n).map(|_| r.f()).collect();
-                let w = r.f();
+                let a: Vec<f32> = (0..n).map(|_| value(&mut r)).collect();
+                let b: Vec<f16> = (0..n).map(|_| f16::from_f32(value(&mut r))).collect();
+                let out0: Vec<f32> = (0..n).map(|_| value(&mut r)).collect();
+                let w = value(&mut r);
                 let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
                 let want = dot_f16_ref(&a, &b);
                 assert_eq!(want.to_bits(), dot_striped(&a, &b32).to_bits(), "n={n}");

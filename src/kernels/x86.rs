@@ -926,6 +926,32 @@ pub(super) mod tests {
     /// of eight rows with extreme scales and quant bytes (all 0x00 / 0xFF, i8 extremes) times
     /// one to four activation rows (i8 -128 included): each row × activation value must be
     /// the bits of the GGUF-layout scalar reference [`q4_0::vec_dot_q4_0_q8_0`] (NaN = NaN).
+    /// Four random Q8_0 activation rows of `nb` blocks with their f32 scales and quant sums,
+    /// padded to a multiple of 8 as `QuantizedActs` keeps them (the GEMM kernels' inputs).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn gemm_acts(
+        r: &mut Rng,
+        nb: usize,
+    ) -> (Vec<Vec<BlockQ8_0>>, Vec<Vec<f32>>, Vec<Vec<i32>>) {
+        let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(r, nb)).collect();
+        let yd = ys
+            .iter()
+            .map(|y| pre(y.iter().map(|b| (b.d, b.d))).0)
+            .collect();
+        let ysum = ys
+            .iter()
+            .map(|y| {
+                let mut s: Vec<i32> = y
+                    .iter()
+                    .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+                    .collect();
+                s.resize(s.len().next_multiple_of(8), 0);
+                s
+            })
+            .collect();
+        (ys, yd, ysum)
+    }
+
     macro_rules! check_gemm_q4_0x8 {
         // `$kernel::<A>` for each A in the list, on the first A activation rows.
         (@acts $kernel:ident, $check:ident, $tile:ident, $ys:ident, $yd:ident, $ysum:ident, [$($a:literal),*]) => {
@@ -944,17 +970,7 @@ pub(super) mod tests {
                 let rows = q4_0_row(&mut r, 8 * nb);
                 let mut tile = vec![bytemuck::Zeroable::zeroed(); nb];
                 q4_0x8::pack(&rows, 8, nb, &mut tile);
-                let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(&mut r, nb)).collect();
-                let yd: Vec<Vec<f32>> = ys.iter().map(|y| pre(y.iter().map(|b| (b.d, b.d))).0).collect();
-                let ysum: Vec<Vec<i32>> = ys
-                    .iter()
-                    .map(|y| {
-                        let mut s: Vec<i32> =
-                            y.iter().map(|b| b.qs.iter().map(|&q| q as i32).sum()).collect();
-                        s.resize(s.len().next_multiple_of(8), 0);
-                        s
-                    })
-                    .collect();
+                let (ys, yd, ysum) = gemm_acts(&mut r, nb);
                 let check = |got: &[[f32; 8]]| {
                     for (a, got) in got.iter().enumerate() {
                         for (row, &g) in got.iter().enumerate() {

@@ -407,7 +407,8 @@ mod tests {
     use super::*;
     use crate::kernels::quants::{q4_0, q4_1, q8, F16Le};
     use crate::kernels::x86::tests::{
-        check_gemm_q4_0x8, fill_bytes, fill_i8, pre, q4_0_row, q8_0_row, same, scale, Rng, COUNTS,
+        check_gemm_q4_0x8, fill_bytes, fill_i8, gemm_acts, pre, q4_0_row, q8_0_row, same, scale,
+        Rng, COUNTS,
     };
     use crate::kernels::KernelPath;
 
@@ -456,22 +457,7 @@ mod tests {
             let mut tiles = vec![bytemuck::Zeroable::zeroed(); 2 * nb];
             q4_0x8::pack(&rows, 16, nb, &mut tiles);
             let (t0, t1) = tiles.split_at(nb);
-            let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| q8_0_row(&mut r, nb)).collect();
-            let yd: Vec<Vec<f32>> = ys
-                .iter()
-                .map(|y| pre(y.iter().map(|b| (b.d, b.d))).0)
-                .collect();
-            let ysum: Vec<Vec<i32>> = ys
-                .iter()
-                .map(|y| {
-                    let mut s: Vec<i32> = y
-                        .iter()
-                        .map(|b| b.qs.iter().map(|&q| q as i32).sum())
-                        .collect();
-                    s.resize(s.len().next_multiple_of(8), 0);
-                    s
-                })
-                .collect();
+            let (ys, yd, ysum) = gemm_acts(&mut r, nb);
             let check = |got: &[&[[f32; 8]]; 2]| {
                 for (tile, got) in got.iter().enumerate() {
                     for (a, got) in got.iter().enumerate() {

@@ -46,7 +46,7 @@ pub mod q4_1;
 pub mod q8;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use float::{Bf16Le, F16Le, F32Le, I16Le};
 pub use k_quants::{BlockQ4K, BlockQ6K};

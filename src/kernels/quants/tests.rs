@@ -465,14 +465,14 @@ fn block_types_match_ggml_type_table() {
 // ---------------------------------------------------------------------------------------------
 // Property tests
 
-/// xorshift64* — tiny and deterministic.
-struct Rng(u64);
+/// xorshift64* — tiny and deterministic (also `kernels::kv`'s tests').
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

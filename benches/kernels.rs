@@ -164,6 +164,21 @@ fn main() {
                 x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
             });
             print_gemm(n, "avx512-vnni", row, gemm3!(x86_vnni));
+            // The two-tile (zmm) kernel the model runs for prefill on this path: 16 rows × A.
+            let g2 = [
+                ns(|| unsafe {
+                    x86_vnni::gemm2_q4_0x8_q8_0::<1>(black_box(t), t, [y], [d], [q])[0][0][0]
+                }) / 16.0,
+                ns(|| unsafe {
+                    x86_vnni::gemm2_q4_0x8_q8_0::<2>(black_box(t), t, [y; 2], [d; 2], [q; 2])[0][0]
+                        [0]
+                }) / 32.0,
+                ns(|| unsafe {
+                    x86_vnni::gemm2_q4_0x8_q8_0::<4>(black_box(t), t, [y; 4], [d; 4], [q; 4])[0][0]
+                        [0]
+                }) / 64.0,
+            ];
+            print_gemm(n, "vnni 2 tiles", row, g2);
         }
         let s = ns(|| q4_1::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1)));
         let v = ns(|| unsafe { x86::vec_dot_q4_1_q8_1(black_box(w41), black_box(a1), &d1, &s1) });

@@ -164,17 +164,25 @@ fn main() {
                 x86_vnni::vec_dot_q4_0_q8_0(black_box(w40), black_box(a0), &d0, &q0s)
             });
             print_gemm(n, "avx512-vnni", row, gemm3!(x86_vnni));
-            // The two-tile (zmm) kernel the model runs for prefill on this path: 16 rows × A.
+            // The two-tile (zmm) kernel the model runs for prefill on this path: 16 rows × A,
+            // two distinct tiles (adjacent in memory, as in a packed matrix).
+            let tiles2 = {
+                let src: Vec<BlockQ4_0> = (0..16).flat_map(|_| w40.iter().copied()).collect();
+                let mut t = vec![bytemuck::Zeroable::zeroed(); 2 * w40.len()];
+                q4_0x8::pack(&src, 16, w40.len(), &mut t);
+                t
+            };
+            let (t, t1) = tiles2.split_at(w40.len());
             let g2 = [
                 ns(|| unsafe {
-                    x86_vnni::gemm2_q4_0x8_q8_0::<1>(black_box(t), t, [y], [d], [q])[0][0][0]
+                    x86_vnni::gemm2_q4_0x8_q8_0::<1>(black_box(t), t1, [y], [d], [q])[0][0][0]
                 }) / 16.0,
                 ns(|| unsafe {
-                    x86_vnni::gemm2_q4_0x8_q8_0::<2>(black_box(t), t, [y; 2], [d; 2], [q; 2])[0][0]
+                    x86_vnni::gemm2_q4_0x8_q8_0::<2>(black_box(t), t1, [y; 2], [d; 2], [q; 2])[0][0]
                         [0]
                 }) / 32.0,
                 ns(|| unsafe {
-                    x86_vnni::gemm2_q4_0x8_q8_0::<4>(black_box(t), t, [y; 4], [d; 4], [q; 4])[0][0]
+                    x86_vnni::gemm2_q4_0x8_q8_0::<4>(black_box(t), t1, [y; 4], [d; 4], [q; 4])[0][0]
                         [0]
                 }) / 64.0,
             ];

@@ -351,12 +351,20 @@ pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
     };
     // SAFETY: the features by contract; every load is inside a block struct (`chunk`: 32 of
     // the 128 quant bytes; `d`: the 16 bytes of eight f16), and `quad` reads through a
-    // bounds-checked slice.
+    // bounds-checked slice. The prefetches are hints to addresses that may lie past the tiles
+    // (`wrapping_add`, never dereferenced): they cannot fault.
     unsafe {
         let (m_lo, m_hi) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0xf0u8 as i8));
         let mut acc = [[_mm512_setzero_ps(); 8]; A];
         for i in 0..n {
             let (b0, b1) = (&x0[i], &x1[i]);
+            // Two streams at once: prefetch both, 1 KiB ahead (a prefetch never faults).
+            for b in [b0, b1] {
+                let ahead = (b as *const BlockQ4_0x8).cast::<i8>().wrapping_add(1024);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+            }
             let c: [__m512i; 4] = core::array::from_fn(|j| {
                 _mm512_inserti64x4::<1>(_mm512_castsi256_si512(chunk(&b0.qs, j)), chunk(&b1.qs, j))
             });

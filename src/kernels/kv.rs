@@ -3,7 +3,7 @@
 //! done in registers (F16C `vcvtph2ps` on x86, `fcvtl`/`fcvtl2` on aarch64) instead of through
 //! a scratch row.
 //!
-//! Owns the scalar references ([`dot_striped`], [`axpy_f16_ref`]) and their SIMD variants,
+//! Owns the scalar references ([`dot_f16_ref`], [`axpy_f16_ref`]) and their SIMD variants,
 //! chosen once per forward pass by [`KvOps::for_path`]. Every variant gives the reference's
 //! bits (f16 → f32 is exact, the products and sums are the same f32 operations in the same
 //! order, never fused), so the kernel path never changes a token. Must not know about
@@ -15,27 +15,10 @@ use half::slice::HalfFloatSliceExt;
 use crate::kernels::quants::lane_total;
 use crate::kernels::KernelPath;
 
-/// `Σ a·b` in f32 with eight lane sums (element `i` in lane `i % 8`, lanes reduced like
-/// [`lane_total`]): written out so that the compiler may vectorize it on every target without
-/// changing a bit (plain left-to-right sums cannot be vectorized), and every build gives the
-/// same result. The reference of [`KvOps::dot`] (via [`dot_f16_ref`]).
-pub fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
-    let mut l = [0f32; 8];
-    let (ac, ar) = a.as_chunks::<8>();
-    let (bc, br) = b.as_chunks::<8>();
-    for (x, y) in ac.iter().zip(bc) {
-        for k in 0..8 {
-            l[k] += x[k] * y[k];
-        }
-    }
-    for (k, (x, y)) in ar.iter().zip(br).enumerate() {
-        l[k] += x * y;
-    }
-    lane_total(&l)
-}
-
-/// [`dot_striped`] of `a` and the f16 row `b` (converted exactly): the scalar reference of
-/// the score kernels.
+/// `Σ a·b` of `a` and the f16 row `b` (converted exactly) in f32 with eight lane sums
+/// (element `i` in lane `i % 8`, lanes reduced like [`lane_total`]): the scalar reference of
+/// the score kernels, the same bits as the f32 `dot_striped` the model used before on a
+/// converted row (the tests keep that function to check it).
 ///
 /// # Panics
 /// If the lengths differ.
@@ -230,6 +213,25 @@ mod tests {
     use super::*;
 
     use crate::kernels::quants::tests::Rng;
+
+    /// `Σ a·b` in f32 with eight lane sums (element `i` in lane `i % 8`, lanes reduced like
+    /// [`lane_total`]): written out so that the compiler may vectorize it on every target without
+    /// changing a bit (plain left-to-right sums cannot be vectorized), and every build gives the
+    /// same result. The model's score before `kv` existed, on a converted row.
+    fn dot_striped(a: &[f32], b: &[f32]) -> f32 {
+        let mut l = [0f32; 8];
+        let (ac, ar) = a.as_chunks::<8>();
+        let (bc, br) = b.as_chunks::<8>();
+        for (x, y) in ac.iter().zip(bc) {
+            for k in 0..8 {
+                l[k] += x[k] * y[k];
+            }
+        }
+        for (k, (x, y)) in ar.iter().zip(br).enumerate() {
+            l[k] += x * y;
+        }
+        lane_total(&l)
+    }
 
     /// Moderate values, with zeros, ±0, f16 extremes (65504, subnormals) and their f32
     /// neighbours mixed in.

@@ -137,10 +137,22 @@ fn ticket(generation: u64, parts: usize, next: usize) -> u64 {
     generation << 32 | (parts as u64) << PART_BITS | next as u64
 }
 
+/// A value alone on its cache line (two 64-byte lines: the adjacent-line prefetcher pairs
+/// them), so the ticket the workers poll and the count the caller polls do not share one.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
-    ticket: AtomicU64,
+    ticket: Line<AtomicU64>,
     /// Parts finished in the current generation.
-    done: AtomicUsize,
+    done: Line<AtomicUsize>,
     /// Set when a part panicked (reported by the caller).
     panicked: AtomicBool,
     /// The current job's closure, lifetime erased. Written by the caller before it publishes
@@ -200,8 +212,8 @@ struct Pool {
 impl Pool {
     fn start(n: usize) -> Pool {
         let shared = Arc::new(Shared {
-            ticket: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
+            ticket: Line(AtomicU64::new(0)),
+            done: Line(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             f: UnsafeCell::new(&|_| {}),
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -235,7 +247,7 @@ impl Pool {
 
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if parts > MAX_PARTS {
-            // Never the case for matmuls (parts ≤ 4 · threads); keeps the ticket exact.
+            // Never the case for matmuls (parts ≤ threads); keeps the ticket exact.
             for start in (0..parts).step_by(MAX_PARTS) {
                 self.run(MAX_PARTS.min(parts - start), &|p| f(start + p));
             }

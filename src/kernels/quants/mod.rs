@@ -550,6 +550,13 @@ fn rows_with<W: WeightBlock>(
 /// Rows handed to one compute thread at a time: enough work (≥ ~10 µs) to hide the hand-off.
 const ROWS_PER_PART: usize = 32;
 
+/// Parts per compute thread in a matmul: one contiguous range each. Every extra part costs a
+/// claim on the pool's shared ticket (a cache line moving between cores) and a restart of the
+/// hardware prefetcher on a new stream; on the 2-vCPU EPYC of BENCHMARKS four parts per thread
+/// decoded at 352 tok/s, two at 399 and one at 438 (2 threads, medians of 3 alternating
+/// rounds, `expllm bench --stage llm`), prefill 1398, 1687 and 1653.
+const PARTS_PER_THREAD: usize = 1;
+
 /// Weight rows per group inside a part: the group (≤ 16 rows, a few KB) stays in L1 while
 /// every activation row of a batch is dotted with it.
 const ROW_GROUP: usize = 16;
@@ -626,8 +633,8 @@ fn matmul_dyn(
         run(0, n);
         return;
     }
-    // Contiguous row ranges, a few per thread so a slow core does not hold the others up.
-    let parts = (n / ROWS_PER_PART).clamp(1, threads * 4);
+    // Contiguous row ranges, one per thread (`PARTS_PER_THREAD`).
+    let parts = (n / ROWS_PER_PART).clamp(1, threads * PARTS_PER_THREAD);
     let per = n.div_ceil(parts);
     let parts = n.div_ceil(per);
     crate::kernels::pool::run(parts, &|p| run(p * per, (p * per + per).min(n)));
@@ -1243,7 +1250,7 @@ fn matmul_packed_on(
         return Ok(());
     }
     let per_rows = ROWS_PER_PART.div_ceil(q4_0x8::TILE_ROWS);
-    let parts = (tiles / per_rows).clamp(1, threads * 4);
+    let parts = (tiles / per_rows).clamp(1, threads * PARTS_PER_THREAD);
     let per = tiles.div_ceil(parts);
     let parts = tiles.div_ceil(per);
     crate::kernels::pool::run(parts, &|i| run(i * per, (i * per + per).min(tiles)));

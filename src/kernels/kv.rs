@@ -1,13 +1,15 @@
-//! Attention's two loops over the f16 KV cache: the score `q · k` of one cached key row and
-//! the weighted sum `out += w · v` of one cached value row, with the f16 → f32 conversion
-//! done in registers (F16C `vcvtph2ps` on x86, `fcvtl`/`fcvtl2` on aarch64) instead of through
-//! a scratch row.
+//! Attention's two loops over the f16 KV cache: the scores `q · k_p` of one head's cached key
+//! rows and the weighted sum `Σ w_p · v_p` of its cached value rows, with the f16 → f32
+//! conversion done in registers (F16C `vcvtph2ps` on x86, `fcvtl`/`fcvtl2` on aarch64), one
+//! call per head and token over all its rows: the SIMD variants score four key rows per `q`
+//! load and keep a head's output (64 values) in registers across every value row.
 //!
-//! Owns the scalar references ([`dot_f16_ref`], [`axpy_f16_ref`]) and their SIMD variants,
-//! chosen once per forward pass by [`KvOps::for_path`]. Every variant gives the reference's
-//! bits (f16 → f32 is exact, the products and sums are the same f32 operations in the same
-//! order, never fused), so the kernel path never changes a token. Must not know about
-//! models, heads or positions.
+//! Owns the scalar references ([`scores_ref`], [`weighted_sum_ref`], built on the one-row
+//! [`dot_f16_ref`] and [`axpy_f16_ref`]) and their SIMD variants, chosen once per forward pass
+//! by [`KvOps::for_path`]. Every variant gives the reference's bits (f16 → f32 is exact, the
+//! products and sums are the same f32 operations in the same order, never fused), so the
+//! kernel path never changes a token. Sees rows `stride` values apart, not heads, positions
+//! or models.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -42,14 +44,53 @@ pub fn axpy_f16_ref(out: &mut [f32], w: f32, v: &[f16]) {
     }
 }
 
+/// The scores of `out.len()` cached key rows: `out[p] = dot_f16_ref(q, k_p) · scale` with
+/// `k_p = k[p·stride..][..q.len()]` (one head's rows in a cache of `stride` values per
+/// position): the scalar reference of the score kernels.
+///
+/// # Panics
+/// If `k` is too short for the rows (`(out.len() - 1)·stride + q.len()` values).
+pub fn scores_ref(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    check_rows(k.len(), stride, q.len(), out.len());
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot_f16_ref(q, &k[p * stride..][..q.len()]) * scale;
+    }
+}
+
+/// The weighted sum of `w.len()` cached value rows into `out`: `axpy_f16_ref(out, w[p], v_p)`
+/// for `p = 0, 1, …` in order, with `v_p = v[p·stride..][..out.len()]`: the scalar reference
+/// of the value kernels.
+///
+/// # Panics
+/// If `v` is too short for the rows (`(w.len() - 1)·stride + out.len()` values).
+pub fn weighted_sum_ref(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    check_rows(v.len(), stride, out.len(), w.len());
+    for (p, &wp) in w.iter().enumerate() {
+        axpy_f16_ref(out, wp, &v[p * stride..][..out.len()]);
+    }
+}
+
+/// `rows` rows of `len` values, `stride` apart, must fit in `have` values.
+fn check_rows(have: usize, stride: usize, len: usize, rows: usize) {
+    if rows > 0 {
+        let need = (rows - 1)
+            .checked_mul(stride)
+            .and_then(|x| x.checked_add(len));
+        assert!(
+            need.is_some_and(|n| n <= have),
+            "kv: {rows} rows of {len} values {stride} apart do not fit in {have}"
+        );
+    }
+}
+
 /// The score and value kernels of one kernel path (plain function pointers: chosen once per
-/// forward pass, called per cached row).
+/// forward pass, called once per head and token over all its cached positions).
 #[derive(Clone, Copy)]
 pub struct KvOps {
-    /// `dot_f16_ref(a, b)`'s bits. Panics if the lengths differ.
-    pub dot: fn(&[f32], &[f16]) -> f32,
-    /// `axpy_f16_ref(out, w, v)`'s effect. Panics if the lengths differ.
-    pub axpy: fn(&mut [f32], f32, &[f16]),
+    /// `scores_ref(q, k, stride, scale, out)`'s bits. Panics like it.
+    pub scores: fn(&[f32], &[f16], usize, f32, &mut [f32]),
+    /// `weighted_sum_ref(out, w, v, stride)`'s bits. Panics like it.
+    pub weighted_sum: fn(&mut [f32], &[f32], &[f16], usize),
 }
 
 impl KvOps {
@@ -62,20 +103,20 @@ impl KvOps {
             // SAFETY (both): these paths are active (or passed by a test) only when the CPU
             // has avx2, fma and f16c, the x86 kernels' whole contract.
             return KvOps {
-                dot: |a, b| unsafe { x86::dot_f16(a, b) },
-                axpy: |o, w, v| unsafe { x86::axpy_f16(o, w, v) },
+                scores: |q, k, s, c, o| unsafe { x86::scores(q, k, s, c, o) },
+                weighted_sum: |o, w, v, s| unsafe { x86::weighted_sum(o, w, v, s) },
             };
         }
         #[cfg(target_arch = "aarch64")]
         if path != KernelPath::Scalar {
             return KvOps {
-                dot: aarch64::dot_f16,
-                axpy: aarch64::axpy_f16,
+                scores: aarch64::scores,
+                weighted_sum: aarch64::weighted_sum,
             };
         }
         KvOps {
-            dot: dot_f16_ref,
-            axpy: axpy_f16_ref,
+            scores: scores_ref,
+            weighted_sum: weighted_sum_ref,
         }
     }
 }
@@ -86,53 +127,142 @@ fn bits(v: &[f16]) -> &[u16] {
     v.reinterpret_cast()
 }
 
+/// Key rows scored per step of the SIMD score loops: four independent accumulator chains
+/// over one `q` load.
+const SCORE_ROWS: usize = 4;
+
+/// Output chunks of eight values the SIMD value loops keep in registers across every
+/// position (64 values: a head of SmolLM2 in one pass).
+const SUM_CHUNKS: usize = 8;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
     use core::arch::x86_64::*;
 
+    /// `R` key rows from row `p` (bounds checked by the caller): `out[p + j]` for `j < R`.
+    ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-        assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
-        let (ac, ar) = a.as_chunks::<8>();
-        let (bc, br) = bits(b).as_chunks::<8>();
-        let mut l = [0f32; 8];
+    #[inline]
+    unsafe fn score_rows<const R: usize>(
+        q: &[f32],
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+    ) {
+        let d = q.len();
+        let rows: [&[u16]; R] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
+        let (qc, qr) = q.as_chunks::<8>();
+        let mut l = [[0f32; 8]; R];
         // SAFETY: AVX2 and F16C by contract; each load reads one 8-element chunk (32 bytes of
-        // f32, 16 bytes of f16 bits), the store writes the 8 f32 of `l`.
+        // `q`, 16 bytes of a row's f16 bits, both inside their slices), the stores write the
+        // 8 f32 of an `l`.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for (x, y) in ac.iter().zip(bc) {
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().cast()));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr()), y));
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (c, x) in qc.iter().enumerate() {
+                let x = _mm256_loadu_ps(x.as_ptr());
+                for j in 0..R {
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j][8 * c..].as_ptr().cast()));
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(x, y));
+                }
             }
-            _mm256_storeu_ps(l.as_mut_ptr(), acc);
+            for j in 0..R {
+                _mm256_storeu_ps(l[j].as_mut_ptr(), acc[j]);
+            }
         }
-        for (k, (x, &y)) in ar.iter().zip(br).enumerate() {
-            l[k] += x * f16::from_bits(y).to_f32();
+        for j in 0..R {
+            let tail = &rows[j][8 * qc.len()..];
+            for (i, (x, &y)) in qr.iter().zip(tail).enumerate() {
+                l[j][i] += x * f16::from_bits(y).to_f32();
+            }
+            out[p + j] = lane_total(&l[j]) * scale;
         }
-        lane_total(&l)
     }
 
+    /// [`scores_ref`](super::scores_ref)'s bits, [`SCORE_ROWS`] rows at a time.
+    ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-        assert_eq!(out.len(), v.len(), "axpy_f16: lengths differ");
-        let (oc, or) = out.as_chunks_mut::<8>();
-        let (vc, vr) = bits(v).as_chunks::<8>();
-        // SAFETY: AVX2 and F16C by contract; each load / store is one 8-element chunk.
+    pub unsafe fn scores(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        check_rows(k.len(), stride, q.len(), out.len());
+        let k = bits(k);
+        let n = out.len();
+        let mut p = 0;
+        // SAFETY (both): the features by contract; rows `p..p + R` are inside `k` (checked).
+        while p + SCORE_ROWS <= n {
+            unsafe { score_rows::<SCORE_ROWS>(q, k, stride, scale, p, out) };
+            p += SCORE_ROWS;
+        }
+        while p < n {
+            unsafe { score_rows::<1>(q, k, stride, scale, p, out) };
+            p += 1;
+        }
+    }
+
+    /// Output chunks `c0..c0 + M` (of 8) summed over every row in registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn sum_chunks<const M: usize>(
+        oc: &mut [[f32; 8]],
+        c0: usize,
+        w: &[f32],
+        v: &[u16],
+        stride: usize,
+    ) {
+        // SAFETY: AVX2 and F16C by contract; loads and stores are whole 8-element chunks of
+        // `oc` (`c0 + M ≤ oc.len()` by the caller) and of each row, whose `8·(c0 + M)` first
+        // values lie inside `v` (the caller checked every row of `oc`'s full length).
         unsafe {
-            let wv = _mm256_set1_ps(w);
-            for (o, y) in oc.iter_mut().zip(vc) {
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().cast()));
-                let s = _mm256_add_ps(_mm256_loadu_ps(o.as_ptr()), _mm256_mul_ps(wv, y));
-                _mm256_storeu_ps(o.as_mut_ptr(), s);
+            let mut acc: [__m256; M] =
+                core::array::from_fn(|i| _mm256_loadu_ps(oc[c0 + i].as_ptr()));
+            for (p, &wp) in w.iter().enumerate() {
+                let wv = _mm256_set1_ps(wp);
+                let row = &v[p * stride + 8 * c0..][..8 * M];
+                for i in 0..M {
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(row[8 * i..].as_ptr().cast()));
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(wv, y));
+                }
+            }
+            for i in 0..M {
+                _mm256_storeu_ps(oc[c0 + i].as_mut_ptr(), acc[i]);
             }
         }
-        for (o, &y) in or.iter_mut().zip(vr) {
-            *o += w * f16::from_bits(y).to_f32();
+    }
+
+    /// [`weighted_sum_ref`](super::weighted_sum_ref)'s bits: per output element the same
+    /// products and sums in the same row order, [`SUM_CHUNKS`] chunks of the output held in
+    /// registers over all rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+        check_rows(v.len(), stride, out.len(), w.len());
+        let v = bits(v);
+        let (oc, or) = out.as_chunks_mut::<8>();
+        let mut c = 0;
+        // SAFETY (both): the features by contract; chunks `c..c + M` are inside `oc`.
+        while c + SUM_CHUNKS <= oc.len() {
+            unsafe { sum_chunks::<SUM_CHUNKS>(oc, c, w, v, stride) };
+            c += SUM_CHUNKS;
+        }
+        while c < oc.len() {
+            unsafe { sum_chunks::<1>(oc, c, w, v, stride) };
+            c += 1;
+        }
+        let t0 = 8 * oc.len();
+        for (p, &wp) in w.iter().enumerate() {
+            for (i, o) in or.iter_mut().enumerate() {
+                *o += wp * f16::from_bits(v[p * stride + t0 + i]).to_f32();
+            }
         }
     }
 }
@@ -145,10 +275,11 @@ mod aarch64 {
     /// Eight f16 (as bits) to f32: (`fcvtl` of the low four, `fcvtl2` of the high four).
     /// Exact; through `asm!` because `vcvt_f32_f16` needs the unstable `f16` type.
     #[inline(always)]
-    fn cvt8(b: &[u16; 8]) -> (float32x4_t, float32x4_t) {
-        // SAFETY: `b` is 16 readable bytes for `vld1q_u16`; `fcvtl`/`fcvtl2` are base AArch64
-        // (no FP16 extension needed for conversions), register-only, no memory, stack or
-        // flags.
+    fn cvt8(b: &[u16]) -> (float32x4_t, float32x4_t) {
+        assert!(b.len() >= 8);
+        // SAFETY: `b` has at least 8 values (16 readable bytes) for `vld1q_u16`;
+        // `fcvtl`/`fcvtl2` are base AArch64 (no FP16 extension needed for conversions),
+        // register-only, no memory, stack or flags.
         unsafe {
             let v = vld1q_u16(b.as_ptr());
             let (lo, hi): (float32x4_t, float32x4_t);
@@ -164,46 +295,112 @@ mod aarch64 {
         }
     }
 
-    pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-        assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
-        let (ac, ar) = a.as_chunks::<8>();
-        let (bc, br) = bits(b).as_chunks::<8>();
-        let mut l = [0f32; 8];
-        // SAFETY: NEON is part of the aarch64 baseline; each load reads 4 f32 of a chunk of
-        // 8, the stores write the 8 f32 of `l`.
+    /// `R` key rows from row `p` (bounds checked by the caller): `out[p + j]` for `j < R`.
+    #[inline(always)]
+    fn score_rows<const R: usize>(
+        q: &[f32],
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+    ) {
+        let d = q.len();
+        let rows: [&[u16]; R] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
+        let (qc, qr) = q.as_chunks::<8>();
+        let mut l = [[0f32; 8]; R];
+        // SAFETY: NEON is part of the aarch64 baseline; each load reads 4 f32 of a chunk of 8
+        // of `q`, the stores write the 8 f32 of an `l`.
         unsafe {
-            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-            for (x, y) in ac.iter().zip(bc) {
-                let (y0, y1) = cvt8(y);
-                lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(x.as_ptr()), y0));
-                hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(x.as_ptr().add(4)), y1));
+            let mut lo = [vdupq_n_f32(0.0); R];
+            let mut hi = [vdupq_n_f32(0.0); R];
+            for (c, x) in qc.iter().enumerate() {
+                let (x0, x1) = (vld1q_f32(x.as_ptr()), vld1q_f32(x.as_ptr().add(4)));
+                for j in 0..R {
+                    let (y0, y1) = cvt8(&rows[j][8 * c..]);
+                    lo[j] = vaddq_f32(lo[j], vmulq_f32(x0, y0));
+                    hi[j] = vaddq_f32(hi[j], vmulq_f32(x1, y1));
+                }
             }
-            vst1q_f32(l.as_mut_ptr(), lo);
-            vst1q_f32(l.as_mut_ptr().add(4), hi);
+            for j in 0..R {
+                vst1q_f32(l[j].as_mut_ptr(), lo[j]);
+                vst1q_f32(l[j].as_mut_ptr().add(4), hi[j]);
+            }
         }
-        for (k, (x, &y)) in ar.iter().zip(br).enumerate() {
-            l[k] += x * f16::from_bits(y).to_f32();
+        for j in 0..R {
+            let tail = &rows[j][8 * qc.len()..];
+            for (i, (x, &y)) in qr.iter().zip(tail).enumerate() {
+                l[j][i] += x * f16::from_bits(y).to_f32();
+            }
+            out[p + j] = lane_total(&l[j]) * scale;
         }
-        lane_total(&l)
     }
 
-    pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-        assert_eq!(out.len(), v.len(), "axpy_f16: lengths differ");
-        let (oc, or) = out.as_chunks_mut::<8>();
-        let (vc, vr) = bits(v).as_chunks::<8>();
-        // SAFETY: NEON is part of the aarch64 baseline; each load / store is 4 f32 of a chunk
-        // of 8.
+    pub fn scores(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        check_rows(k.len(), stride, q.len(), out.len());
+        let k = bits(k);
+        let n = out.len();
+        let mut p = 0;
+        while p + SCORE_ROWS <= n {
+            score_rows::<SCORE_ROWS>(q, k, stride, scale, p, out);
+            p += SCORE_ROWS;
+        }
+        while p < n {
+            score_rows::<1>(q, k, stride, scale, p, out);
+            p += 1;
+        }
+    }
+
+    /// Output chunks `c0..c0 + M` (of 8) summed over every row in registers.
+    #[inline(always)]
+    fn sum_chunks<const M: usize>(
+        oc: &mut [[f32; 8]],
+        c0: usize,
+        w: &[f32],
+        v: &[u16],
+        stride: usize,
+    ) {
+        let oc = &mut oc[c0..c0 + M];
+        // SAFETY: NEON is part of the aarch64 baseline; loads and stores are 4 f32 of an
+        // 8-element chunk of `oc`.
         unsafe {
-            let wv = vdupq_n_f32(w);
-            for (o, y) in oc.iter_mut().zip(vc) {
-                let (y0, y1) = cvt8(y);
-                let p = o.as_mut_ptr();
-                vst1q_f32(p, vaddq_f32(vld1q_f32(p), vmulq_f32(wv, y0)));
-                vst1q_f32(p.add(4), vaddq_f32(vld1q_f32(p.add(4)), vmulq_f32(wv, y1)));
+            let mut lo: [float32x4_t; M] = core::array::from_fn(|i| vld1q_f32(oc[i].as_ptr()));
+            let mut hi: [float32x4_t; M] =
+                core::array::from_fn(|i| vld1q_f32(oc[i].as_ptr().add(4)));
+            for (p, &wp) in w.iter().enumerate() {
+                let wv = vdupq_n_f32(wp);
+                let row = &v[p * stride + 8 * c0..][..8 * M];
+                for i in 0..M {
+                    let (y0, y1) = cvt8(&row[8 * i..]);
+                    lo[i] = vaddq_f32(lo[i], vmulq_f32(wv, y0));
+                    hi[i] = vaddq_f32(hi[i], vmulq_f32(wv, y1));
+                }
+            }
+            for i in 0..M {
+                vst1q_f32(oc[i].as_mut_ptr(), lo[i]);
+                vst1q_f32(oc[i].as_mut_ptr().add(4), hi[i]);
             }
         }
-        for (o, &y) in or.iter_mut().zip(vr) {
-            *o += w * f16::from_bits(y).to_f32();
+    }
+
+    pub fn weighted_sum(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+        check_rows(v.len(), stride, out.len(), w.len());
+        let v = bits(v);
+        let (oc, or) = out.as_chunks_mut::<8>();
+        let mut c = 0;
+        while c + SUM_CHUNKS <= oc.len() {
+            sum_chunks::<SUM_CHUNKS>(oc, c, w, v, stride);
+            c += SUM_CHUNKS;
+        }
+        while c < oc.len() {
+            sum_chunks::<1>(oc, c, w, v, stride);
+            c += 1;
+        }
+        let t0 = 8 * oc.len();
+        for (p, &wp) in w.iter().enumerate() {
+            for (i, o) in or.iter_mut().enumerate() {
+                *o += wp * f16::from_bits(v[p * stride + t0 + i]).to_f32();
+            }
         }
     }
 }
@@ -254,9 +451,44 @@ mod tests {
             .collect()
     }
 
-    /// Every path's score and value kernels give the scalar references' bits, at lengths 0..=70
-    /// (every tail), on random rows with extreme f16 values; and the f16 reference is
-    /// `dot_striped` of the converted row.
+    /// The one-row f16 references: `dot_f16_ref` is `dot_striped` of the converted row (the
+    /// model's score before `kv` existed), `axpy_f16_ref` the plain product-then-sum.
+    #[test]
+    fn one_row_references_match_their_definitions() {
+        let mut r = Rng::new(0x6b76_5f72_6566_2121);
+        for n in (0..=70).chain([128, 257]) {
+            let a: Vec<f32> = (0..n).map(|_| value(&mut r)).collect();
+            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(value(&mut r))).collect();
+            let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            let (got, want) = (dot_f16_ref(&a, &b), dot_striped(&a, &b32));
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "n={n}"
+            );
+            let w = value(&mut r);
+            let mut out = a.clone();
+            axpy_f16_ref(&mut out, w, &b);
+            for i in 0..n {
+                let e = a[i] + w * b32[i];
+                assert!(out[i].to_bits() == e.to_bits() || (out[i].is_nan() && e.is_nan()));
+            }
+        }
+    }
+
+    fn same_bits(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!(
+                g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()),
+                "{what} i={i}: {g:e} vs {e:e}"
+            );
+        }
+    }
+
+    /// Every path's score and value kernels give the scalar references' bits: row lengths
+    /// 0..=70 (every tail of the 8-wide chunks and of the 64-value register groups), 128 and
+    /// 257; 0..=9 and 33 rows (every remainder of the four-row score step); strides equal to
+    /// the length and longer, with the cache's last row ending exactly at the slice's end;
+    /// random values with extreme f16 values.
     #[test]
     fn every_path_matches_the_scalar_reference_bit_for_bit() {
         let mut r = Rng::new(0x6b76_5f6f_7073_2121);
@@ -265,45 +497,80 @@ mod tests {
             "kv paths: {:?}",
             paths.iter().map(|p| p.as_str()).collect::<Vec<_>>()
         );
-        for n in (0..=70).chain([128, 257]) {
-            for _ in 0..20 {
-                let a: Vec<f32> = (0..n).map(|_| value(&mut r)).collect();
-                let b: Vec<f16> = (0..n).map(|_| f16::from_f32(value(&mut r))).collect();
-                let out0: Vec<f32> = (0..n).map(|_| value(&mut r)).collect();
-                let w = value(&mut r);
-                let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
-                let want = dot_f16_ref(&a, &b);
-                assert_eq!(want.to_bits(), dot_striped(&a, &b32).to_bits(), "n={n}");
-                let mut want_out = out0.clone();
-                axpy_f16_ref(&mut want_out, w, &b);
-                for &p in &paths {
-                    let ops = KvOps::for_path(p);
-                    let got = (ops.dot)(&a, &b);
-                    assert!(
-                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                        "{} dot n={n}: {got:e} vs {want:e}",
-                        p.as_str()
-                    );
-                    let mut out = out0.clone();
-                    (ops.axpy)(&mut out, w, &b);
-                    for (i, (g, e)) in out.iter().zip(&want_out).enumerate() {
-                        assert!(
-                            g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()),
-                            "{} axpy n={n} i={i}: {g:e} vs {e:e}",
-                            p.as_str()
-                        );
+        for d in (0..=70).chain([128, 257]) {
+            for rows in (0..=9).chain([33]) {
+                for extra in [0, 3, 64] {
+                    let stride = d + extra;
+                    let len = if rows == 0 {
+                        0
+                    } else {
+                        (rows - 1) * stride + d
+                    };
+                    let q: Vec<f32> = (0..d).map(|_| value(&mut r)).collect();
+                    let kv: Vec<f16> = (0..len).map(|_| f16::from_f32(value(&mut r))).collect();
+                    let w: Vec<f32> = (0..rows).map(|_| value(&mut r)).collect();
+                    let out0: Vec<f32> = (0..d).map(|_| value(&mut r)).collect();
+                    let scale = value(&mut r);
+                    let mut want_s = vec![0f32; rows];
+                    scores_ref(&q, &kv, stride, scale, &mut want_s);
+                    let mut want_o = out0.clone();
+                    weighted_sum_ref(&mut want_o, &w, &kv, stride);
+                    for &p in &paths {
+                        let ops = KvOps::for_path(p);
+                        let what = format!("{} d={d} rows={rows} stride={stride}", p.as_str());
+                        let mut got = vec![f32::NAN; rows];
+                        (ops.scores)(&q, &kv, stride, scale, &mut got);
+                        same_bits(&got, &want_s, &format!("scores {what}"));
+                        let mut out = out0.clone();
+                        (ops.weighted_sum)(&mut out, &w, &kv, stride);
+                        same_bits(&out, &want_o, &format!("weighted sum {what}"));
                     }
                 }
             }
         }
     }
 
+    /// The references are the one-row kernels applied row by row.
     #[test]
-    fn length_mismatch_panics_in_every_path() {
+    fn references_are_row_by_row() {
+        let mut r = Rng::new(0x6b76_5f72_6f77_2121);
+        let (d, stride, rows) = (19, 23, 5);
+        let kv: Vec<f16> = (0..(rows - 1) * stride + d)
+            .map(|_| f16::from_f32(value(&mut r)))
+            .collect();
+        let q: Vec<f32> = (0..d).map(|_| value(&mut r)).collect();
+        let w: Vec<f32> = (0..rows).map(|_| value(&mut r)).collect();
+        let mut s = vec![0f32; rows];
+        scores_ref(&q, &kv, stride, 0.5, &mut s);
+        let mut o = vec![0f32; d];
+        weighted_sum_ref(&mut o, &w, &kv, stride);
+        let mut o2 = vec![0f32; d];
+        for p in 0..rows {
+            let row = &kv[p * stride..][..d];
+            assert_eq!(s[p].to_bits(), (dot_f16_ref(&q, row) * 0.5).to_bits());
+            axpy_f16_ref(&mut o2, w[p], row);
+        }
+        same_bits(&o, &o2, "weighted sum");
+    }
+
+    #[test]
+    fn rows_past_the_cache_panic_in_every_path() {
         for p in paths() {
             let ops = KvOps::for_path(p);
-            let r = std::panic::catch_unwind(|| (ops.dot)(&[1.0; 9], &[f16::ONE; 8]));
-            assert!(r.is_err(), "{}", p.as_str());
+            let kv = [f16::ONE; 20];
+            // Two rows of 8, 13 apart, need 21 values.
+            let r =
+                std::panic::catch_unwind(|| (ops.scores)(&[1.0; 8], &kv, 13, 1.0, &mut [0.0; 2]));
+            assert!(r.is_err(), "scores {}", p.as_str());
+            let r =
+                std::panic::catch_unwind(|| (ops.weighted_sum)(&mut [0.0; 8], &[1.0; 2], &kv, 13));
+            assert!(r.is_err(), "weighted sum {}", p.as_str());
+            // 20 values fit two rows of 8, 12 apart; an overflowing stride does not wrap.
+            (ops.scores)(&[1.0; 8], &kv, 12, 1.0, &mut [0.0; 2]);
+            let r = std::panic::catch_unwind(|| {
+                (ops.scores)(&[1.0; 8], &kv, usize::MAX, 1.0, &mut [0.0; 2])
+            });
+            assert!(r.is_err(), "huge stride {}", p.as_str());
         }
     }
 }

@@ -670,18 +670,15 @@ impl Model {
                         *dst = f16::from_f32(*s).to_f32();
                     }
                     let scores = &mut hs.scores[..n];
-                    for (p, sc) in scores.iter_mut().enumerate() {
-                        let kr = &kc[p * kv_dim + kvh * hd..][..hd];
-                        *sc = (kv.dot)(&hs.qh, kr) * scale;
-                    }
+                    (kv.scores)(&hs.qh, &kc[kvh * hd..], kv_dim, scale, scores);
                     softmax(scores);
+                    // The weights rounded to f16, as ggml's f16 V product does.
+                    for sc in scores.iter_mut() {
+                        *sc = f16::from_f32(*sc).to_f32();
+                    }
                     let out = &mut hs.out[k * hd..(k + 1) * hd];
                     out.fill(0.0);
-                    for (p, &sc) in scores.iter().enumerate() {
-                        let w = f16::from_f32(sc).to_f32();
-                        let vr = &vc[p * kv_dim + kvh * hd..][..hd];
-                        (kv.axpy)(out, w, vr);
-                    }
+                    (kv.weighted_sum)(out, scores, &vc[kvh * hd..], kv_dim);
                 }
             });
             for (i, hs) in st.heads[..parts].iter().enumerate() {

@@ -9,10 +9,12 @@
 //! repacked eight rows at a time ([`quants::q4_0x8`]: one tile × up to four activation rows
 //! per call, no horizontal sums), which `quants::matmul_packed` runs for the model. Both are
 //! bit-identical to the scalar reference. Plus attention's loops over the f16 KV cache
-//! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references).
+//! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references), and the
+//! SwiGLU activation ([`act`]: one vectorizable function, the same bits on every path).
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod act;
 pub mod ggml_type;
 pub mod kv;
 pub mod pool;

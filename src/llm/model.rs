@@ -15,6 +15,7 @@
 //! sums squares in f64, Q and the softmax weights are rounded to f16 before meeting the f16
 //! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
 
+use crate::kernels::act;
 use crate::kernels::kv::KvOps;
 use crate::kernels::pool;
 use crate::kernels::quants::{self, PackedMatrix, QuantizedActs};
@@ -715,11 +716,9 @@ impl Model {
                 ],
             )?;
             let (gate, up) = (&st.gate, &st.up);
+            let path = crate::kernels::active();
             pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
-                let (g, u) = (&gate[b * dff..][..dff], &up[b * dff..][..dff]);
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = silu(*g) * u;
-                }
+                act::swiglu(path, &gate[b * dff..][..dff], &up[b * dff..][..dff], o)
             });
             self.matmul(
                 &l.w_down,
@@ -815,10 +814,6 @@ pub fn softmax(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,7 +846,6 @@ mod tests {
         rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
         let r = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
-        assert!((silu(0.0)).abs() < 1e-9 && (silu(10.0) - 10.0).abs() < 1e-3);
     }
 
     /// Batched prefill must be bit-identical to token-by-token forwards (same kernels per row,

@@ -1,0 +1,134 @@
+//! `cargo bench --bench matmul_stream [-- THREADS]`: the matmuls of one SmolLM2-135M decode
+//! step and nothing else, from memory. 30 layers of Q/K/V, output, gate, up and down
+//! matrices plus the 49152-row output projection (75.6 MB of Q4_0, random weights, repacked
+//! for this CPU's kernel path as the model is), each multiplied by one activation row through
+//! `quants::matmul_packed` on the thread pool, in the model's order. Prints steps/s, the
+//! GB/s they stream and `bench::read_bandwidth` over the same number of bytes: how close the
+//! matmuls alone come to the machine's bandwidth, without attention, norms or the waits
+//! between them (`expllm bench --stage llm` measures the whole step). Also one 64 MB matrix
+//! alone. Best of 5 repetitions each.
+
+use std::time::Instant;
+
+use expllm_edge::kernels::{
+    pool,
+    quants::{self, PackedMatrix, QuantizedActs},
+    GgmlType,
+};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A `rows` × `cols` Q4_0 matrix of random weights, repacked for the active path.
+fn matrix(rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+    let x = random(rows * cols, seed);
+    let rb = cols / 32 * 18;
+    let mut b = vec![0u8; rows * rb];
+    for (r, dst) in b.chunks_exact_mut(rb).enumerate() {
+        quants::quantize_row(GgmlType::Q4_0, &x[r * cols..(r + 1) * cols], dst).expect("quantize");
+    }
+    PackedMatrix::pack(
+        expllm_edge::kernels::active(),
+        GgmlType::Q4_0,
+        &b,
+        rows,
+        cols,
+    )
+    .expect("pack")
+    .expect("main checked that the path repacks Q4_0")
+}
+
+fn acts(n: usize, seed: u64) -> QuantizedActs {
+    let mut a = QuantizedActs::new();
+    a.quantize_for(GgmlType::Q4_0, &random(n, seed))
+        .expect("quantize activations");
+    a
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1);
+    pool::set_threads(threads);
+    let path = expllm_edge::kernels::active();
+    if !PackedMatrix::has_kernel(path, GgmlType::Q4_0) {
+        println!(
+            "kernel path {}: no repacked Q4_0 GEMM here, nothing to measure",
+            path.as_str()
+        );
+        return;
+    }
+    println!(
+        "{} thread(s), kernel path {}: building 75.6 MB of random Q4_0 matrices …",
+        pool::threads(),
+        path.as_str()
+    );
+    // SmolLM2-135M: d 576, kv 192, ff 1536, 30 layers, vocabulary 49152.
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let mut mats = Vec::new();
+    for l in 0..30u64 {
+        for (i, &(r, c)) in shapes.iter().enumerate() {
+            mats.push((matrix(r, c, l * 10 + i as u64 + 7), r, c));
+        }
+    }
+    let output = matrix(49152, 576, 99);
+    let bytes: usize = mats.iter().map(|m| m.0.bytes()).sum::<usize>() + output.bytes();
+    let (a576, a1536) = (acts(576, 3), acts(1536, 4));
+    let mut out = vec![0f32; 49152];
+
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let n = 20;
+        for _ in 0..n {
+            for (m, r, c) in &mats {
+                let a = if *c == 576 { &a576 } else { &a1536 };
+                quants::matmul_packed(m, std::slice::from_ref(a), &mut out[..*r]).expect("matmul");
+            }
+            quants::matmul_packed(&output, std::slice::from_ref(&a576), &mut out).expect("matmul");
+        }
+        best = best.max(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let bw = expllm_edge::bench::read_bandwidth(bytes);
+    let gbs = best * bytes as f64 / 1e9;
+    println!(
+        "decode-step matmuls: {:.1} MB per step, {best:.1} steps/s = {gbs:.1} GB/s; read probe over as many bytes {bw:.1} GB/s ({:.0} %)",
+        bytes as f64 / 1e6,
+        100.0 * gbs / bw
+    );
+
+    let big = matrix(196_608, 576, 1234);
+    let mut out_big = vec![0f32; 196_608];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..5 {
+            quants::matmul_packed(&big, std::slice::from_ref(&a576), &mut out_big).expect("matmul");
+        }
+        best = best.max(5.0 * big.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    let bw = expllm_edge::bench::read_bandwidth(big.bytes());
+    println!(
+        "one {:.1} MB matrix: {best:.1} GB/s; read probe {bw:.1} GB/s ({:.0} %)",
+        big.bytes() as f64 / 1e6,
+        100.0 * best / bw
+    );
+}

@@ -359,10 +359,14 @@ macro_rules! gemm_q4_0x8 {
         }
         let mut out = [[0f32; TILE_ROWS]; $A];
         for (o, acc) in out.iter_mut().zip(&acc) {
-            let l: [[f32; 8]; 8] = core::array::from_fn(|k| lanes(acc[k]));
-            for (r, o) in o.iter_mut().enumerate() {
-                *o = lane_total(&core::array::from_fn(|k| l[k][r]));
-            }
+            // Lane `r` of `acc[k]` is lane sum `k` of row `r`: `lane_total` of every row is
+            // the same adds on whole vectors, in its order (written out: the per-row form
+            // can compile to gathers).
+            let t = _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
+                _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])),
+            );
+            *o = lanes(t);
         }
         out
     }};

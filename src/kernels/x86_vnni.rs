@@ -447,16 +447,17 @@ pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
         }
         let mut out = [[[0f32; TILE_ROWS]; A]; 2];
         for (a, acc) in acc.iter().enumerate() {
-            let l: [[f32; 16]; 8] = core::array::from_fn(|k| {
-                let mut v = [0f32; 16];
-                _mm512_storeu_ps(v.as_mut_ptr(), acc[k]);
-                v
-            });
-            for (tile, out) in out.iter_mut().enumerate() {
-                for (r, o) in out[a].iter_mut().enumerate() {
-                    *o = lane_total(&core::array::from_fn(|k| l[k][8 * tile + r]));
-                }
-            }
+            // Lane `r` of `acc[k]` is lane sum `k` of row `r`, so `lane_total` of every row
+            // is the same adds on whole vectors, in its order: written out, because the
+            // compiler sometimes turned the per-row version into 128 gathers per call.
+            let t = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
+                _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
+            );
+            let mut v = [0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), t);
+            out[0][a].copy_from_slice(&v[..8]);
+            out[1][a].copy_from_slice(&v[8..]);
         }
         out
     }

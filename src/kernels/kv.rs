@@ -183,7 +183,71 @@ mod x86 {
         }
     }
 
-    /// [`scores_ref`](super::scores_ref)'s bits, [`SCORE_ROWS`] rows at a time.
+    /// Eight key rows from row `p` for a `q` of whole 8-value chunks (bounds checked by the
+    /// caller): the eight lane sums reduced in registers, in [`lane_total`]'s order, so
+    /// `out[p..p + 8]` is one store. With `t = lanes 0..4 + lanes 4..8` of a row's sums,
+    /// `lane_total` is `(t0 + t2) + (t1 + t3)`; here `vperm2f128` pairs row `j`'s and row
+    /// `j + 4`'s halves so one add makes both rows' `t`, two `vshufps` + add make every
+    /// `t0 + t2` and `t1 + t3`, two more + add the totals (IEEE addition is commutative, so
+    /// operand order inside each add does not change a bit).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn score_rows8(
+        q: &[f32],
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+    ) {
+        let d = q.len();
+        let rows: [&[u16]; 8] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
+        let (qc, _) = q.as_chunks::<8>();
+        let out: &mut [f32; 8] = (&mut out[p..p + 8]).try_into().expect("eight scores");
+        // SAFETY: AVX2 and F16C by contract; each load reads one 8-element chunk (32 bytes of
+        // `q`, 16 bytes of a row's f16 bits, both inside their slices); the store writes
+        // the 8 f32 of `out`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (c, x) in qc.iter().enumerate() {
+                let x = _mm256_loadu_ps(x.as_ptr());
+                for j in 0..8 {
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j][8 * c..].as_ptr().cast()));
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(x, y));
+                }
+            }
+            // t of rows j (low half) and j + 4 (high half).
+            let t: [__m256; 4] = core::array::from_fn(|j| {
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(acc[j], acc[j + 4]),
+                    _mm256_permute2f128_ps::<0x31>(acc[j], acc[j + 4]),
+                )
+            });
+            // [t0 + t2, t1 + t3] of rows (j, j + 1) per half.
+            let u = |a: __m256, b: __m256| {
+                _mm256_add_ps(
+                    _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+                    _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+                )
+            };
+            let (u01, u23) = (u(t[0], t[1]), u(t[2], t[3]));
+            // (t0 + t2) + (t1 + t3) of rows 0..4 (low half) and 4..8 (high half).
+            let total = _mm256_add_ps(
+                _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
+                _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
+            );
+            _mm256_storeu_ps(
+                out.as_mut_ptr(),
+                _mm256_mul_ps(total, _mm256_set1_ps(scale)),
+            );
+        }
+    }
+
+    /// [`scores_ref`](super::scores_ref)'s bits: eight rows at a time with the sums reduced
+    /// in registers where `q` is whole 8-value chunks (a head of 64), else [`SCORE_ROWS`].
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
@@ -193,6 +257,13 @@ mod x86 {
         let k = bits(k);
         let n = out.len();
         let mut p = 0;
+        if q.len().is_multiple_of(8) {
+            while p + 8 <= n {
+                // SAFETY: the features by contract; rows `p..p + 8` are inside `k` (checked).
+                unsafe { score_rows8(q, k, stride, scale, p, out) };
+                p += 8;
+            }
+        }
         // SAFETY (both): the features by contract; rows `p..p + R` are inside `k` (checked).
         while p + SCORE_ROWS <= n {
             unsafe { score_rows::<SCORE_ROWS>(q, k, stride, scale, p, out) };

@@ -127,6 +127,17 @@ fn bits(v: &[f16]) -> &[u16] {
     v.reinterpret_cast()
 }
 
+/// The scalar tail of the SIMD value kernels: output values `t0..` (`tail`, under 8) summed
+/// over every row, in row order like [`weighted_sum_ref`].
+#[inline(always)]
+fn tail_sum(tail: &mut [f32], t0: usize, w: &[f32], v: &[u16], stride: usize) {
+    for (p, &wp) in w.iter().enumerate() {
+        for (i, o) in tail.iter_mut().enumerate() {
+            *o += wp * f16::from_bits(v[p * stride + t0 + i]).to_f32();
+        }
+    }
+}
+
 /// Key rows scored per step of the SIMD score loops: four independent accumulator chains
 /// over one `q` load.
 const SCORE_ROWS: usize = 4;
@@ -329,12 +340,7 @@ mod x86 {
             unsafe { sum_chunks::<1>(oc, c, w, v, stride) };
             c += 1;
         }
-        let t0 = 8 * oc.len();
-        for (p, &wp) in w.iter().enumerate() {
-            for (i, o) in or.iter_mut().enumerate() {
-                *o += wp * f16::from_bits(v[p * stride + t0 + i]).to_f32();
-            }
-        }
+        tail_sum(or, 8 * oc.len(), w, v, stride);
     }
 }
 
@@ -467,12 +473,7 @@ mod aarch64 {
             sum_chunks::<1>(oc, c, w, v, stride);
             c += 1;
         }
-        let t0 = 8 * oc.len();
-        for (p, &wp) in w.iter().enumerate() {
-            for (i, o) in or.iter_mut().enumerate() {
-                *o += wp * f16::from_bits(v[p * stride + t0 + i]).to_f32();
-            }
-        }
+        tail_sum(or, 8 * oc.len(), w, v, stride);
     }
 }
 

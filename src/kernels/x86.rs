@@ -373,6 +373,33 @@ macro_rules! gemm_q4_0x8 {
 }
 pub(super) use gemm_q4_0x8;
 
+/// The body of the `gemv_q4_0x8_q8_0_tiles` kernels (here and in `x86_vnni`): check the
+/// lengths, then `$tile::<1>` (the module's inlined tile body) per tile of `nb` blocks, into
+/// eight outputs each. Expand inside an `unsafe` block of a function that enables `$tile`'s
+/// features.
+macro_rules! gemv_q4_0x8_tiles {
+    ($tile:ident, $x:expr, $nb:expr, $y:expr, $yd:expr, $ysum:expr, $out:expr) => {{
+        let (x, nb, out): (&[BlockQ4_0x8], usize, &mut [f32]) = ($x, $nb, $out);
+        let (y, yd, ysum): (&[BlockQ8_0], &[f32], &[i32]) = ($y, $yd, $ysum);
+        assert!(
+            nb > 0
+                && out.len().is_multiple_of(TILE_ROWS)
+                && x.len() == nb * (out.len() / TILE_ROWS),
+            "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
+            x.len(),
+            nb,
+            out.len()
+        );
+        let (outs, _) = out.as_chunks_mut::<TILE_ROWS>();
+        for (t, o) in x.chunks_exact(nb).zip(outs) {
+            // (`$tile` panics on a short activation row, as the public kernel does.)
+            let [r] = $tile::<1>(t, [y], [yd], [ysum]);
+            *o = r;
+        }
+    }};
+}
+pub(super) use gemv_q4_0x8_tiles;
+
 /// Four activation bytes `yq[4·j..4·j + 4]` as one i32, broadcast to eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -482,20 +509,8 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
     ysum: &[i32],
     out: &mut [f32],
 ) {
-    assert!(
-        nb > 0 && out.len().is_multiple_of(TILE_ROWS) && x.len() == nb * (out.len() / TILE_ROWS),
-        "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
-        x.len(),
-        nb,
-        out.len()
-    );
-    let (outs, _) = out.as_chunks_mut::<TILE_ROWS>();
-    for (t, o) in x.chunks_exact(nb).zip(outs) {
-        // SAFETY: the features by this function's contract; lengths as `gemm_q4_0x8_q8_0`
-        // checks them (it panics on a short activation row).
-        let [r] = unsafe { tile::<1>(t, [y], [yd], [ysum]) };
-        *o = r;
-    }
+    // SAFETY: the features by this function's contract, which `tile` needs.
+    unsafe { gemv_q4_0x8_tiles!(tile, x, nb, y, yd, ysum, out) }
 }
 
 /// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per group of

@@ -79,7 +79,8 @@ use core::arch::x86_64::*;
 use super::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use super::quants::{lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use super::x86::{
-    bcast4, block_halves_8, chunk, f16_pairs, gemm_q4_0x8, head_words, lanes, striped,
+    bcast4, block_halves_8, chunk, f16_pairs, gemm_q4_0x8, gemv_q4_0x8_tiles, head_words, lanes,
+    striped,
 };
 
 /// `Σ` over one block of nibble quants `q` (0..=15) times the activations `y`, as eight i32
@@ -349,20 +350,8 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
     ysum: &[i32],
     out: &mut [f32],
 ) {
-    assert!(
-        nb > 0 && out.len().is_multiple_of(TILE_ROWS) && x.len() == nb * (out.len() / TILE_ROWS),
-        "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
-        x.len(),
-        nb,
-        out.len()
-    );
-    let (outs, _) = out.as_chunks_mut::<TILE_ROWS>();
-    for (t, o) in x.chunks_exact(nb).zip(outs) {
-        // SAFETY: the features by this function's contract; lengths as `gemm_q4_0x8_q8_0`
-        // checks them (it panics on a short activation row).
-        let [r] = unsafe { tile::<1>(t, [y], [yd], [ysum]) };
-        *o = r;
-    }
+    // SAFETY: the features by this function's contract, which `tile` needs.
+    unsafe { gemv_q4_0x8_tiles!(tile, x, nb, y, yd, ysum, out) }
 }
 
 /// Two Q4_0x8 tiles (16 weight rows: `x0`'s eight, then `x1`'s) × `A` Q8_0 activation rows

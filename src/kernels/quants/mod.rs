@@ -1111,15 +1111,15 @@ fn gemm_tile2<const A: usize>(
 }
 
 /// One activation row × the consecutive tiles `x` (`nb` blocks each) into `out` (8 values per
-/// tile) where `path` has a kernel over a run of tiles (x86: one call per run, not per tile);
-/// `false` (nothing written) elsewhere.
+/// tile): on x86 one kernel call for the whole run (the tile kernel inlined in its loop),
+/// elsewhere [`gemm_tile`] per tile.
 fn gemv_tiles(
     path: crate::kernels::KernelPath,
     x: &[q4_0x8::BlockQ4_0x8],
     nb: usize,
     act: &QuantizedActs,
     out: &mut [f32],
-) -> bool {
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::KernelPath as P;
@@ -1127,20 +1127,23 @@ fn gemv_tiles(
         match path {
             // SAFETY: as for `gemm_tile`'s calls (the paths' features; `check_acts` made the
             // activation row `nb` blocks of Q8_0, with padded scales and sums).
-            P::Avx512Vnni => unsafe {
-                crate::kernels::x86_vnni::gemv_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
-            },
-            P::Avx2 => unsafe {
-                crate::kernels::x86::gemv_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
-            },
-            _ => return false,
+            P::Avx512Vnni => {
+                return unsafe {
+                    crate::kernels::x86_vnni::gemv_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
+                }
+            }
+            P::Avx2 => {
+                return unsafe {
+                    crate::kernels::x86::gemv_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
+                }
+            }
+            _ => {}
         }
-        true
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (path, x, nb, act, out);
-        false
+    let (outs, _) = out.as_chunks_mut::<{ q4_0x8::TILE_ROWS }>();
+    for (t, o) in x.chunks_exact(nb).zip(outs) {
+        let [r] = gemm_tile::<1>(path, t, std::slice::from_ref(act));
+        *o = r;
     }
 }
 
@@ -1221,15 +1224,17 @@ fn matmul_packed_on(
     let run = |g0: usize, g1: usize| {
         let mut g = g0;
         while g < g1 {
-            // Decode: one call per run of tiles inside one matrix, where the path has it.
+            // The last matrix starting at or before `g` (matrix 0 starts at 0).
+            let (ptiles, n, first, out_ptr) = mats
+                .iter()
+                .rev()
+                .find(|m| m.2 <= g)
+                .copied()
+                .unwrap_or(mats[0]);
+            let t = g - first;
+            // Decode: the run of this call's tiles inside this matrix at once.
             if let [act] = acts {
-                let (ptiles, n, first, out_ptr) = mats
-                    .iter()
-                    .rev()
-                    .find(|m| m.2 <= g)
-                    .copied()
-                    .unwrap_or(mats[0]);
-                let (t, end) = (g - first, g1.min(first + n / q4_0x8::TILE_ROWS));
+                let end = g1.min(first + n / q4_0x8::TILE_ROWS);
                 // SAFETY: as for `put` below: tiles `t..t + (end - g)` of this matrix are in
                 // this call's range `g0..g1` (disjoint from every other call's), and
                 // `8·(t + end - g) ≤ n = out.len()` for the one activation row.
@@ -1239,19 +1244,10 @@ fn matmul_packed_on(
                         (end - g) * q4_0x8::TILE_ROWS,
                     )
                 };
-                if gemv_tiles(path, &ptiles[t * nb..(t + end - g) * nb], nb, act, o) {
-                    g = end;
-                    continue;
-                }
+                gemv_tiles(path, &ptiles[t * nb..(t + end - g) * nb], nb, act, o);
+                g = end;
+                continue;
             }
-            // The last matrix starting at or before `g` (matrix 0 starts at 0).
-            let (ptiles, n, first, out_ptr) = mats
-                .iter()
-                .rev()
-                .find(|m| m.2 <= g)
-                .copied()
-                .unwrap_or(mats[0]);
-            let t = g - first;
             let x = &ptiles[t * nb..(t + 1) * nb];
             let put = |t: usize, b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
                 for (a, v) in vals.iter().enumerate() {

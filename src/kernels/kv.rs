@@ -70,6 +70,60 @@ pub fn weighted_sum_ref(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
     }
 }
 
+/// Every value rounded to the nearest f16 (ties to even) and back to f32, as ggml's f16
+/// operands see them (attention's query before it meets the f16 keys): the scalar reference
+/// of [`KvOps::round_f16`]. Values beyond f16's range become ±inf.
+pub fn round_f16_ref(x: &mut [f32]) {
+    for v in x {
+        *v = f16::from_f32(*v).to_f32();
+    }
+}
+
+/// The softmax of one head's scores, its weights rounded to f16 as ggml's f16 value product
+/// sees them: `x[p] = f16(e_p · (1 / Σ e))` with `e_p = exp(x[p] - max x)` by
+/// [`act::exp`](crate::kernels::act::exp), the sum in f64 with eight lane sums (element `p` in
+/// lane `p % 8`, reduced in [`lane_total`]'s order); `1 / Σ` is rounded to f32 once. The
+/// scalar reference of [`KvOps::softmax_f16`]. Meant for finite scores (NaN in, NaN-filled
+/// out, but which NaN is not specified).
+pub fn softmax_f16_ref(x: &mut [f32]) {
+    let inv = softmax_exp(x);
+    for v in x {
+        *v = f16::from_f32(*v * inv).to_f32();
+    }
+}
+
+/// The shared body of the softmax variants: `x[p] = exp(x[p] - max)` in place and the
+/// reciprocal of the sum, as [`softmax_f16_ref`] defines them. Plain f32/f64 operations on
+/// eight independent lanes, inlined into each variant so its target features vectorize them
+/// without changing a bit (`max` is exact in any order for non-NaN values).
+#[inline(always)]
+fn softmax_exp(x: &mut [f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let (c, r) = x.as_chunks_mut::<8>();
+    for ch in c.iter() {
+        for j in 0..8 {
+            m[j] = m[j].max(ch[j]);
+        }
+    }
+    for (j, v) in r.iter().enumerate() {
+        m[j] = m[j].max(*v);
+    }
+    let max = ((m[0].max(m[4])).max(m[2].max(m[6]))).max((m[1].max(m[5])).max(m[3].max(m[7])));
+    let mut s = [0f64; 8];
+    for ch in c.iter_mut() {
+        for j in 0..8 {
+            ch[j] = crate::kernels::act::exp(ch[j] - max);
+            s[j] += ch[j] as f64;
+        }
+    }
+    for (j, v) in r.iter_mut().enumerate() {
+        *v = crate::kernels::act::exp(*v - max);
+        s[j] += *v as f64;
+    }
+    let sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    (1.0 / sum) as f32
+}
+
 /// `rows` rows of `len` values, `stride` apart, must fit in `have` values.
 fn check_rows(have: usize, stride: usize, len: usize, rows: usize) {
     if rows > 0 {
@@ -91,6 +145,10 @@ pub struct KvOps {
     pub scores: fn(&[f32], &[f16], usize, f32, &mut [f32]),
     /// `weighted_sum_ref(out, w, v, stride)`'s bits. Panics like it.
     pub weighted_sum: fn(&mut [f32], &[f32], &[f16], usize),
+    /// `round_f16_ref(x)`'s bits.
+    pub round_f16: fn(&mut [f32]),
+    /// `softmax_f16_ref(x)`'s bits for non-NaN scores.
+    pub softmax_f16: fn(&mut [f32]),
 }
 
 impl KvOps {
@@ -105,6 +163,8 @@ impl KvOps {
             return KvOps {
                 scores: |q, k, s, c, o| unsafe { x86::scores(q, k, s, c, o) },
                 weighted_sum: |o, w, v, s| unsafe { x86::weighted_sum(o, w, v, s) },
+                round_f16: |x| unsafe { x86::round_f16(x) },
+                softmax_f16: |x| unsafe { x86::softmax_f16(x) },
             };
         }
         #[cfg(target_arch = "aarch64")]
@@ -112,11 +172,15 @@ impl KvOps {
             return KvOps {
                 scores: aarch64::scores,
                 weighted_sum: aarch64::weighted_sum,
+                round_f16: aarch64::round_f16,
+                softmax_f16: aarch64::softmax_f16,
             };
         }
         KvOps {
             scores: scores_ref,
             weighted_sum: weighted_sum_ref,
+            round_f16: round_f16_ref,
+            softmax_f16: softmax_f16_ref,
         }
     }
 }
@@ -342,6 +406,52 @@ mod x86 {
         }
         tail_sum(or, 8 * oc.len(), w, v, stride);
     }
+
+    /// `x · s` rounded to f16 and back, eight at a time (`vcvtps2ph` with round-to-nearest-even
+    /// in its immediate, so MXCSR does not matter; then `vcvtph2ps`, exact), the tail through
+    /// `half`: [`round_f16_ref`](super::round_f16_ref)'s bits when `s` is 1.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scale_round(x: &mut [f32], s: f32) {
+        let (c, r) = x.as_chunks_mut::<8>();
+        // SAFETY: AVX and F16C by contract; each load and store is one whole 8-value chunk.
+        unsafe {
+            let sv = _mm256_set1_ps(s);
+            for ch in c {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(ch.as_ptr()), sv);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm256_storeu_ps(ch.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+        }
+        for v in r {
+            *v = f16::from_f32(*v * s).to_f32();
+        }
+    }
+
+    /// [`round_f16_ref`](super::round_f16_ref)'s bits (`x · 1` is `x` exactly).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn round_f16(x: &mut [f32]) {
+        // SAFETY: the features by contract.
+        unsafe { scale_round(x, 1.0) }
+    }
+
+    /// [`softmax_f16_ref`](super::softmax_f16_ref)'s bits: its body compiled with AVX2, then
+    /// the scaling and rounding eight at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn softmax_f16(x: &mut [f32]) {
+        let inv = softmax_exp(x);
+        // SAFETY: the features by contract.
+        unsafe { scale_round(x, inv) }
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -475,6 +585,42 @@ mod aarch64 {
         }
         tail_sum(or, 8 * oc.len(), w, v, stride);
     }
+
+    /// `x · s` rounded to f16 (`fcvtn`, round-to-nearest-even under the default FPCR, which
+    /// Rust never changes) and back (`fcvtl`, exact), four at a time; the tail through `half`.
+    fn scale_round(x: &mut [f32], s: f32) {
+        let (c, r) = x.as_chunks_mut::<4>();
+        for ch in c {
+            // SAFETY: NEON is part of the aarch64 baseline; the load and store are one whole
+            // 4-value chunk; `fcvtn`/`fcvtl` are base AArch64, register-only, no memory,
+            // stack or flags.
+            unsafe {
+                let v = vmulq_f32(vld1q_f32(ch.as_ptr()), vdupq_n_f32(s));
+                let o: float32x4_t;
+                core::arch::asm!(
+                    "fcvtn {t:v}.4h, {v:v}.4s",
+                    "fcvtl {o:v}.4s, {t:v}.4h",
+                    v = in(vreg) v,
+                    t = out(vreg) _,
+                    o = out(vreg) o,
+                    options(pure, nomem, nostack)
+                );
+                vst1q_f32(ch.as_mut_ptr(), o);
+            }
+        }
+        for v in r {
+            *v = f16::from_f32(*v * s).to_f32();
+        }
+    }
+
+    pub fn round_f16(x: &mut [f32]) {
+        scale_round(x, 1.0)
+    }
+
+    pub fn softmax_f16(x: &mut [f32]) {
+        let inv = softmax_exp(x);
+        scale_round(x, inv)
+    }
 }
 
 #[cfg(test)]
@@ -600,6 +746,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every path's `round_f16` and `softmax_f16` give the references' bits at lengths
+    /// 0..=70, 128 and 257 (every tail of the 4- and 8-wide chunks): scores with f16 extremes,
+    /// values past f16's range and its subnormals, equal maxima, and rows where one value
+    /// dominates (weights that round to 0).
+    #[test]
+    fn softmax_and_rounding_match_the_references_bit_for_bit() {
+        let mut r = Rng::new(0x6b76_5f73_6d78_2121);
+        for n in (0..=70).chain([128, 257]) {
+            for kind in 0..4 {
+                let x: Vec<f32> = (0..n)
+                    .map(|_| match kind {
+                        0 => value(&mut r),
+                        1 => value(&mut r) * 1e-3,
+                        2 => [7e4, -7e4, 3e-6, -1e-7, 65519.0, 65520.0][r.next_u64() as usize % 6],
+                        _ => (r.next_u64() % 4) as f32 * 30.0,
+                    })
+                    .collect();
+                let mut want_r = x.clone();
+                round_f16_ref(&mut want_r);
+                let mut want_s = x.clone();
+                softmax_f16_ref(&mut want_s);
+                for p in paths() {
+                    let ops = KvOps::for_path(p);
+                    let what = format!("{} n={n} kind={kind}", p.as_str());
+                    let mut got = x.clone();
+                    (ops.round_f16)(&mut got);
+                    same_bits(&got, &want_r, &format!("round {what}"));
+                    let mut got = x.clone();
+                    (ops.softmax_f16)(&mut got);
+                    same_bits(&got, &want_s, &format!("softmax {what}"));
+                }
+            }
+        }
+    }
+
+    /// The softmax reference is the softmax: within one f16 rounding of the exact weights
+    /// (computed in f64), summing to 1 within the f16 roundings; the rounding reference is
+    /// `half`'s conversion, with overflow to infinity.
+    #[test]
+    fn softmax_reference_matches_its_definition() {
+        let mut r = Rng::new(0x6b76_5f64_6566_2121);
+        for n in [1, 2, 7, 64, 300] {
+            let x: Vec<f32> = (0..n).map(|_| value(&mut r) * 1e-3).collect();
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut got = x.clone();
+            softmax_f16_ref(&mut got);
+            for (g, e) in got.iter().zip(&e) {
+                let want = e / sum;
+                // f16 has an 11-bit significand: half an ulp is 2^-11 relative, plus the exp
+                // and sum roundings; absolute 2^-25 covers f16's subnormal spacing.
+                assert!(
+                    (*g as f64 - want).abs() <= want * 1.0e-3 + 6e-8,
+                    "n={n}: {g} vs {want}"
+                );
+            }
+            let total: f64 = got.iter().map(|&v| v as f64).sum();
+            assert!((total - 1.0).abs() < n as f64 * 1e-3, "n={n}: sum {total}");
+        }
+        let mut v = [1.0, 65519.0, 65520.0, -1e6, 1e-8];
+        round_f16_ref(&mut v);
+        assert_eq!(v, [1.0, 65504.0, f32::INFINITY, f32::NEG_INFINITY, 0.0]);
     }
 
     /// The references are the one-row kernels applied row by row.

@@ -666,17 +666,13 @@ impl Model {
                 let kvh = h / group;
                 for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
                     let n = n_past + b + 1;
-                    let q = &q_all[b * dq + h * hd..][..hd];
-                    for (dst, s) in hs.qh.iter_mut().zip(q) {
-                        *dst = f16::from_f32(*s).to_f32();
-                    }
+                    // q rounded to f16 as it meets the f16 keys, as in ggml.
+                    hs.qh.copy_from_slice(&q_all[b * dq + h * hd..][..hd]);
+                    (kv.round_f16)(&mut hs.qh);
                     let scores = &mut hs.scores[..n];
                     (kv.scores)(&hs.qh, &kc[kvh * hd..], kv_dim, scale, scores);
-                    softmax(scores);
                     // The weights rounded to f16, as ggml's f16 V product does.
-                    for sc in scores.iter_mut() {
-                        *sc = f16::from_f32(*sc).to_f32();
-                    }
+                    (kv.softmax_f16)(scores);
                     let out = &mut hs.out[k * hd..(k + 1) * hd];
                     out.fill(0.0);
                     (kv.weighted_sum)(out, scores, &vc[kvh * hd..], kv_dim);
@@ -802,18 +798,6 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-/// In-place softmax (max subtracted; the sum accumulated in f64 as ggml does).
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,14 +818,7 @@ mod tests {
     }
 
     #[test]
-    fn softmax_and_rms_norm_match_their_definitions() {
-        let mut v = [1.0, 2.0, 3.0];
-        softmax(&mut v);
-        let e: Vec<f32> = [1.0f32, 2.0, 3.0].iter().map(|x| x.exp()).collect();
-        let s: f32 = e.iter().sum();
-        for (a, b) in v.iter().zip(&e) {
-            assert!((a - b / s).abs() < 1e-6);
-        }
+    fn rms_norm_matches_its_definition() {
         let mut out = [0.0; 2];
         rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
         let r = (12.5f32).sqrt();

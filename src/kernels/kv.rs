@@ -1,15 +1,17 @@
-//! Attention's two loops over the f16 KV cache: the scores `q · k_p` of one head's cached key
-//! rows and the weighted sum `Σ w_p · v_p` of its cached value rows, with the f16 → f32
-//! conversion done in registers (F16C `vcvtph2ps` on x86, `fcvtl`/`fcvtl2` on aarch64), one
-//! call per head and token over all its rows: the SIMD variants score four key rows per `q`
-//! load and keep a head's output (64 values) in registers across every value row.
+//! Attention's kernels over the f16 KV cache: the scores `q · k_p` of one head's cached key
+//! rows, their softmax with the weights rounded to f16, the f16 rounding of the query, and
+//! the weighted sum `Σ w_p · v_p` of its cached value rows, with the f16 → f32 conversion done
+//! in registers (F16C `vcvtph2ps` on x86, `fcvtl`/`fcvtl2` on aarch64), one call per head
+//! and token over all its rows: the SIMD variants score four key rows per `q` load and keep a
+//! head's output (64 values) in registers across every value row.
 //!
 //! Owns the scalar references ([`scores_ref`], [`weighted_sum_ref`], built on the one-row
-//! [`dot_f16_ref`] and [`axpy_f16_ref`]) and their SIMD variants, chosen once per forward pass
-//! by [`KvOps::for_path`]. Every variant gives the reference's bits (f16 → f32 is exact, the
-//! products and sums are the same f32 operations in the same order, never fused), so the
-//! kernel path never changes a token. Sees rows `stride` values apart, not heads, positions
-//! or models.
+//! [`dot_f16_ref`] and [`axpy_f16_ref`]; [`softmax_f16_ref`], [`round_f16_ref`]) and their
+//! SIMD variants, chosen once per forward pass by [`KvOps::for_path`]. Every variant gives the
+//! reference's bits (f16 → f32 is exact, the products and sums are the same f32 operations in
+//! the same order, never fused; f32 → f16 rounds to nearest-even everywhere), so the kernel
+//! path never changes a token. Sees rows `stride` values apart, not heads, positions or
+//! models.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;

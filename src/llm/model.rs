@@ -18,7 +18,7 @@
 use crate::kernels::act;
 use crate::kernels::kv::KvOps;
 use crate::kernels::pool;
-use crate::kernels::quants::{self, PackedMatrix, QuantizedActs};
+use crate::kernels::quants::{self, Epilogue, PackedMatrix, QuantizedActs};
 use crate::kernels::GgmlType;
 use crate::llm::gguf::{GgufFile, TensorInfo};
 use anyhow::{bail, ensure, Context, Result};
@@ -117,6 +117,8 @@ pub struct State {
     logits: Vec<f32>,
     /// One quantized activation row per token of a batch.
     acts: Vec<QuantizedActs>,
+    /// The FFN's down-projection input, quantized by the gate/up matmul's SwiGLU epilogue.
+    ffn_acts: Vec<QuantizedActs>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
 }
@@ -135,6 +137,8 @@ struct HeadScratch {
 
 /// Tokens per [`Model::forward_batch`] (prefill chunk); the state's buffers hold this many.
 pub const MAX_BATCH: usize = 32;
+// A batch's FFN input is quantized in the gate/up matmul's epilogue.
+const _: () = assert!(MAX_BATCH <= quants::MAX_EPILOGUE_ROWS);
 
 /// KV cache growth step (positions).
 pub const KV_CHUNK: usize = 256;
@@ -436,6 +440,7 @@ impl Model {
             proj: vec![0.0; MAX_BATCH * c.n_embd],
             logits: vec![0.0; c.n_vocab],
             acts: (0..MAX_BATCH).map(|_| QuantizedActs::new()).collect(),
+            ffn_acts: (0..MAX_BATCH).map(|_| QuantizedActs::new()).collect(),
             rope_cos: vec![0.0; MAX_BATCH * half],
             rope_sin: vec![0.0; MAX_BATCH * half],
         }
@@ -502,6 +507,32 @@ impl Model {
             prev = Some(w.ty);
         }
         Ok(())
+    }
+
+    /// `resid[b] += W · x[b]` (a residual connection): on a packed matrix added in the
+    /// matmul's epilogue by the thread that computed the rows, else through `proj` (scratch
+    /// as long as `resid`). The same bits either way.
+    fn matmul_add(
+        &self,
+        w: &Weight,
+        x: &[f32],
+        acts: &mut [QuantizedActs],
+        resid: &mut [f32],
+        proj: &mut [f32],
+    ) -> Result<()> {
+        let Some(i) = w.packed else {
+            self.matmul(w, x, acts, proj, false)?;
+            resid.iter_mut().zip(&*proj).for_each(|(r, p)| *r += p);
+            return Ok(());
+        };
+        self.quantize(w, x, acts)?;
+        let nb = x.len() / w.cols;
+        quants::matmul_packed_then(
+            &mut [(&self.packed[i], resid)],
+            &acts[..nb],
+            Epilogue::Accumulate,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// `out[b·rows + r] = W[r] · acts[b]` with activations already quantized for `w.ty`: the
@@ -684,17 +715,13 @@ impl Model {
                     st.att_out[b * dq + h * hd..][..hd].copy_from_slice(&hs.out[k * hd..][..hd]);
                 }
             }
-            self.matmul(
+            self.matmul_add(
                 &l.wo,
                 &st.att_out[..nb * dq],
                 &mut st.acts,
+                &mut st.x[..nb * d],
                 &mut st.proj[..nb * d],
-                false,
             )?;
-            st.x[..nb * d]
-                .iter_mut()
-                .zip(&st.proj)
-                .for_each(|(x, p)| *x += p);
 
             // SwiGLU FFN
             rms_norm_rows(
@@ -703,30 +730,52 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
-            self.matmul_many(
-                &st.xn[..nb * d],
-                &mut st.acts,
-                [
-                    (&l.w_gate, &mut st.gate[..nb * dff]),
-                    (&l.w_up, &mut st.up[..nb * dff]),
-                ],
-            )?;
-            let (gate, up) = (&st.gate, &st.up);
-            let path = crate::kernels::active();
-            pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
-                act::swiglu(path, &gate[b * dff..][..dff], &up[b * dff..][..dff], o)
-            });
-            self.matmul(
-                &l.w_down,
-                &st.ffn_out[..nb * dff],
-                &mut st.acts,
-                &mut st.proj[..nb * d],
-                false,
-            )?;
-            st.x[..nb * d]
-                .iter_mut()
-                .zip(&st.proj)
-                .for_each(|(x, p)| *x += p);
+            if let (Some(g), Some(u), Some(dn)) = (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
+            {
+                // One job computes gate and up, SwiGLU and the down input's Q8_0 blocks, each
+                // thread on its own rows; the next adds the down projection into x.
+                self.quantize(&l.w_gate, &st.xn[..nb * d], &mut st.acts)?;
+                quants::matmul_packed_then(
+                    &mut [
+                        (&self.packed[g], &mut st.gate[..nb * dff]),
+                        (&self.packed[u], &mut st.up[..nb * dff]),
+                    ],
+                    &st.acts[..nb],
+                    Epilogue::SwiGluQ8 {
+                        h: &mut st.ffn_out[..nb * dff],
+                        next: &mut st.ffn_acts[..nb],
+                    },
+                )
+                .and_then(|()| {
+                    quants::matmul_packed_then(
+                        &mut [(&self.packed[dn], &mut st.x[..nb * d])],
+                        &st.ffn_acts[..nb],
+                        Epilogue::Accumulate,
+                    )
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            } else {
+                self.matmul_many(
+                    &st.xn[..nb * d],
+                    &mut st.acts,
+                    [
+                        (&l.w_gate, &mut st.gate[..nb * dff]),
+                        (&l.w_up, &mut st.up[..nb * dff]),
+                    ],
+                )?;
+                let (gate, up) = (&st.gate, &st.up);
+                let path = crate::kernels::active();
+                pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
+                    act::swiglu(path, &gate[b * dff..][..dff], &up[b * dff..][..dff], o)
+                });
+                self.matmul_add(
+                    &l.w_down,
+                    &st.ffn_out[..nb * dff],
+                    &mut st.acts,
+                    &mut st.x[..nb * d],
+                    &mut st.proj[..nb * d],
+                )?;
+            }
         }
         st.n_past += nb;
         if !want_logits {
@@ -773,8 +822,24 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// RMSNorm as ggml: mean of squares accumulated in f64, then `x * w / sqrt(mean + eps)`.
+///
+/// The sum runs in eight f64 lanes (`x[8i + k]²` into lane `k`, the lanes added in pairs at
+/// the end): independent adds the compiler vectorizes, where ggml's single running sum is a
+/// chain of dependent adds (576 of them per norm for SmolLM2, on one thread while the others
+/// wait). The two sums differ only in the last bits of an f64, which the rounding of the mean
+/// to f32 almost always absorbs; the result is the same on every kernel path.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+    let mut acc = [0f64; 8];
+    let (chunks, tail) = x.as_chunks::<8>();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v * v) as f64;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += (v * v) as f64;
+    }
+    let sum = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
@@ -823,6 +888,31 @@ mod tests {
         rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
         let r = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+        // Every length past the eight lanes, values over many magnitudes: the lane sum's
+        // result within one f32 rounding of ggml's sequential f64 sum's.
+        let mut s = 0x2545_f491u32;
+        for n in 1..=80usize {
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    (s as f32 / u32::MAX as f32 - 0.5) * 10f32.powi((i % 7) as i32 - 3)
+                })
+                .collect();
+            let w = vec![1.0; n];
+            let mut out = vec![0.0; n];
+            rms_norm(&x, &w, 1e-5, &mut out);
+            let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+            let scale = 1.0 / ((sum / n as f64) as f32 + 1e-5).sqrt();
+            for (o, v) in out.iter().zip(&x) {
+                let want = v * scale;
+                assert!(
+                    (o - want).abs() <= want.abs() * 2.0 * f32::EPSILON,
+                    "n={n}: {o:e} vs {want:e}"
+                );
+            }
+        }
     }
 
     /// Batched prefill must be bit-identical to token-by-token forwards (same kernels per row,

@@ -373,6 +373,16 @@ impl QuantizedActs {
     /// Quantize `x` to `vec_dot_type(weight)`. On error the activations are left empty.
     pub fn quantize_for(&mut self, weight: GgmlType, x: &[f32]) -> Result<(), QuantError> {
         let ty = vec_dot_type(weight);
+        if ty == GgmlType::Q8_0 {
+            if let Err(e) = self.prepare_q8_0(x.len()) {
+                self.prepare_q8_0(0)?;
+                return Err(e);
+            }
+            let (y, d, s) = self.q8_0_mut();
+            let nb = y.len();
+            quantize_q8_0_blocks(x, y, &mut d[..nb], &mut s[..nb]);
+            return Ok(());
+        }
         self.len = 0;
         self.ty = ty;
         self.bytes.clear();
@@ -389,23 +399,10 @@ impl QuantizedActs {
         self.scales.clear();
         self.sums.clear();
         self.qsums.clear();
-        match ty {
-            GgmlType::Q8_0 => {
-                let b: &[BlockQ8_0] = blocks(&self.bytes);
-                self.scales.extend(b.iter().map(|b| b.d.get()));
-                self.qsums.extend(
-                    b.iter()
-                        .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
-                );
-                self.qsums
-                    .resize(self.qsums.len().next_multiple_of(LANES), 0);
-            }
-            GgmlType::Q8_1 => {
-                let b: &[BlockQ8_1] = blocks(&self.bytes);
-                self.scales.extend(b.iter().map(|b| b.d.get()));
-                self.sums.extend(b.iter().map(|b| b.s.get()));
-            }
-            _ => {}
+        if ty == GgmlType::Q8_1 {
+            let b: &[BlockQ8_1] = blocks(&self.bytes);
+            self.scales.extend(b.iter().map(|b| b.d.get()));
+            self.sums.extend(b.iter().map(|b| b.s.get()));
         }
         for v in [&mut self.scales, &mut self.sums] {
             if !v.is_empty() {
@@ -414,6 +411,35 @@ impl QuantizedActs {
         }
         self.len = x.len();
         Ok(())
+    }
+
+    /// Make these Q8_0 activations of `len` values (a multiple of 32) whose blocks are
+    /// written afterwards, a range at a time ([`q8_0_mut`](Self::q8_0_mut) and
+    /// [`quantize_q8_0_blocks`]): every buffer sized, the padding of `scales` and `qsums`
+    /// zeroed. No allocation once the buffers have held `len` values.
+    fn prepare_q8_0(&mut self, len: usize) -> Result<(), QuantError> {
+        let nbytes = row_bytes(GgmlType::Q8_0, len)?;
+        let padded = (len / q8::QK8_0).next_multiple_of(LANES);
+        self.ty = GgmlType::Q8_0;
+        self.len = len;
+        self.f32s.clear();
+        self.sums.clear();
+        self.bytes.clear();
+        self.bytes.resize(nbytes, 0);
+        self.scales.clear();
+        self.scales.resize(padded, 0.0);
+        self.qsums.clear();
+        self.qsums.resize(padded, 0);
+        Ok(())
+    }
+
+    /// Q8_0 activations' blocks, scales and sums (the last two with their padding).
+    fn q8_0_mut(&mut self) -> (&mut [BlockQ8_0], &mut [f32], &mut [i32]) {
+        (
+            blocks_mut(&mut self.bytes),
+            &mut self.scales,
+            &mut self.qsums,
+        )
     }
 
     /// Q8_0/Q8_1 activations: each block's `d` as f32, then zeros up to a multiple of 8
@@ -468,6 +494,30 @@ impl QuantizedActs {
             return None;
         }
         bytemuck::try_cast_slice(self.bytes()).ok()
+    }
+}
+
+/// Quantize `x` into the Q8_0 blocks `y` (32 values each) and fill in what the kernels read
+/// beside them: each block's scale `d` as f32 and its exact `Σ qs`. SIMD where the active path
+/// has a quantizer, else the scalar one (the same bytes). [`QuantizedActs::quantize_for`]
+/// runs it on a whole row; a fused matmul epilogue ([`Epilogue::SwiGluQ8`]) on the blocks of
+/// the rows it computed.
+///
+/// # Panics
+/// If `x.len() != 32 · y.len()` or `scales`/`qsums` are not `y.len()` long.
+fn quantize_q8_0_blocks(x: &[f32], y: &mut [BlockQ8_0], scales: &mut [f32], qsums: &mut [i32]) {
+    assert!(
+        x.len() == y.len() * q8::QK8_0 && scales.len() == y.len() && qsums.len() == y.len(),
+        "Q8_0 quantize: {} values for {} blocks",
+        x.len(),
+        y.len()
+    );
+    if !quantize_acts_simd(GgmlType::Q8_0, x, bytemuck::cast_slice_mut(y)) {
+        q8::quantize_row_q8_0(x, y);
+    }
+    for ((b, d), s) in y.iter().zip(scales).zip(qsums) {
+        *d = b.d.get();
+        *s = b.qs.iter().map(|&q| q as i32).sum();
     }
 }
 
@@ -1155,11 +1205,20 @@ pub fn matmul_packed(
     acts: &[QuantizedActs],
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    matmul_packed_on(crate::kernels::active(), &mut [(p, out)], acts)
+    matmul_packed_on(
+        crate::kernels::active(),
+        &mut [(p, out)],
+        acts,
+        Epilogue::Store,
+    )
 }
 
 /// Most matrices [`matmul_packed_many`] takes at once.
 pub const MAX_PACKED_JOBS: usize = 4;
+
+/// Most activation rows an [`Epilogue::SwiGluQ8`] quantizes for (a batch's rows; the
+/// epilogue keeps a pointer per row on the stack).
+pub const MAX_EPILOGUE_ROWS: usize = 32;
 
 /// [`matmul_packed`] of several matrices with the same input (`acts`), as one job for the
 /// compute threads: `jobs[m].1[b·rows_m + r] = W_m[r] · acts[b]`. The same bits as one call
@@ -1169,13 +1228,58 @@ pub fn matmul_packed_many(
     jobs: &mut [(&PackedMatrix, &mut [f32])],
     acts: &[QuantizedActs],
 ) -> Result<(), QuantError> {
-    matmul_packed_on(crate::kernels::active(), jobs, acts)
+    matmul_packed_on(crate::kernels::active(), jobs, acts, Epilogue::Store)
 }
+
+/// What a packed matmul does with the rows a part of the job computed, on the thread that
+/// computed them, before the job ends: the element-wise step after a matmul fused into it,
+/// so it neither runs on one thread while the others wait nor needs a job of its own.
+pub enum Epilogue<'a> {
+    /// `out[b·rows + r] = W[r] · acts[b]`.
+    Store,
+    /// `out[b·rows + r] += W[r] · acts[b]` (a residual connection: the same bits as storing
+    /// and adding afterwards).
+    Accumulate,
+    /// Two matrices with the same rows (a multiple of 32), gate then up, stored as for
+    /// [`Store`](Self::Store); then, per part, `h = silu(gate) · up` on the part's rows
+    /// ([`act::swiglu`](crate::kernels::act::swiglu), `h` laid out like the outputs) and
+    /// those rows' Q8_0 blocks into `next[b]` ([`QuantizedActs::quantize_for`]'s bytes): the
+    /// input of a Q4_0/Q8_0 matmul after this one, ready when it returns. The parts are
+    /// whole 32-row blocks of both matrices. At most [`MAX_EPILOGUE_ROWS`] activation rows.
+    SwiGluQ8 {
+        h: &'a mut [f32],
+        next: &'a mut [QuantizedActs],
+    },
+}
+
+/// [`matmul_packed_many`] with an [`Epilogue`].
+pub fn matmul_packed_then(
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
+    acts: &[QuantizedActs],
+    epilogue: Epilogue<'_>,
+) -> Result<(), QuantError> {
+    matmul_packed_on(crate::kernels::active(), jobs, acts, epilogue)
+}
+
+/// Where an [`Epilogue::SwiGluQ8`] part writes activation row `b`'s Q8_0 blocks (pointers
+/// taken from `&mut` before the job; see the SAFETY notes at their uses).
+#[derive(Clone, Copy)]
+struct Q8Out {
+    blocks: *mut BlockQ8_0,
+    scales: *mut f32,
+    qsums: *mut i32,
+}
+// SAFETY: only used to hand disjoint block ranges of `&mut QuantizedActs` buffers to the
+// pool's threads for the duration of one `pool::run`.
+unsafe impl Send for Q8Out {}
+// SAFETY: as above.
+unsafe impl Sync for Q8Out {}
 
 fn matmul_packed_on(
     path: crate::kernels::KernelPath,
     jobs: &mut [(&PackedMatrix, &mut [f32])],
     acts: &[QuantizedActs],
+    epilogue: Epilogue<'_>,
 ) -> Result<(), QuantError> {
     if jobs.len() > MAX_PACKED_JOBS {
         return Err(QuantError::Len {
@@ -1210,17 +1314,88 @@ fn matmul_packed_on(
         tiles += p.rows / q4_0x8::TILE_ROWS;
     }
     let mats = &mats[..jobs.len()];
+    let accumulate = matches!(epilogue, Epilogue::Accumulate);
+    // SwiGLU: h's rows and each activation row's Q8_0 output, checked and sized up front.
+    let mut glu = None;
+    if let Epilogue::SwiGluQ8 { h, next } = epilogue {
+        let rows = jobs.first().map_or(0, |j| j.0.rows);
+        if jobs.len() != 2 || jobs[1].0.rows != rows || !rows.is_multiple_of(q8::QK8_0) {
+            return Err(QuantError::Len {
+                what: "SwiGLU matmul: gate and up rows (equal, a multiple of 32)",
+                expected: rows.next_multiple_of(q8::QK8_0),
+                got: jobs.get(1).map_or(0, |j| j.0.rows),
+            });
+        }
+        if acts.len() > MAX_EPILOGUE_ROWS {
+            return Err(QuantError::Len {
+                what: "SwiGLU matmul: activation rows (at most)",
+                expected: MAX_EPILOGUE_ROWS,
+                got: acts.len(),
+            });
+        }
+        if next.len() < acts.len() {
+            return Err(QuantError::Len {
+                what: "SwiGLU matmul: rows for the quantized output",
+                expected: acts.len(),
+                got: next.len(),
+            });
+        }
+        if h.len() != rows * acts.len() {
+            return Err(QuantError::Len {
+                what: "SwiGLU output",
+                expected: rows * acts.len(),
+                got: h.len(),
+            });
+        }
+        let null = Q8Out {
+            blocks: std::ptr::null_mut(),
+            scales: std::ptr::null_mut(),
+            qsums: std::ptr::null_mut(),
+        };
+        let mut outs = [null; MAX_EPILOGUE_ROWS];
+        for (o, a) in outs.iter_mut().zip(&mut next[..acts.len()]) {
+            a.prepare_q8_0(rows)?;
+            let (y, d, s) = a.q8_0_mut();
+            *o = Q8Out {
+                blocks: y.as_mut_ptr(),
+                scales: d.as_mut_ptr(),
+                qsums: s.as_mut_ptr(),
+            };
+        }
+        glu = Some((rows, SendPtr(h.as_mut_ptr()), outs));
+    }
     let nb = cols / q4_0::QK4_0;
     if nb == 0 {
-        jobs.iter_mut().for_each(|(_, o)| o.fill(0.0));
+        if !accumulate {
+            jobs.iter_mut().for_each(|(_, o)| o.fill(0.0));
+        }
+        if let Some((rows, h, outs)) = glu {
+            // SAFETY: `h` is the whole `&mut` output checked above (`rows · acts.len()`), and
+            // no part runs: this is its only reference.
+            let h = unsafe { std::slice::from_raw_parts_mut(h.get(), rows * acts.len()) };
+            h.fill(0.0);
+            for (o, h) in outs.iter().zip(h.chunks_exact(rows)) {
+                let n = rows / q8::QK8_0;
+                // SAFETY: `prepare_q8_0(rows)` sized these buffers to `n` blocks (scales and
+                // sums padded further), taken from `&mut` above; nothing else runs.
+                let (y, d, s) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(o.blocks, n),
+                        std::slice::from_raw_parts_mut(o.scales, n),
+                        std::slice::from_raw_parts_mut(o.qsums, n),
+                    )
+                };
+                quantize_q8_0_blocks(h, y, d, s);
+            }
+        }
         return Ok(());
     }
     let per_call = gemm_acts(path);
     // (Decode, one activation row, stays on one tile per call: measured slower on two.)
     let two = gemm_two_tiles(path) && acts.len() > 1;
     // Global tiles `g0..g1` (matrix after matrix), every activation row, into the owning
-    // matrix's `out[b·n + 8t ..][..8]`; two tiles of one matrix per call where the path
-    // takes two.
+    // matrix's `out[b·n + 8t ..][..8]` (added to it when accumulating); two tiles of one
+    // matrix per call where the path takes two.
     let run = |g0: usize, g1: usize| {
         let mut g = g0;
         while g < g1 {
@@ -1244,7 +1419,20 @@ fn matmul_packed_on(
                         (end - g) * q4_0x8::TILE_ROWS,
                     )
                 };
-                gemv_tiles(path, &ptiles[t * nb..(t + end - g) * nb], nb, act, o);
+                if accumulate {
+                    // Through a stack buffer, a few tiles at a time.
+                    const CHUNK: usize = 32;
+                    let mut buf = [0f32; CHUNK * q4_0x8::TILE_ROWS];
+                    for (c, o) in o.chunks_mut(CHUNK * q4_0x8::TILE_ROWS).enumerate() {
+                        let t0 = t + c * CHUNK;
+                        let k = o.len() / q4_0x8::TILE_ROWS;
+                        let b = &mut buf[..o.len()];
+                        gemv_tiles(path, &ptiles[t0 * nb..(t0 + k) * nb], nb, act, b);
+                        o.iter_mut().zip(b.iter()).for_each(|(o, v)| *o += v);
+                    }
+                } else {
+                    gemv_tiles(path, &ptiles[t * nb..(t + end - g) * nb], nb, act, o);
+                }
                 g = end;
                 continue;
             }
@@ -1261,7 +1449,11 @@ fn matmul_packed_on(
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((b0 + a) * n + t * 8), 8)
                     };
-                    o.copy_from_slice(v);
+                    if accumulate {
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += v);
+                    } else {
+                        o.copy_from_slice(v);
+                    }
                 }
             };
             if two && g + 1 < g1 && (t + 2) * 8 <= n {
@@ -1298,7 +1490,52 @@ fn matmul_packed_on(
         }
     };
     let threads = crate::kernels::pool::threads();
-    if threads <= 1 || tiles * q4_0x8::TILE_ROWS * acts.len() < 2 * ROWS_PER_PART {
+    let one_part = threads <= 1 || tiles * q4_0x8::TILE_ROWS * acts.len() < 2 * ROWS_PER_PART;
+    if let Some((rows, h, outs)) = glu {
+        // Parts of whole 32-row blocks, the same rows of gate (global tiles from 0) and up
+        // (from `half`); then SwiGLU and quantization of those rows.
+        const BLOCK_TILES: usize = q8::QK8_0 / q4_0x8::TILE_ROWS;
+        let (half, blocks) = (tiles / 2, rows / q8::QK8_0);
+        let (gate, up) = (mats[0].3, mats[1].3);
+        let part = |k0: usize, k1: usize| {
+            let (t0, t1) = (k0 * BLOCK_TILES, k1 * BLOCK_TILES);
+            run(t0, t1);
+            run(half + t0, half + t1);
+            let (r0, r1) = (k0 * q8::QK8_0, k1 * q8::QK8_0);
+            for (b, o) in outs.iter().enumerate().take(acts.len()) {
+                let at = b * rows + r0;
+                // SAFETY: rows `r0..r1` of activation row `b` in gate's, up's and h's outputs
+                // (each `rows · acts.len()` long, checked above) and blocks `k0..k1` of row
+                // `b`'s Q8_0 buffers (`prepare_q8_0(rows)`: `blocks` blocks, scales and sums
+                // padded further), all taken from `&mut` before the job. Parts get disjoint
+                // block ranges `k0..k1`, so these references are the only live ones to these
+                // elements (gate's and up's rows were written by `run` just above, on this
+                // thread); `pool::run` returns only when every part is done.
+                let (g, u, hh, y, d, s) = unsafe {
+                    (
+                        std::slice::from_raw_parts(gate.get().add(at), r1 - r0),
+                        std::slice::from_raw_parts(up.get().add(at), r1 - r0),
+                        std::slice::from_raw_parts_mut(h.get().add(at), r1 - r0),
+                        std::slice::from_raw_parts_mut(o.blocks.add(k0), k1 - k0),
+                        std::slice::from_raw_parts_mut(o.scales.add(k0), k1 - k0),
+                        std::slice::from_raw_parts_mut(o.qsums.add(k0), k1 - k0),
+                    )
+                };
+                crate::kernels::act::swiglu(path, g, u, hh);
+                quantize_q8_0_blocks(hh, y, d, s);
+            }
+        };
+        if one_part {
+            part(0, blocks);
+            return Ok(());
+        }
+        let parts = blocks.clamp(1, threads * PARTS_PER_THREAD);
+        let per = blocks.div_ceil(parts);
+        let parts = blocks.div_ceil(per);
+        crate::kernels::pool::run(parts, &|i| part(i * per, (i * per + per).min(blocks)));
+        return Ok(());
+    }
+    if one_part {
         run(0, tiles);
         return Ok(());
     }

@@ -1084,7 +1084,7 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
                     }
                 };
                 let mut out = vec![f32::NAN; n_rows * n_acts];
-                matmul_packed_on(p, &mut [(&packed, &mut out)], &acts).unwrap();
+                matmul_packed_on(p, &mut [(&packed, &mut out)], &acts, Epilogue::Store).unwrap();
                 check(&w, n_rows, &out, "one matrix");
                 // Three matrices in one job (a small one before and after): each output as
                 // from its own call.
@@ -1099,6 +1099,7 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
                         (&small_packed, &mut o3),
                     ],
                     &acts,
+                    Epilogue::Store,
                 )
                 .unwrap();
                 check(&small, 16, &o1, "many[0]");
@@ -1161,4 +1162,122 @@ fn packed_matmul_checks_its_inputs() {
     ];
     assert!(matmul_packed_many(&mut jobs, std::slice::from_ref(&a)).is_err());
     assert!(matmul_packed_many(&mut jobs[..4], std::slice::from_ref(&a)).is_ok());
+}
+
+/// The fused epilogues of a packed matmul give the bits of the unfused steps, on every packing
+/// path and the scalar fallback, with the thread pool: [`Epilogue::Accumulate`] equals storing
+/// and adding afterwards; [`Epilogue::SwiGluQ8`] stores gate's and up's outputs as
+/// [`Epilogue::Store`] does, `h` as [`act::swiglu_ref`] of them, and `next` exactly as
+/// [`QuantizedActs::quantize_for`] of `h` (blocks, scales, sums). Rows of one 32-row block
+/// (one part) to 48 blocks (split over the threads), every block tail of the columns, 1 to 9
+/// activation rows; `next` starts out holding other activations (another type and length).
+#[test]
+fn prop_matmul_packed_epilogues_equal_the_unfused_steps() {
+    use crate::kernels::{act, KernelPath};
+    let mut rng = Rng(0x0e91_0609_e5f1_2026);
+    let paths: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|&p| p.supported() && PackedMatrix::has_kernel(p, GgmlType::Q4_0))
+        .chain([KernelPath::Scalar])
+        .collect();
+    let ty = GgmlType::Q4_0;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for &(n_rows, n_cols) in &[(32usize, 32usize), (64, 576), (96, 608), (1536, 64)] {
+        let mut matrix = || {
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| random_row(&mut rng, ty, n_cols))
+                .collect();
+            PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap()
+        };
+        let (gate, up) = (matrix(), matrix());
+        for n_acts in [1, 2, 3, 5, 9] {
+            let acts = random_acts(&mut rng, ty, n_acts, n_cols);
+            let x0 = random_values(&mut rng, n_rows * n_acts, 8);
+            for &p in &paths {
+                let what = format!("{} {n_rows}x{n_cols}, {n_acts} acts", p.as_str());
+                let store = |m: &PackedMatrix| {
+                    let mut o = vec![f32::NAN; n_rows * n_acts];
+                    matmul_packed_on(p, &mut [(m, &mut o)], &acts, Epilogue::Store).unwrap();
+                    o
+                };
+                let (g, u) = (store(&gate), store(&up));
+
+                let mut want = x0.clone();
+                want.iter_mut().zip(&g).for_each(|(x, v)| *x += v);
+                let mut x = x0.clone();
+                matmul_packed_on(p, &mut [(&gate, &mut x)], &acts, Epilogue::Accumulate).unwrap();
+                assert_eq!(bits(&x), bits(&want), "{what}: accumulate");
+
+                let mut h_want = vec![0f32; n_rows * n_acts];
+                act::swiglu_ref(&g, &u, &mut h_want);
+                let (mut g2, mut u2, mut h) = (
+                    vec![f32::NAN; n_rows * n_acts],
+                    vec![f32::NAN; n_rows * n_acts],
+                    vec![f32::NAN; n_rows * n_acts],
+                );
+                let mut next = random_acts(&mut rng, GgmlType::Q4_1, n_acts + 1, 64);
+                matmul_packed_on(
+                    p,
+                    &mut [(&gate, &mut g2), (&up, &mut u2)],
+                    &acts,
+                    Epilogue::SwiGluQ8 {
+                        h: &mut h,
+                        next: &mut next,
+                    },
+                )
+                .unwrap();
+                assert_eq!(
+                    (bits(&g2), bits(&u2)),
+                    (bits(&g), bits(&u)),
+                    "{what}: gate, up"
+                );
+                assert_eq!(bits(&h), bits(&h_want), "{what}: h");
+                for (b, a) in next.iter().take(n_acts).enumerate() {
+                    let mut w = QuantizedActs::new();
+                    w.quantize_for(ty, &h_want[b * n_rows..(b + 1) * n_rows])
+                        .unwrap();
+                    assert_eq!((a.ty(), a.len()), (w.ty(), w.len()), "{what}: row {b}");
+                    assert_eq!(a.bytes(), w.bytes(), "{what}: row {b} blocks");
+                    assert_eq!(bits(a.scales()), bits(w.scales()), "{what}: row {b} scales");
+                    assert_eq!(a.qsums(), w.qsums(), "{what}: row {b} sums");
+                }
+            }
+        }
+    }
+}
+
+/// A SwiGLU epilogue refuses what it cannot do with a one-line error: not exactly two
+/// matrices, different or non-32-multiple rows, a wrong `h`, too few output rows.
+#[test]
+fn swiglu_epilogue_checks_its_inputs() {
+    let w8 = PackedMatrix::pack_q4_0(&[0u8; 8 * 18], 8, 32).unwrap();
+    let w32 = PackedMatrix::pack_q4_0(&[0u8; 32 * 18], 32, 32).unwrap();
+    let w64 = PackedMatrix::pack_q4_0(&[0u8; 64 * 18], 64, 32).unwrap();
+    let mut a = QuantizedActs::new();
+    a.quantize_for(GgmlType::Q4_0, &[1.0; 32]).unwrap();
+    let acts = std::slice::from_ref(&a);
+    let mut next = [QuantizedActs::new()];
+    let mut go = |jobs: &mut [(&PackedMatrix, &mut [f32])], h_len: usize, n_next: usize| {
+        let mut h = vec![0f32; h_len];
+        matmul_packed_then(
+            jobs,
+            acts,
+            Epilogue::SwiGluQ8 {
+                h: &mut h,
+                next: &mut next[..n_next],
+            },
+        )
+    };
+    let (mut o1, mut o2) = (vec![0f32; 64], vec![0f32; 64]);
+    let mut errs = vec![
+        go(&mut [(&w32, &mut o1[..32])], 32, 1).unwrap_err(),
+        go(&mut [(&w8, &mut o1[..8]), (&w8, &mut o2[..8])], 8, 1).unwrap_err(),
+        go(&mut [(&w32, &mut o1[..32]), (&w64, &mut o2[..])], 32, 1).unwrap_err(),
+        go(&mut [(&w32, &mut o1[..32]), (&w32, &mut o2[..32])], 31, 1).unwrap_err(),
+        go(&mut [(&w32, &mut o1[..32]), (&w32, &mut o2[..32])], 32, 0).unwrap_err(),
+    ];
+    assert!(go(&mut [(&w32, &mut o1[..32]), (&w32, &mut o2[..32])], 32, 1).is_ok());
+    for e in errs.drain(..) {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
 }

@@ -80,7 +80,7 @@ use super::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
 use super::quants::{lane_total, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use super::x86::{
     bcast4, block_halves_8, chunk, f16_pairs, gemm_q4_0x8, gemv_q4_0x8_tiles, head_words, lanes,
-    striped,
+    striped, GEMV_PREFETCH,
 };
 
 /// `Σ` over one block of nibble quants `q` (0..=15) times the activations `y`, as eight i32

@@ -150,6 +150,8 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         model.prefill(&mut st, &prompt, true)?;
         pre.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(st.logits());
+        #[cfg(feature = "pool-stats")]
+        pool::stats::take();
         let t = Instant::now();
         for _ in 0..o.decode_tokens {
             let l = model
@@ -158,6 +160,13 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
             next = argmax(l);
         }
         dec.push(o.decode_tokens as f64 / t.elapsed().as_secs_f64());
+        #[cfg(feature = "pool-stats")]
+        eprintln!(
+            "pool stats, {} decode tokens in {:.2} ms: {}",
+            o.decode_tokens,
+            t.elapsed().as_secs_f64() * 1e3,
+            pool::stats::take()
+        );
     }
     let decode_runs = dec.clone();
     let roofline = bw_model * 1e9 / bytes_per_token as f64;

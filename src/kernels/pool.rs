@@ -269,16 +269,24 @@ impl Pool {
                 *const (dyn Fn(usize) + Sync + 'static),
             >(f);
         }
+        #[cfg(feature = "pool-stats")]
+        stats::PUBLISHED.store(stats::now(), Relaxed);
         s.ticket.store(ticket(g, parts, 0), SeqCst);
         for (w, sleeping) in self.workers.iter().zip(&s.sleeping) {
             if sleeping.load(SeqCst) {
                 w.unpark();
             }
         }
+        #[cfg(feature = "pool-stats")]
+        let t0 = stats::now();
         s.work(g);
+        #[cfg(feature = "pool-stats")]
+        let t1 = stats::now();
         while s.done.load(Acquire) < parts {
             std::hint::spin_loop();
         }
+        #[cfg(feature = "pool-stats")]
+        stats::caller(t0, t1, stats::now());
         if s.panicked.load(Relaxed) {
             panic!("a compute part panicked");
         }
@@ -309,7 +317,71 @@ fn worker(s: &Shared, me: usize) {
             s.sleeping[me].store(false, SeqCst);
             spins = 0;
         }
-        s.work(seen);
+        #[cfg(feature = "pool-stats")]
+        let t0 = stats::now();
+        #[cfg_attr(not(feature = "pool-stats"), allow(unused_variables))]
+        let ran = s.work(seen);
+        #[cfg(feature = "pool-stats")]
+        stats::worker(ran, t0, stats::now());
+    }
+}
+
+/// With the `pool-stats` feature: where the jobs' wall time goes, in nanoseconds summed
+/// since the last [`take`](stats::take) — the caller between jobs (its serial work), in its
+/// own parts and waiting for the workers at a job's end; the workers in their parts and from
+/// a job's publication to their first claim. Diagnostics for the decode loop's 2-thread
+/// efficiency (`expllm bench --stage llm` prints them per decode run).
+#[cfg(feature = "pool-stats")]
+pub mod stats {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    pub(super) static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+    static LAST_END: AtomicU64 = AtomicU64::new(0);
+    /// between, caller parts, caller wait, jobs, worker parts, worker part runs, latency.
+    static SUMS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+    /// Nanoseconds since the first call (never 0 afterwards, so 0 means "no job yet").
+    pub(super) fn now() -> u64 {
+        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+    }
+
+    pub(super) fn caller(start: u64, own_done: u64, end: u64) {
+        let last = LAST_END.swap(end, Relaxed);
+        if last != 0 {
+            SUMS[0].fetch_add(start.saturating_sub(last), Relaxed);
+        }
+        SUMS[1].fetch_add(own_done - start, Relaxed);
+        SUMS[2].fetch_add(end - own_done, Relaxed);
+        SUMS[3].fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn worker(ran: usize, start: u64, end: u64) {
+        if ran > 0 {
+            SUMS[4].fetch_add(end - start, Relaxed);
+            SUMS[5].fetch_add(1, Relaxed);
+            SUMS[6].fetch_add(start.saturating_sub(PUBLISHED.load(Relaxed)), Relaxed);
+        }
+    }
+
+    /// The sums since the last call, as one line, and start over.
+    pub fn take() -> String {
+        let v: [u64; 7] = std::array::from_fn(|i| SUMS[i].swap(0, Relaxed));
+        LAST_END.store(0, Relaxed);
+        let ms = |ns: u64| ns as f64 / 1e6;
+        format!(
+            "{} jobs; caller: between jobs {:.2} ms, own parts {:.2} ms, waiting {:.2} ms; \
+             workers: parts {:.2} ms in {} runs, publish-to-claim {:.2} ms",
+            v[3],
+            ms(v[0]),
+            ms(v[1]),
+            ms(v[2]),
+            ms(v[4]),
+            v[5],
+            ms(v[6])
+        )
     }
 }
 

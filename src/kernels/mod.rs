@@ -7,8 +7,9 @@
 //! Two kernel shapes per path: one-row dot products on the GGUF block layouts (`quants`'
 //! `vec_dot_*` references; `x86`, `x86_vnni`, `aarch64`), and for Q4_0 a GEMM on weights
 //! repacked eight rows at a time ([`quants::q4_0x8`]: one tile × up to four activation rows
-//! per call, no horizontal sums), which `quants::matmul_packed` runs for the model. Both are
-//! bit-identical to the scalar reference. Plus attention's loops over the f16 KV cache
+//! per call, no horizontal sums), which `quants::matmul_packed` runs for the model, with the
+//! element-wise step after a matmul fused in where the model asks (`quants::Epilogue`). Both
+//! are bit-identical to the scalar reference. Plus attention's loops over the f16 KV cache
 //! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references), and the
 //! SwiGLU activation ([`act`]: one vectorizable function, the same bits on every path).
 

@@ -4,7 +4,8 @@
 //! dot products of `ggml-cpu/quants.c`), float for float.
 //!
 //! This is the oracle the SIMD kernels are tested against, so it is written for clarity and
-//! has no `unsafe`: every block struct is `#[repr(C)]` over byte arrays (alignment 1), so a row
+//! its references have no `unsafe` (the matmul drivers below them hand disjoint output ranges
+//! to the pool's threads through raw pointers, with a SAFETY note at each): every block struct is `#[repr(C)]` over byte arrays (alignment 1), so a row
 //! of any type is viewed in place at any offset with `bytemuck` (GGUF rows are only 2-byte
 //! aligned for 18-byte Q4_0 blocks).
 //!
@@ -30,7 +31,11 @@
 //! The model code uses the dynamic API ([`dequantize_row`], [`quantize_row`],
 //! [`QuantizedActs`], [`vec_dot`], [`matvec`], [`get_row`]), which checks every length and
 //! returns a [`QuantError`] instead of panicking; the typed per-type functions behind it
-//! (e.g. [`q4_0::vec_dot_q4_0_q8_0`]) assert their lengths.
+//! (e.g. [`q4_0::vec_dot_q4_0_q8_0`]) assert their lengths. On repacked Q4_0
+//! ([`PackedMatrix`]) it runs [`matmul_packed`], [`matmul_packed_many`] and
+//! [`matmul_packed_then`], whose [`Epilogue`] fuses the element-wise step after a matmul (a
+//! residual add; SwiGLU and the Q8_0 quantization of the next matmul's input) into the same
+//! job, on the rows each thread computed: the same bits as the separate steps.
 
 use std::fmt;
 

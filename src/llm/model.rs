@@ -654,24 +654,16 @@ impl Model {
                     }
                 }
             }
-            // RoPE on each token's q and k, then k and v into the f16 cache at the token's
-            // position: the batch's tokens spread over the compute threads.
+            // RoPE on each token's k, then k and v into the f16 cache at the token's position:
+            // the batch's tokens spread over the compute threads. (q's RoPE runs in the
+            // attention job below, on each head's own copy.)
             let (cos, sin) = (&st.rope_cos, &st.rope_sin);
-            pool::for_each_chunk_mut2(
-                &mut st.q[..nb * dq],
-                dq,
-                &mut st.kk[..nb * kv_dim],
-                kv_dim,
-                &|b, q, k| {
-                    let (cos, sin) = (&cos[b * half..][..half], &sin[b * half..][..half]);
-                    for h in q.chunks_exact_mut(c.head_dim) {
-                        rope(h, cos, sin, c.rope_neox);
-                    }
-                    for h in k.chunks_exact_mut(c.head_dim) {
-                        rope(h, cos, sin, c.rope_neox);
-                    }
-                },
-            );
+            pool::for_each_chunk_mut(&mut st.kk[..nb * kv_dim], kv_dim, &|b, k| {
+                let (cos, sin) = (&cos[b * half..][..half], &sin[b * half..][..half]);
+                for h in k.chunks_exact_mut(c.head_dim) {
+                    rope(h, cos, sin, c.rope_neox);
+                }
+            });
             let (kk, vv) = (&st.kk, &st.vv);
             let cached = st.n_past * kv_dim..(st.n_past + nb) * kv_dim;
             pool::for_each_chunk_mut2(
@@ -689,7 +681,8 @@ impl Model {
             // layer, a part per head and group of ATT_TOKENS tokens, each with its own scratch
             let (kc, vc) = (&st.k[li], &st.v[li]);
             let kv = KvOps::for_path(crate::kernels::active());
-            let (n_head, hd, n_past) = (c.n_head, c.head_dim, st.n_past);
+            let (n_head, hd, n_past, neox) = (c.n_head, c.head_dim, st.n_past, c.rope_neox);
+            let (cos, sin) = (&st.rope_cos, &st.rope_sin);
             let parts = n_head * nb.div_ceil(ATT_TOKENS);
             let q_all = &st.q;
             pool::for_each_mut(&mut st.heads[..parts], &|i, hs: &mut HeadScratch| {
@@ -697,8 +690,15 @@ impl Model {
                 let kvh = h / group;
                 for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
                     let n = n_past + b + 1;
-                    // q rounded to f16 as it meets the f16 keys, as in ggml.
+                    // q with RoPE at the token's position, then rounded to f16 as it meets
+                    // the f16 keys, as in ggml.
                     hs.qh.copy_from_slice(&q_all[b * dq + h * hd..][..hd]);
+                    rope(
+                        &mut hs.qh,
+                        &cos[b * half..][..half],
+                        &sin[b * half..][..half],
+                        neox,
+                    );
                     (kv.round_f16)(&mut hs.qh);
                     let scores = &mut hs.scores[..n];
                     (kv.scores)(&hs.qh, &kc[kvh * hd..], kv_dim, scale, scores);

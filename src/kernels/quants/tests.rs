@@ -1281,3 +1281,48 @@ fn swiglu_epilogue_checks_its_inputs() {
         assert!(!e.to_string().contains('\n'), "{e}");
     }
 }
+
+/// Q8_0 activations keep, beside the blocks (the scalar quantizer's bytes), each block's scale
+/// as the f32 of its stored f16 and its exact `Σ qs`, zero-padded to a multiple of 8 blocks:
+/// every length from one block to 13, extreme and all-zero blocks, on the active path.
+#[test]
+fn q8_0_acts_scales_and_sums_follow_their_blocks() {
+    let mut rng = Rng(0x5ca1_e5a0_0d5e_7e11);
+    for nb in 1..=13usize {
+        let mut x = random_values(&mut rng, nb * 32, 32);
+        x[..32].fill(0.0);
+        if nb > 1 {
+            x[32] = 3.0e38;
+        }
+        let mut a = QuantizedActs::new();
+        a.quantize_for(GgmlType::Q4_0, &x).unwrap();
+        let mut want = vec![BlockQ8_0::zeroed(); nb];
+        q8::quantize_row_q8_0(&x, &mut want);
+        let y = a.blocks::<BlockQ8_0>().unwrap();
+        assert_eq!(
+            bytemuck::cast_slice::<_, u8>(y),
+            bytemuck::cast_slice::<_, u8>(&want)
+        );
+        let padded = nb.next_multiple_of(8);
+        assert_eq!(
+            (a.scales().len(), a.qsums().len()),
+            (padded, padded),
+            "nb={nb}"
+        );
+        for (i, b) in want.iter().enumerate() {
+            assert_eq!(
+                a.scales()[i].to_bits(),
+                b.d.get().to_bits(),
+                "nb={nb} block {i}"
+            );
+            assert_eq!(
+                a.qsums()[i],
+                b.qs.iter().map(|&q| q as i32).sum::<i32>(),
+                "nb={nb} block {i}"
+            );
+        }
+        assert!(
+            a.scales()[nb..].iter().all(|&v| v == 0.0) && a.qsums()[nb..].iter().all(|&v| v == 0)
+        );
+    }
+}

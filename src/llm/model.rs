@@ -589,12 +589,7 @@ impl Model {
             "context full: {} tokens (raise the context limit)",
             st.max_ctx
         );
-        let (d, dq, kv_dim, dff) = (
-            c.n_embd,
-            c.n_head * c.head_dim,
-            c.n_head_kv * c.head_dim,
-            c.n_ff,
-        );
+        let (d, dq, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let half = c.rope_dims / 2;
         for (b, &token) in tokens.iter().enumerate() {
             quants::get_row(
@@ -730,52 +725,7 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
-            if let (Some(g), Some(u), Some(dn)) = (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
-            {
-                // One job computes gate and up, SwiGLU and the down input's Q8_0 blocks, each
-                // thread on its own rows; the next adds the down projection into x.
-                self.quantize(&l.w_gate, &st.xn[..nb * d], &mut st.acts)?;
-                quants::matmul_packed_then(
-                    &mut [
-                        (&self.packed[g], &mut st.gate[..nb * dff]),
-                        (&self.packed[u], &mut st.up[..nb * dff]),
-                    ],
-                    &st.acts[..nb],
-                    Epilogue::SwiGluQ8 {
-                        h: &mut st.ffn_out[..nb * dff],
-                        next: &mut st.ffn_acts[..nb],
-                    },
-                )
-                .and_then(|()| {
-                    quants::matmul_packed_then(
-                        &mut [(&self.packed[dn], &mut st.x[..nb * d])],
-                        &st.ffn_acts[..nb],
-                        Epilogue::Accumulate,
-                    )
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            } else {
-                self.matmul_many(
-                    &st.xn[..nb * d],
-                    &mut st.acts,
-                    [
-                        (&l.w_gate, &mut st.gate[..nb * dff]),
-                        (&l.w_up, &mut st.up[..nb * dff]),
-                    ],
-                )?;
-                let (gate, up) = (&st.gate, &st.up);
-                let path = crate::kernels::active();
-                pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
-                    act::swiglu(path, &gate[b * dff..][..dff], &up[b * dff..][..dff], o)
-                });
-                self.matmul_add(
-                    &l.w_down,
-                    &st.ffn_out[..nb * dff],
-                    &mut st.acts,
-                    &mut st.x[..nb * d],
-                    &mut st.proj[..nb * d],
-                )?;
-            }
+            self.ffn(l, st, nb)?;
         }
         st.n_past += nb;
         if !want_logits {
@@ -791,6 +741,60 @@ impl Model {
             false,
         )?;
         Ok(Some(&st.logits))
+    }
+
+    /// The SwiGLU FFN of layer `l` on the batch's normed rows (`st.xn`), added into `st.x`.
+    /// Where gate, up and down are all packed: one job for gate and up whose epilogue runs
+    /// SwiGLU and quantizes the down input per thread, then down added into x in its own
+    /// epilogue; else the separate steps (the same bits).
+    fn ffn(&self, l: &Layer, st: &mut State, nb: usize) -> Result<()> {
+        let (d, dff) = (self.cfg.n_embd, self.cfg.n_ff);
+        if let (Some(g), Some(u), Some(dn)) = (l.w_gate.packed, l.w_up.packed, l.w_down.packed) {
+            // One job computes gate and up, SwiGLU and the down input's Q8_0 blocks, each
+            // thread on its own rows; the next adds the down projection into x.
+            self.quantize(&l.w_gate, &st.xn[..nb * d], &mut st.acts)?;
+            quants::matmul_packed_then(
+                &mut [
+                    (&self.packed[g], &mut st.gate[..nb * dff]),
+                    (&self.packed[u], &mut st.up[..nb * dff]),
+                ],
+                &st.acts[..nb],
+                Epilogue::SwiGluQ8 {
+                    h: &mut st.ffn_out[..nb * dff],
+                    next: &mut st.ffn_acts[..nb],
+                },
+            )
+            .and_then(|()| {
+                quants::matmul_packed_then(
+                    &mut [(&self.packed[dn], &mut st.x[..nb * d])],
+                    &st.ffn_acts[..nb],
+                    Epilogue::Accumulate,
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else {
+            self.matmul_many(
+                &st.xn[..nb * d],
+                &mut st.acts,
+                [
+                    (&l.w_gate, &mut st.gate[..nb * dff]),
+                    (&l.w_up, &mut st.up[..nb * dff]),
+                ],
+            )?;
+            let (gate, up) = (&st.gate, &st.up);
+            let path = crate::kernels::active();
+            pool::for_each_chunk_mut(&mut st.ffn_out[..nb * dff], dff, &|b, o| {
+                act::swiglu(path, &gate[b * dff..][..dff], &up[b * dff..][..dff], o)
+            });
+            self.matmul_add(
+                &l.w_down,
+                &st.ffn_out[..nb * dff],
+                &mut st.acts,
+                &mut st.x[..nb * d],
+                &mut st.proj[..nb * d],
+            )?;
+        }
+        Ok(())
     }
 
     /// Feed `tokens` (any number) in batches of [`MAX_BATCH`]; logits of the last when

@@ -1331,6 +1331,13 @@ fn matmul_packed_on(
                 got: jobs.get(1).map_or(0, |j| j.0.rows),
             });
         }
+        if cols == 0 {
+            return Err(QuantError::Len {
+                what: "SwiGLU matmul: columns (at least)",
+                expected: q4_0::QK4_0,
+                got: 0,
+            });
+        }
         if acts.len() > MAX_EPILOGUE_ROWS {
             return Err(QuantError::Len {
                 what: "SwiGLU matmul: activation rows (at most)",
@@ -1371,27 +1378,9 @@ fn matmul_packed_on(
     }
     let nb = cols / q4_0::QK4_0;
     if nb == 0 {
+        // (No SwiGLU epilogue here: refused above.)
         if !accumulate {
             jobs.iter_mut().for_each(|(_, o)| o.fill(0.0));
-        }
-        if let Some((rows, h, outs)) = glu {
-            // SAFETY: `h` is the whole `&mut` output checked above (`rows · acts.len()`), and
-            // no part runs: this is its only reference.
-            let h = unsafe { std::slice::from_raw_parts_mut(h.get(), rows * acts.len()) };
-            h.fill(0.0);
-            for (o, h) in outs.iter().zip(h.chunks_exact(rows)) {
-                let n = rows / q8::QK8_0;
-                // SAFETY: `prepare_q8_0(rows)` sized these buffers to `n` blocks (scales and
-                // sums padded further), taken from `&mut` above; nothing else runs.
-                let (y, d, s) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(o.blocks, n),
-                        std::slice::from_raw_parts_mut(o.scales, n),
-                        std::slice::from_raw_parts_mut(o.qsums, n),
-                    )
-                };
-                quantize_q8_0_blocks(h, y, d, s);
-            }
         }
         return Ok(());
     }

@@ -1026,6 +1026,16 @@ fn prop_every_supported_row_kernel_equals_the_scalar_reference_dot() {
     }
 }
 
+/// Every kernel path this CPU supports that repacks Q4_0, then the scalar fallback.
+fn packed_paths() -> Vec<crate::kernels::KernelPath> {
+    use crate::kernels::KernelPath;
+    KernelPath::ALL
+        .into_iter()
+        .filter(|&p| p.supported() && PackedMatrix::has_kernel(p, GgmlType::Q4_0))
+        .chain([KernelPath::Scalar])
+        .collect()
+}
+
 /// `matmul_packed` on a [`PackedMatrix`], for every kernel path this CPU supports that packs
 /// (AVX2, AVX-512 VNNI) and for the scalar fallback, with the thread pool: every weight row ×
 /// activation row is the scalar reference dot's bits — whole tiles of 8 to 200 rows, every
@@ -1033,13 +1043,8 @@ fn prop_every_supported_row_kernel_equals_the_scalar_reference_dot() {
 /// count), extreme values (zero blocks, i8 ±127, f16 scales from the quantizer).
 #[test]
 fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
-    use crate::kernels::KernelPath;
     let mut rng = Rng(0x0007_eed0_f3a7_2025);
-    let paths: Vec<KernelPath> = KernelPath::ALL
-        .into_iter()
-        .filter(|&p| p.supported() && PackedMatrix::has_kernel(p, GgmlType::Q4_0))
-        .chain([KernelPath::Scalar])
-        .collect();
+    let paths = packed_paths();
     eprintln!(
         "packed paths: {:?}",
         paths.iter().map(|p| p.as_str()).collect::<Vec<_>>()
@@ -1173,13 +1178,9 @@ fn packed_matmul_checks_its_inputs() {
 /// activation rows; `next` starts out holding other activations (another type and length).
 #[test]
 fn prop_matmul_packed_epilogues_equal_the_unfused_steps() {
-    use crate::kernels::{act, KernelPath};
+    use crate::kernels::act;
     let mut rng = Rng(0x0e91_0609_e5f1_2026);
-    let paths: Vec<KernelPath> = KernelPath::ALL
-        .into_iter()
-        .filter(|&p| p.supported() && PackedMatrix::has_kernel(p, GgmlType::Q4_0))
-        .chain([KernelPath::Scalar])
-        .collect();
+    let paths = packed_paths();
     let ty = GgmlType::Q4_0;
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for &(n_rows, n_cols) in &[(32usize, 32usize), (64, 576), (96, 608), (1536, 64)] {
@@ -1277,6 +1278,22 @@ fn swiglu_epilogue_checks_its_inputs() {
         go(&mut [(&w32, &mut o1[..32]), (&w32, &mut o2[..32])], 32, 0).unwrap_err(),
     ];
     assert!(go(&mut [(&w32, &mut o1[..32]), (&w32, &mut o2[..32])], 32, 1).is_ok());
+    // Zero columns: refused too (nothing to quantize from).
+    let w0 = PackedMatrix::pack_q4_0(&[], 32, 0).unwrap();
+    let mut a0 = QuantizedActs::new();
+    a0.quantize_for(GgmlType::Q4_0, &[]).unwrap();
+    let mut h = [0f32; 32];
+    errs.push(
+        matmul_packed_then(
+            &mut [(&w0, &mut o1[..32]), (&w0, &mut o2[..32])],
+            std::slice::from_ref(&a0),
+            Epilogue::SwiGluQ8 {
+                h: &mut h,
+                next: &mut next[..1],
+            },
+        )
+        .unwrap_err(),
+    );
     for e in errs.drain(..) {
         assert!(!e.to_string().contains('\n'), "{e}");
     }

@@ -1,18 +1,18 @@
 //! `cargo bench --bench matmul_stream [-- THREADS]`: the matmuls of one SmolLM2-135M decode
 //! step and nothing else, from memory. 30 layers of Q/K/V, output, gate, up and down
 //! matrices plus the 49152-row output projection (75.6 MB of Q4_0, random weights, repacked
-//! for this CPU's kernel path as the model is), each multiplied by one activation row through
-//! `quants::matmul_packed` on the thread pool, in the model's order. Prints steps/s, the
-//! GB/s they stream and `bench::read_bandwidth` over the same number of bytes: how close the
-//! matmuls alone come to the machine's bandwidth, without attention, norms or the waits
-//! between them (`expllm bench --stage llm` measures the whole step). Also one 64 MB matrix
-//! alone. Best of 5 repetitions each.
+//! for this CPU's kernel path into one huge-page arena as the model packs its own), each
+//! multiplied by one activation row through `quants::matmul_packed` on the thread pool, in
+//! the model's order. Prints steps/s, the GB/s they stream and `bench::read_bandwidth` over
+//! the same number of bytes: how close the matmuls alone come to the machine's bandwidth,
+//! without attention, norms or the waits between them (`expllm bench --stage llm` measures
+//! the whole step). Also one 64 MB matrix alone. Best of 5 repetitions each.
 
 use std::time::Instant;
 
 use expllm_edge::kernels::{
     pool,
-    quants::{self, PackedMatrix, QuantizedActs},
+    quants::{self, PackArena, PackedMatrix, QuantizedActs},
     GgmlType,
 };
 
@@ -28,23 +28,37 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// A `rows` × `cols` Q4_0 matrix of random weights, repacked for the active path.
-fn matrix(rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+/// A `rows` × `cols` Q4_0 matrix of random weights (GGUF bytes).
+fn q4_0(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let x = random(rows * cols, seed);
     let rb = cols / 32 * 18;
     let mut b = vec![0u8; rows * rb];
     for (r, dst) in b.chunks_exact_mut(rb).enumerate() {
         quants::quantize_row(GgmlType::Q4_0, &x[r * cols..(r + 1) * cols], dst).expect("quantize");
     }
-    PackedMatrix::pack(
-        expllm_edge::kernels::active(),
-        GgmlType::Q4_0,
-        &b,
-        rows,
-        cols,
-    )
-    .expect("pack")
-    .expect("main checked that the path repacks Q4_0")
+    b
+}
+
+/// Random Q4_0 matrices of these shapes repacked for the active path into one
+/// [`PackArena`], as the model packs its weights (huge pages where the OS gives them).
+fn matrices(shapes: &[(usize, usize)], seed: u64) -> Vec<PackedMatrix> {
+    let path = expllm_edge::kernels::active();
+    let tiles = shapes
+        .iter()
+        .map(|&(r, c)| PackedMatrix::tiles_for(path, GgmlType::Q4_0, r, c).expect("packs"))
+        .sum();
+    let mut arena = PackArena::new(tiles).expect("arena");
+    for (i, &(r, c)) in shapes.iter().enumerate() {
+        let w = q4_0(r, c, seed + i as u64);
+        arena
+            .pack(path, GgmlType::Q4_0, &w, r, c)
+            .expect("pack")
+            .expect("main checked that the path repacks Q4_0");
+    }
+    if !arena.huge_pages() {
+        println!("(no huge-page advice taken for the weights)");
+    }
+    arena.finish()
 }
 
 fn acts(n: usize, seed: u64) -> QuantizedActs {
@@ -83,13 +97,15 @@ fn main() {
         (1536, 576),
         (576, 1536),
     ];
-    let mut mats = Vec::new();
-    for l in 0..30u64 {
-        for (i, &(r, c)) in shapes.iter().enumerate() {
-            mats.push((matrix(r, c, l * 10 + i as u64 + 7), r, c));
-        }
-    }
-    let output = matrix(49152, 576, 99);
+    let mut all: Vec<(usize, usize)> = (0..30).flat_map(|_| shapes).collect();
+    all.push((49152, 576));
+    let mut mats = matrices(&all, 7);
+    let output = mats.pop().expect("the output matrix");
+    let mats: Vec<_> = mats
+        .into_iter()
+        .zip(all)
+        .map(|(m, (r, c))| (m, r, c))
+        .collect();
     let bytes: usize = mats.iter().map(|m| m.0.bytes()).sum::<usize>() + output.bytes();
     let (a576, a1536) = (acts(576, 3), acts(1536, 4));
     let mut out = vec![0f32; 49152];
@@ -107,7 +123,7 @@ fn main() {
         }
         best = best.max(n as f64 / t.elapsed().as_secs_f64());
     }
-    let bw = expllm_edge::bench::read_bandwidth(bytes);
+    let bw = expllm_edge::bench::read_bandwidth(bytes).expect("probe");
     let gbs = best * bytes as f64 / 1e9;
     println!(
         "decode-step matmuls: {:.1} MB per step, {best:.1} steps/s = {gbs:.1} GB/s; read probe over as many bytes {bw:.1} GB/s ({:.0} %)",
@@ -115,7 +131,7 @@ fn main() {
         100.0 * gbs / bw
     );
 
-    let big = matrix(196_608, 576, 1234);
+    let big = matrices(&[(196_608, 576)], 1234).pop().expect("one matrix");
     let mut out_big = vec![0f32; 196_608];
     let mut best = 0f64;
     for _ in 0..5 {
@@ -125,7 +141,7 @@ fn main() {
         }
         best = best.max(5.0 * big.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    let bw = expllm_edge::bench::read_bandwidth(big.bytes());
+    let bw = expllm_edge::bench::read_bandwidth(big.bytes()).expect("probe");
     println!(
         "one {:.1} MB matrix: {best:.1} GB/s; read probe {bw:.1} GB/s ({:.0} %)",
         big.bytes() as f64 / 1e6,

@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::hugemem::{self, HugeBuf};
 use crate::kernels::quants::QuantizedActs;
 use crate::kernels::{self, pool, GgmlType};
 use crate::llm::model::{Model, Weight};
@@ -66,6 +67,11 @@ pub struct LlmRun {
     pub decode_tok_s_runs: Vec<f64>,
     /// `decode_tok_s / roofline_tok_s`.
     pub roofline_fraction: f64,
+    /// The process's memory in transparent huge pages after the runs (the packed weights
+    /// and the probe's buffer ask for them: `kernels::hugemem`), bytes; `None` where the OS
+    /// does not say.
+    #[serde(default)]
+    pub huge_page_bytes: Option<u64>,
     pub shapes: Vec<ShapeRun>,
 }
 
@@ -93,11 +99,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Read bandwidth (GB/s) over `bytes` with the pool's threads: best of 5 passes, each part
-/// summing its share of a buffer filled beforehand (pages touched, not timed).
-pub fn read_bandwidth(bytes: usize) -> f64 {
+/// Read bandwidth (GB/s) over `bytes` with the pool's threads: best of 6 passes, each part
+/// summing its share of a buffer filled beforehand (pages touched, not timed). The buffer is
+/// the kind the packed weights live in ([`HugeBuf`]: huge pages where the OS gives them), so
+/// the roofline is measured on the same memory the matmuls stream.
+pub fn read_bandwidth(bytes: usize) -> Result<f64> {
     let n = (bytes / 8).max(1 << 16);
-    let buf: Vec<u64> = (0..n as u64).collect();
+    let mut buf = HugeBuf::<u64>::zeroed(n).context("mapping the bandwidth probe's buffer")?;
+    buf.iter_mut().zip(0u64..).for_each(|(v, i)| *v = i);
     let parts = pool::threads() * 4;
     let per = n.div_ceil(parts);
     let mut best = 0f64;
@@ -117,7 +126,7 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
         let dt = t.elapsed().as_secs_f64();
         best = best.max((n * 8) as f64 / dt / 1e9);
     }
-    best
+    Ok(best)
 }
 
 /// Benchmark the LLM stage with the kernel path and thread count already in force.
@@ -130,8 +139,8 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     let mats = model.matrices();
     let bytes_per_token: u64 = mats.iter().map(|(_, w)| model.data(w).len() as u64).sum();
     progress("bandwidth probe");
-    let bw_model = read_bandwidth(bytes_per_token as usize);
-    let bw_256 = read_bandwidth(256 << 20);
+    let bw_model = read_bandwidth(bytes_per_token as usize)?;
+    let bw_256 = read_bandwidth(256 << 20)?;
 
     let mut prompt = Vec::new();
     tok.encode(PROMPT_TEXT, false, &mut prompt);
@@ -169,6 +178,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         );
     }
     let decode_runs = dec.clone();
+    let huge_page_bytes = hugemem::anon_huge_bytes();
     let roofline = bw_model * 1e9 / bytes_per_token as f64;
     let decode_tok_s = median(&mut dec);
 
@@ -192,6 +202,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         decode_tok_s,
         decode_tok_s_runs: decode_runs,
         roofline_fraction: decode_tok_s / roofline,
+        huge_page_bytes,
         shapes,
     })
 }
@@ -290,6 +301,14 @@ pub fn llm_table(runs: &[LlmRun]) -> String {
             r.bandwidth_256mib_gbs,
             r.roofline_tok_s,
             r.roofline_fraction * 100.0
+        );
+    }
+    if let Some(b) = runs.iter().filter_map(|r| r.huge_page_bytes).max() {
+        let _ = writeln!(
+            s,
+            "memory in transparent huge pages after the runs: {:.1} MB (packed weights; \
+             EXPLLM_HUGE_PAGES=0 turns the advice off)",
+            b as f64 / 1e6
         );
     }
     for r in runs.iter().filter(|r| !r.shapes.is_empty()) {

@@ -17,6 +17,7 @@
 pub mod aarch64;
 pub mod act;
 pub mod ggml_type;
+pub mod hugemem;
 pub mod kv;
 pub mod pool;
 pub mod quants;

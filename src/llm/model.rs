@@ -18,7 +18,7 @@
 use crate::kernels::act;
 use crate::kernels::kv::KvOps;
 use crate::kernels::pool;
-use crate::kernels::quants::{self, Epilogue, PackedMatrix, QuantizedActs};
+use crate::kernels::quants::{self, Epilogue, PackArena, PackedMatrix, QuantizedActs};
 use crate::kernels::GgmlType;
 use crate::llm::gguf::{GgufFile, TensorInfo};
 use anyhow::{bail, ensure, Context, Result};
@@ -335,31 +335,17 @@ impl Model {
     /// Repack every matrix a forward pass multiplies by for the active kernel path's GEMM
     /// kernels, where it has them (Q4_0 on every SIMD path → [`quants::q4_0x8`],
     /// `PackedMatrix::has_kernel`), unless `EXPLLM_REPACK=0` (for A/B benchmarks). A one-time
-    /// copy at load, as many bytes as the original; the token embedding is not packed (one row
-    /// is read per token) — a tied output matrix gets its own packed copy.
+    /// copy at load, as many bytes as the original, into one huge-page arena
+    /// ([`PackArena`]); the token embedding is not packed (one row is read per token) — a
+    /// tied output matrix gets its own packed copy.
     fn repack(&mut self) -> Result<()> {
         if std::env::var("EXPLLM_REPACK").is_ok_and(|v| v == "0") {
             return Ok(());
         }
         let path = crate::kernels::active();
-        let mut packed = Vec::new();
-        // Each packed matrix's mapped pages are not read again: they are dropped from RSS
-        // right after packing, so the process holds one copy of those weights (and the peak
-        // is the file plus one matrix). A tied output matrix is the token embedding, whose
-        // rows are still read: its pages stay.
-        let mut pack = |file: &GgufFile, w: &mut Weight, release: bool| -> Result<()> {
-            let data = &file.bytes()[w.offset..w.offset + w.len];
-            if let Some(p) = PackedMatrix::pack(path, w.ty, data, w.rows, w.cols)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
-                w.packed = Some(packed.len());
-                packed.push(p);
-                if release {
-                    file.release_range(w.offset, w.len);
-                }
-            }
-            Ok(())
-        };
+        // One huge-page arena for every packed matrix (`quants::PackArena`), sized first.
+        let tied = self.output.offset == self.tok_embd.offset;
+        let mut all: Vec<(&mut Weight, bool)> = Vec::new();
         for l in &mut self.layers {
             for w in [
                 &mut l.wq,
@@ -370,12 +356,32 @@ impl Model {
                 &mut l.w_up,
                 &mut l.w_down,
             ] {
-                pack(&self.file, w, true)?;
+                all.push((w, true));
             }
         }
-        let tied = self.output.offset == self.tok_embd.offset;
-        pack(&self.file, &mut self.output, !tied)?;
-        self.packed = packed;
+        all.push((&mut self.output, !tied));
+        let tiles = all
+            .iter()
+            .filter_map(|(w, _)| PackedMatrix::tiles_for(path, w.ty, w.rows, w.cols))
+            .sum();
+        let mut arena = PackArena::new(tiles).context("mapping memory for the packed weights")?;
+        // Each packed matrix's mapped pages are not read again: they are dropped from RSS
+        // right after packing, so the process holds one copy of those weights (and the peak
+        // is the file plus one matrix). A tied output matrix is the token embedding, whose
+        // rows are still read: its pages stay.
+        for (w, release) in all {
+            let data = &self.file.bytes()[w.offset..w.offset + w.len];
+            if let Some(i) = arena
+                .pack(path, w.ty, data, w.rows, w.cols)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                w.packed = Some(i);
+                if release {
+                    self.file.release_range(w.offset, w.len);
+                }
+            }
+        }
+        self.packed = arena.finish();
         Ok(())
     }
 

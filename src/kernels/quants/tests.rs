@@ -1115,6 +1115,74 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
     }
 }
 
+/// A [`PackArena`] packs each matrix into its own range with the same tiles as
+/// [`PackedMatrix::pack`]'s own copy (so the same products), skips what the path does not
+/// pack, and refuses a matrix it has no room for or whose bytes are wrong, with one-line
+/// errors.
+#[test]
+fn pack_arena_holds_the_same_tiles_as_single_packs() {
+    let mut rng = Rng(0x00a7_e4a0_2026_1123);
+    let ty = GgmlType::Q4_0;
+    for &p in &packed_paths() {
+        let shapes = [(8usize, 32usize), (24, 608), (64, 1536), (16, 576)];
+        let ws: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|&(r, c)| (0..r).flat_map(|_| random_row(&mut rng, ty, c)).collect())
+            .collect();
+        let q8 = random_row(&mut rng, GgmlType::Q8_0, 64);
+        let single: Vec<Option<PackedMatrix>> = ws
+            .iter()
+            .zip(&shapes)
+            .map(|(w, &(r, c))| PackedMatrix::pack(p, ty, w, r, c).unwrap())
+            .collect();
+        let tiles: usize = shapes
+            .iter()
+            .filter_map(|&(r, c)| PackedMatrix::tiles_for(p, ty, r, c))
+            .sum();
+        let mut arena = PackArena::new(tiles).unwrap();
+        let mut idx = Vec::new();
+        for (i, (w, &(r, c))) in ws.iter().zip(&shapes).enumerate() {
+            idx.push(arena.pack(p, ty, w, r, c).unwrap());
+            if i == 1 {
+                // Not packed on any path: no index, no tiles used.
+                assert!(arena.pack(p, GgmlType::Q8_0, &q8, 1, 64).unwrap().is_none());
+            }
+        }
+        // Full: the next matrix is an error, not a panic or an overrun.
+        let e = arena.pack(p, ty, &ws[0], 8, 32);
+        if single[0].is_some() {
+            let e = e.unwrap_err();
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        let e = PackArena::new(4)
+            .unwrap()
+            .pack(p, ty, &ws[0][..100], 8, 32)
+            .map(|_| ());
+        assert_eq!(e.is_err(), single[0].is_some(), "{e:?}");
+        let packed = arena.finish();
+        for (k, s) in single.iter().enumerate() {
+            match (s, idx[k]) {
+                (None, None) => {}
+                (Some(s), Some(i)) => {
+                    let a = &packed[i];
+                    assert_eq!((a.rows, a.cols), (s.rows, s.cols));
+                    assert_eq!(
+                        bytemuck::cast_slice::<_, u8>(a.tiles()),
+                        bytemuck::cast_slice::<_, u8>(s.tiles()),
+                        "{} matrix {k}",
+                        p.as_str()
+                    );
+                }
+                (s, i) => panic!(
+                    "{}: single pack {}, arena index {i:?}",
+                    p.as_str(),
+                    s.is_some()
+                ),
+            }
+        }
+    }
+}
+
 /// A packed matmul refuses what the plain one refuses (one-line errors, no panic), and a path
 /// without a GEMM kernel or rows that do not fill tiles are not packed.
 #[test]

@@ -208,13 +208,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
+    crate::llm::generate::argmax(l) as u32
 }
 
 fn time_shapes(model: &Model) -> Result<Vec<ShapeRun>> {

@@ -84,6 +84,35 @@ impl Rng {
 pub const GUIDE_TOP_K: usize = 32;
 
 /// The logit of allow-listed token `t`, or an error if `t` is outside the vocabulary.
+/// The index of the largest logit, the lowest on ties (NaNs are skipped; 0 if nothing is
+/// above -inf): greedy decoding's pick. Two passes the compiler vectorizes, the maximum by
+/// 16 lanes then the first index holding it, instead of one loop whose compare-and-branch
+/// per element cost ~20 µs a token over a 49152-word vocabulary.
+pub fn argmax(logits: &[f32]) -> usize {
+    const L: usize = 16;
+    let (c, r) = logits.as_chunks::<L>();
+    let mut m = [f32::NEG_INFINITY; L];
+    for ch in c {
+        for j in 0..L {
+            // A select (not `f32::max`, whose NaN rule keeps it scalar): NaN never wins.
+            m[j] = if ch[j] > m[j] { ch[j] } else { m[j] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in m.iter().chain(r) {
+        if v > max {
+            max = v;
+        }
+    }
+    for (k, ch) in c.iter().enumerate() {
+        if ch.iter().fold(false, |hit, &v| hit | (v == max)) {
+            return k * L + ch.iter().position(|&v| v == max).unwrap_or(0);
+        }
+    }
+    let base = c.len() * L;
+    r.iter().position(|&v| v == max).map_or(0, |p| base + p)
+}
+
 fn allowed_logit(logits: &[f32], t: u32) -> Result<f32> {
     match logits.get(t as usize) {
         Some(&l) => Ok(l),
@@ -110,14 +139,8 @@ impl Picker {
         if allowed.is_none() && s.temperature <= 0.0 {
             // Unconstrained greedy (the common case per token): argmax in place, no copy of
             // the vocabulary; the first (lowest) id wins a tie.
-            let mut best = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = i;
-                }
-            }
             ensure!(!logits.is_empty(), "no logits");
-            return Ok(best as u32);
+            return Ok(argmax(logits) as u32);
         }
         self.cand.clear();
         match allowed {
@@ -293,6 +316,45 @@ pub fn generate_guided(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `argmax` against its definition (the largest non-NaN value, the lowest index on ties,
+    /// 0 when none is above -inf) on random lengths 1..=300 (every 16-lane tail), with ties,
+    /// NaNs, infinities and the maximum in the tail.
+    #[test]
+    fn argmax_matches_its_definition() {
+        fn reference(x: &[f32]) -> usize {
+            let mut best: Option<usize> = None;
+            for (i, &v) in x.iter().enumerate() {
+                if v > f32::NEG_INFINITY && best.is_none_or(|b| v > x[b]) {
+                    best = Some(i);
+                }
+            }
+            best.or_else(|| x.iter().position(|&v| v == f32::NEG_INFINITY))
+                .unwrap_or(0)
+        }
+        let mut s = 0x5eed_a7c0_u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for n in 1..=300usize {
+            for _ in 0..8 {
+                let mut x: Vec<f32> = (0..n).map(|_| (next() % 7) as f32 - 3.0).collect();
+                match next() % 6 {
+                    0 => x[(next() as usize) % n] = f32::NAN,
+                    1 => x[(next() as usize) % n] = f32::INFINITY,
+                    2 => x.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                    3 => x[n - 1] = 100.0,
+                    4 => x.iter_mut().for_each(|v| *v = f32::NAN),
+                    _ => {}
+                }
+                assert_eq!(argmax(&x), reference(&x), "{x:?}");
+            }
+        }
+        assert_eq!(argmax(&[]), 0);
+    }
 
     #[test]
     fn greedy_picks_argmax_lowest_id_on_ties_and_respects_allow_lists() {

@@ -6,8 +6,13 @@
 //! head's output (64 values) in registers across every value row.
 //!
 //! Owns the scalar references ([`scores_ref`], [`weighted_sum_ref`], built on the one-row
-//! [`dot_f16_ref`] and [`axpy_f16_ref`]; [`softmax_f16_ref`], [`round_f16_ref`]) and their
-//! SIMD variants, chosen once per forward pass by [`KvOps::for_path`]. Every variant gives the
+//! [`dot_f16_ref`] and [`axpy_f16_ref`]; [`softmax_f16_ref`], [`round_f16_ref`]; the
+//! grouped-query forms [`scores_group_ref`] and [`weighted_sum_group_ref`], the one-head
+//! references for every query head of a KV head) and their SIMD variants, chosen once per
+//! forward pass by [`KvOps::for_path`]. The AVX-512 VNNI path's grouped kernels load and
+//! convert each cached row once for three query heads and prefetch the rows ahead (a decode
+//! step's weights stream through every cache level, so a layer's keys and values come from
+//! DRAM again); the other paths run their one-head kernels head by head. Every variant gives the
 //! reference's bits (f16 → f32 is exact, the products and sums are the same f32 operations in
 //! the same order, never fused; f32 → f16 rounds to nearest-even everywhere), so the kernel
 //! path never changes a token. Sees rows `stride` values apart, not heads, positions or
@@ -69,6 +74,102 @@ pub fn weighted_sum_ref(out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
     check_rows(v.len(), stride, out.len(), w.len());
     for (p, &wp) in w.iter().enumerate() {
         axpy_f16_ref(out, wp, &v[p * stride..][..out.len()]);
+    }
+}
+
+/// `(g, n)` of a group call: `g = heads_len / d` query heads (`d > 0`, whole rows) and
+/// `n = per_len / g` positions (whole rows; `per_len` is 0 when `g` is).
+///
+/// # Panics
+/// If `d` is 0 or a length is not whole rows.
+fn group_shape(heads_len: usize, d: usize, per_len: usize) -> (usize, usize) {
+    assert!(
+        d > 0 && heads_len.is_multiple_of(d),
+        "kv group: {heads_len} values are not whole heads of {d}"
+    );
+    let g = heads_len / d;
+    assert!(
+        if g == 0 {
+            per_len == 0
+        } else {
+            per_len.is_multiple_of(g)
+        },
+        "kv group: {per_len} values are not {g} whole rows"
+    );
+    (g, per_len.checked_div(g).unwrap_or(0))
+}
+
+/// The scores of `g = qs.len() / d` query heads that share one KV head (grouped-query
+/// attention: rows of `d` values of `qs`) over the same `n = out.len() / g` cached key rows:
+/// `out[h·n..(h + 1)·n]` is [`scores_ref`] of head `h`. The scalar reference of the grouped
+/// score kernels, which load and convert each key row once for all the heads they share it
+/// with (SmolLM2: 3 query heads per KV head) and give every head [`scores_ref`]'s bits.
+///
+/// # Panics
+/// As [`scores_ref`] per head, and if `d` is 0 or a length is not whole rows.
+pub fn scores_group_ref(
+    qs: &[f32],
+    d: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (g, n) = group_shape(qs.len(), d, out.len());
+    check_rows(k.len(), stride, d, n);
+    for h in 0..g {
+        scores_ref(&qs[h * d..][..d], k, stride, scale, &mut out[h * n..][..n]);
+    }
+}
+
+/// The weighted sums of `g = out.len() / d` heads that share one KV head, over the same
+/// `n = w.len() / g` cached value rows: head `h`'s output `out[h·d..(h + 1)·d]` gets
+/// [`weighted_sum_ref`] with its weights `w[h·n..(h + 1)·n]`. The scalar reference of the
+/// grouped value kernels.
+///
+/// # Panics
+/// As [`weighted_sum_ref`] per head, and if `d` is 0 or a length is not whole rows.
+pub fn weighted_sum_group_ref(out: &mut [f32], d: usize, w: &[f32], v: &[f16], stride: usize) {
+    let (g, n) = group_shape(out.len(), d, w.len());
+    check_rows(v.len(), stride, d, n);
+    for h in 0..g {
+        weighted_sum_ref(&mut out[h * d..][..d], &w[h * n..][..n], v, stride);
+    }
+}
+
+/// A grouped call done head by head with a path's one-head kernel (the paths without a
+/// sharing kernel): the same bits as the references by that kernel's.
+#[inline(always)]
+fn scores_each(
+    one: impl Fn(&[f32], &[f16], usize, f32, &mut [f32]),
+    qs: &[f32],
+    d: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (g, n) = group_shape(qs.len(), d, out.len());
+    check_rows(k.len(), stride, d, n);
+    for h in 0..g {
+        one(&qs[h * d..][..d], k, stride, scale, &mut out[h * n..][..n]);
+    }
+}
+
+/// As [`scores_each`], for the value kernels.
+#[inline(always)]
+fn weighted_sums_each(
+    one: impl Fn(&mut [f32], &[f32], &[f16], usize),
+    out: &mut [f32],
+    d: usize,
+    w: &[f32],
+    v: &[f16],
+    stride: usize,
+) {
+    let (g, n) = group_shape(out.len(), d, w.len());
+    check_rows(v.len(), stride, d, n);
+    for h in 0..g {
+        one(&mut out[h * d..][..d], &w[h * n..][..n], v, stride);
     }
 }
 
@@ -139,6 +240,9 @@ fn check_rows(have: usize, stride: usize, len: usize, rows: usize) {
     }
 }
 
+/// A grouped score kernel: `(qs, d, k, stride, scale, out)` as [`scores_group_ref`].
+pub type ScoresGroupFn = fn(&[f32], usize, &[f16], usize, f32, &mut [f32]);
+
 /// The score and value kernels of one kernel path (plain function pointers: chosen once per
 /// forward pass, called once per head and token over all its cached positions).
 #[derive(Clone, Copy)]
@@ -151,6 +255,10 @@ pub struct KvOps {
     pub round_f16: fn(&mut [f32]),
     /// `softmax_f16_ref(x)`'s bits for non-NaN scores.
     pub softmax_f16: fn(&mut [f32]),
+    /// `scores_group_ref(qs, d, k, stride, scale, out)`'s bits. Panics like it.
+    pub scores_group: ScoresGroupFn,
+    /// `weighted_sum_group_ref(out, d, w, v, stride)`'s bits. Panics like it.
+    pub weighted_sum_group: fn(&mut [f32], usize, &[f32], &[f16], usize),
 }
 
 impl KvOps {
@@ -160,14 +268,43 @@ impl KvOps {
     pub fn for_path(path: KernelPath) -> KvOps {
         #[cfg(target_arch = "x86_64")]
         if matches!(path, KernelPath::Avx2 | KernelPath::Avx512Vnni) {
-            // SAFETY (both): these paths are active (or passed by a test) only when the CPU
-            // has avx2, fma and f16c, the x86 kernels' whole contract.
-            return KvOps {
+            // SAFETY (all): these paths are active (or passed by a test) only when the CPU
+            // has avx2, fma and f16c, the x86 kernels' whole contract; the VNNI path's also
+            // has avx512f and avx512vl, the grouped kernels' (32 vector registers).
+            let mut ops = KvOps {
                 scores: |q, k, s, c, o| unsafe { x86::scores(q, k, s, c, o) },
                 weighted_sum: |o, w, v, s| unsafe { x86::weighted_sum(o, w, v, s) },
                 round_f16: |x| unsafe { x86::round_f16(x) },
                 softmax_f16: |x| unsafe { x86::softmax_f16(x) },
+                scores_group: |q, d, k, s, c, o| {
+                    scores_each(
+                        |q, k, s, c, o| unsafe { x86::scores(q, k, s, c, o) },
+                        q,
+                        d,
+                        k,
+                        s,
+                        c,
+                        o,
+                    )
+                },
+                weighted_sum_group: |o, d, w, v, s| {
+                    weighted_sums_each(
+                        |o, w, v, s| unsafe { x86::weighted_sum(o, w, v, s) },
+                        o,
+                        d,
+                        w,
+                        v,
+                        s,
+                    )
+                },
             };
+            if path == KernelPath::Avx512Vnni {
+                ops.scores_group =
+                    |q, d, k, s, c, o| unsafe { x86::scores_group(q, d, k, s, c, o) };
+                ops.weighted_sum_group =
+                    |o, d, w, v, s| unsafe { x86::weighted_sum_group(o, d, w, v, s) };
+            }
+            return ops;
         }
         #[cfg(target_arch = "aarch64")]
         if path != KernelPath::Scalar {
@@ -176,6 +313,10 @@ impl KvOps {
                 weighted_sum: aarch64::weighted_sum,
                 round_f16: aarch64::round_f16,
                 softmax_f16: aarch64::softmax_f16,
+                scores_group: |q, d, k, s, c, o| scores_each(aarch64::scores, q, d, k, s, c, o),
+                weighted_sum_group: |o, d, w, v, s| {
+                    weighted_sums_each(aarch64::weighted_sum, o, d, w, v, s)
+                },
             };
         }
         KvOps {
@@ -183,6 +324,8 @@ impl KvOps {
             weighted_sum: weighted_sum_ref,
             round_f16: round_f16_ref,
             softmax_f16: softmax_f16_ref,
+            scores_group: scores_group_ref,
+            weighted_sum_group: weighted_sum_group_ref,
         }
     }
 }
@@ -296,30 +439,281 @@ mod x86 {
                     acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(x, y));
                 }
             }
-            // t of rows j (low half) and j + 4 (high half).
-            let t: [__m256; 4] = core::array::from_fn(|j| {
-                _mm256_add_ps(
-                    _mm256_permute2f128_ps::<0x20>(acc[j], acc[j + 4]),
-                    _mm256_permute2f128_ps::<0x31>(acc[j], acc[j + 4]),
-                )
-            });
-            // [t0 + t2, t1 + t3] of rows (j, j + 1) per half.
-            let u = |a: __m256, b: __m256| {
-                _mm256_add_ps(
-                    _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
-                    _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
-                )
-            };
-            let (u01, u23) = (u(t[0], t[1]), u(t[2], t[3]));
-            // (t0 + t2) + (t1 + t3) of rows 0..4 (low half) and 4..8 (high half).
-            let total = _mm256_add_ps(
-                _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
-                _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
-            );
             _mm256_storeu_ps(
                 out.as_mut_ptr(),
-                _mm256_mul_ps(total, _mm256_set1_ps(scale)),
+                _mm256_mul_ps(total8(&acc), _mm256_set1_ps(scale)),
             );
+        }
+    }
+
+    /// Eight rows' lane sums (`acc[j]` of row `j`) reduced to their [`lane_total`]s, row `j`
+    /// in lane `j`: the reduction [`score_rows8`] describes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn total8(acc: &[__m256; 8]) -> __m256 {
+        // t of rows j (low half) and j + 4 (high half).
+        let t: [__m256; 4] = core::array::from_fn(|j| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(acc[j], acc[j + 4]),
+                _mm256_permute2f128_ps::<0x31>(acc[j], acc[j + 4]),
+            )
+        });
+        // [t0 + t2, t1 + t3] of rows (j, j + 1) per half.
+        let u = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        };
+        let (u01, u23) = (u(t[0], t[1]), u(t[2], t[3]));
+        // (t0 + t2) + (t1 + t3) of rows 0..4 (low half) and 4..8 (high half).
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
+            _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
+        )
+    }
+
+    /// How far ahead (in rows) the grouped kernels prefetch the cache rows they will read:
+    /// a decode step's weights stream through every cache level, so each layer's cached keys
+    /// and values come from DRAM again, 8 rows (16 lines) at a time in the score steps.
+    const KV_PREFETCH_ROWS: usize = 32;
+
+    /// Prefetch the first `d` values of rows `p..p + 8` (those below `n`).
+    #[inline(always)]
+    fn prefetch_rows(k: &[u16], stride: usize, d: usize, p: usize, n: usize) {
+        for r in p..(p + 8).min(n) {
+            let row = k[r * stride..][..d].as_ptr();
+            for off in (0..d).step_by(32) {
+                // SAFETY: a prefetch never faults; the address is inside row `r` (sliced
+                // above), and `_mm_prefetch` is SSE, in every x86_64 baseline.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(off).cast()) };
+            }
+        }
+    }
+
+    /// Query heads per step of the grouped kernels: three heads × eight rows of scores (or
+    /// × 64 output values) is 24 accumulators, which with AVX-512VL's 32 vector registers
+    /// leaves room for the heads' `q` chunks (or weights) and the converted row.
+    const GROUP_STEP: usize = 3;
+
+    /// [`score_rows8`] for `H` heads (`qs`: `H` rows of `d` values, `d` a multiple of 8)
+    /// over the same eight key rows from row `p`, each row chunk loaded and converted once
+    /// for all of them; head `h`'s scores go to `out[h·n + p..][..8]`. Every head gets
+    /// [`score_rows8`]'s bits (the same operations per head, in the same order).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn score_rows8_group<const H: usize>(
+        qs: &[f32],
+        d: usize,
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+        n: usize,
+    ) {
+        let rows: [&[u16]; 8] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
+        let q: [&[f32]; H] = core::array::from_fn(|h| &qs[h * d..][..d]);
+        // SAFETY: the features by contract; each load reads one whole 8-element chunk
+        // `8c..8c + 8` with `c < d / 8` of a `q` row (32 bytes) or of a key row (16 bytes of
+        // f16 bits), all `d` long; each store writes 8 f32 of `out`, inside by the slicing.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 8]; H];
+            for c in 0..d / 8 {
+                let x: [__m256; H] =
+                    core::array::from_fn(|h| _mm256_loadu_ps(q[h][8 * c..].as_ptr()));
+                for j in 0..8 {
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j][8 * c..].as_ptr().cast()));
+                    for h in 0..H {
+                        acc[h][j] = _mm256_add_ps(acc[h][j], _mm256_mul_ps(x[h], y));
+                    }
+                }
+            }
+            let sv = _mm256_set1_ps(scale);
+            for h in 0..H {
+                let o = &mut out[h * n + p..][..8];
+                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(total8(&acc[h]), sv));
+            }
+        }
+    }
+
+    /// [`scores_group_ref`](super::scores_group_ref)'s bits: heads in steps of
+    /// [`GROUP_STEP`] sharing each key row's load and conversion eight rows at a time, the
+    /// last rows (under eight) and heads whose length is not whole 8-value chunks as
+    /// [`scores`] does them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub unsafe fn scores_group(
+        qs: &[f32],
+        d: usize,
+        k: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (g, n) = group_shape(qs.len(), d, out.len());
+        check_rows(k.len(), stride, d, n);
+        if !d.is_multiple_of(8) {
+            // SAFETY: AVX2, FMA and F16C by contract.
+            return scores_each(
+                |q, k, s, c, o| unsafe { scores(q, k, s, c, o) },
+                qs,
+                d,
+                k,
+                stride,
+                scale,
+                out,
+            );
+        }
+        let k16 = bits(k);
+        let mut h0 = 0;
+        while h0 < g {
+            let hb = (g - h0).min(GROUP_STEP);
+            let (qb, ob) = (&qs[h0 * d..(h0 + hb) * d], &mut out[h0 * n..(h0 + hb) * n]);
+            let mut p = 0;
+            while p + 8 <= n {
+                prefetch_rows(k16, stride, d, p + KV_PREFETCH_ROWS, n);
+                // SAFETY: the features by contract; rows `p..p + 8` are inside `k` (checked
+                // for `n` rows above).
+                unsafe {
+                    match hb {
+                        3 => score_rows8_group::<3>(qb, d, k16, stride, scale, p, ob, n),
+                        2 => score_rows8_group::<2>(qb, d, k16, stride, scale, p, ob, n),
+                        _ => score_rows8_group::<1>(qb, d, k16, stride, scale, p, ob, n),
+                    }
+                }
+                p += 8;
+            }
+            for h in 0..hb {
+                let (q, o) = (&qb[h * d..][..d], &mut ob[h * n..][..n]);
+                let mut r = p;
+                // SAFETY (both): the features by contract; rows `r..r + R` are inside `k`.
+                while r + SCORE_ROWS <= n {
+                    unsafe { score_rows::<SCORE_ROWS>(q, k16, stride, scale, r, o) };
+                    r += SCORE_ROWS;
+                }
+                while r < n {
+                    unsafe { score_rows::<1>(q, k16, stride, scale, r, o) };
+                    r += 1;
+                }
+            }
+            h0 += hb;
+        }
+    }
+
+    /// [`sum_chunks`] for `H` heads (`out`: `H` rows of `d` values; `w`: `H` rows of `n`
+    /// weights) over the same value rows: output chunks `c0..c0 + M` of every head, each
+    /// row chunk loaded and converted once for all of them. Every head gets [`sum_chunks`]'s
+    /// bits.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sum_chunks_group<const H: usize, const M: usize>(
+        out: &mut [f32],
+        d: usize,
+        c0: usize,
+        w: &[f32],
+        n: usize,
+        v: &[u16],
+        stride: usize,
+    ) {
+        let ws: [&[f32]; H] = core::array::from_fn(|h| &w[h * n..][..n]);
+        // SAFETY: the features by contract; loads and stores are whole 8-element chunks
+        // `8(c0 + i)..` with `8(c0 + M) ≤ d` (the caller) of a head's `d` outputs (inside
+        // `out`, `H·d` long: the slicing checks it) and of each row's first `d` values,
+        // inside `v` (the caller checked every row).
+        unsafe {
+            let o: [&mut [f32]; H] = {
+                let mut rest = &mut out[..H * d];
+                core::array::from_fn(|_| {
+                    let (a, b) = core::mem::take(&mut rest).split_at_mut(d);
+                    rest = b;
+                    a
+                })
+            };
+            let mut acc: [[__m256; M]; H] = core::array::from_fn(|h| {
+                core::array::from_fn(|i| _mm256_loadu_ps(o[h][8 * (c0 + i)..][..8].as_ptr()))
+            });
+            for p in 0..n {
+                if p % 8 == 0 {
+                    prefetch_rows(v, stride, 8 * (c0 + M), p + 2 * KV_PREFETCH_ROWS, n);
+                }
+                let wv: [__m256; H] = core::array::from_fn(|h| _mm256_set1_ps(ws[h][p]));
+                let row = &v[p * stride + 8 * c0..][..8 * M];
+                for i in 0..M {
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(row[8 * i..].as_ptr().cast()));
+                    for h in 0..H {
+                        acc[h][i] = _mm256_add_ps(acc[h][i], _mm256_mul_ps(wv[h], y));
+                    }
+                }
+            }
+            for h in 0..H {
+                for i in 0..M {
+                    _mm256_storeu_ps(o[h][8 * (c0 + i)..][..8].as_mut_ptr(), acc[h][i]);
+                }
+            }
+        }
+    }
+
+    /// [`weighted_sum_group_ref`](super::weighted_sum_group_ref)'s bits: heads in steps of
+    /// [`GROUP_STEP`] sharing each value row's load and conversion for [`SUM_CHUNKS`] output
+    /// chunks at a time, the rest of each head as [`weighted_sum`] does it.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub unsafe fn weighted_sum_group(
+        out: &mut [f32],
+        d: usize,
+        w: &[f32],
+        v: &[f16],
+        stride: usize,
+    ) {
+        let (g, n) = group_shape(out.len(), d, w.len());
+        check_rows(v.len(), stride, d, n);
+        let v16 = bits(v);
+        let chunks = d / 8;
+        let mut h0 = 0;
+        while h0 < g {
+            let hb = (g - h0).min(GROUP_STEP);
+            let (ob, wb) = (&mut out[h0 * d..(h0 + hb) * d], &w[h0 * n..(h0 + hb) * n]);
+            let mut c = 0;
+            while c + SUM_CHUNKS <= chunks {
+                // SAFETY: the features by contract; chunks `c..c + SUM_CHUNKS` lie inside
+                // each head's `d` values, and every row inside `v` (checked above).
+                unsafe {
+                    match hb {
+                        3 => sum_chunks_group::<3, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
+                        2 => sum_chunks_group::<2, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
+                        _ => sum_chunks_group::<1, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
+                    }
+                }
+                c += SUM_CHUNKS;
+            }
+            for h in 0..hb {
+                let (o, wh) = (&mut ob[h * d..][..d], &wb[h * n..][..n]);
+                let (oc, or) = o.as_chunks_mut::<8>();
+                let mut ch = c;
+                while ch < oc.len() {
+                    // SAFETY: the features by contract; chunk `ch` is inside `oc`.
+                    unsafe { sum_chunks::<1>(oc, ch, wh, v16, stride) };
+                    ch += 1;
+                }
+                tail_sum(or, 8 * oc.len(), wh, v16, stride);
+            }
+            h0 += hb;
         }
     }
 
@@ -747,6 +1141,97 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every path's grouped kernels give the grouped references' bits, and those are the
+    /// one-head references per head: 1..=7 heads (every mix of the kernels' 3-, 2- and 1-head
+    /// steps), head lengths with and without whole 8-value chunks (64 is SmolLM2's), 0..=17
+    /// and 33 rows (every remainder of the 8- and 4-row score steps), strides equal to the
+    /// group's width and longer, the last row ending at the slice's end.
+    #[test]
+    fn grouped_kernels_match_the_one_head_references_bit_for_bit() {
+        let mut r = Rng::new(0x6b76_5f67_7270_2121);
+        let paths = paths();
+        for d in [8usize, 16, 24, 64, 70, 128] {
+            for g in 1..=7usize {
+                for rows in (0..=17).chain([33]) {
+                    let stride = d + [0, 5][rows % 2];
+                    let len = if rows == 0 {
+                        0
+                    } else {
+                        (rows - 1) * stride + d
+                    };
+                    let qs: Vec<f32> = (0..g * d).map(|_| value(&mut r)).collect();
+                    let kv: Vec<f16> = (0..len).map(|_| f16::from_f32(value(&mut r))).collect();
+                    let w: Vec<f32> = (0..g * rows).map(|_| value(&mut r)).collect();
+                    let out0: Vec<f32> = (0..g * d).map(|_| value(&mut r)).collect();
+                    let scale = value(&mut r);
+                    // The one-head references, head by head.
+                    let mut want_s = vec![0f32; g * rows];
+                    let mut want_o = out0.clone();
+                    for h in 0..g {
+                        let q = &qs[h * d..][..d];
+                        scores_ref(q, &kv, stride, scale, &mut want_s[h * rows..][..rows]);
+                        let wh = &w[h * rows..][..rows];
+                        weighted_sum_ref(&mut want_o[h * d..][..d], wh, &kv, stride);
+                    }
+                    let mut got = vec![f32::NAN; g * rows];
+                    scores_group_ref(&qs, d, &kv, stride, scale, &mut got);
+                    same_bits(&got, &want_s, "scores_group_ref");
+                    for &p in &paths {
+                        let ops = KvOps::for_path(p);
+                        let what = format!("{} d={d} g={g} rows={rows}", p.as_str());
+                        let mut got = vec![f32::NAN; g * rows];
+                        (ops.scores_group)(&qs, d, &kv, stride, scale, &mut got);
+                        same_bits(&got, &want_s, &format!("scores_group {what}"));
+                        let mut out = out0.clone();
+                        (ops.weighted_sum_group)(&mut out, d, &w, &kv, stride);
+                        same_bits(&out, &want_o, &format!("weighted_sum_group {what}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Grouped calls whose lengths are not whole heads or rows, or whose rows run past the
+    /// cache, panic on every path (a bug in the caller, never a wrong read).
+    #[test]
+    fn grouped_shapes_are_checked_in_every_path() {
+        let kv = [f16::ONE; 40];
+        for p in paths() {
+            let ops = KvOps::for_path(p);
+            let bad_scores: [(&[f32], usize, usize, usize); 4] = [
+                (&[1.0; 16], 0, 12, 2), // zero head length
+                (&[1.0; 15], 8, 12, 2), // not whole heads
+                (&[1.0; 16], 8, 12, 3), // not whole rows per head
+                (&[1.0; 16], 8, 16, 6), // two heads × three rows: exactly the 40 values
+            ];
+            for (i, &(q, d, stride, n)) in bad_scores.iter().enumerate().take(3) {
+                let r = std::panic::catch_unwind(|| {
+                    (ops.scores_group)(q, d, &kv, stride, 1.0, &mut vec![0.0; n])
+                });
+                assert!(r.is_err(), "scores_group case {i} {}", p.as_str());
+            }
+            let (q, d, stride, n) = bad_scores[3];
+            (ops.scores_group)(q, d, &kv, stride, 1.0, &mut vec![0.0; n]);
+            let r = std::panic::catch_unwind(|| {
+                (ops.scores_group)(q, d, &kv, stride, 1.0, &mut vec![0.0; n + 2])
+            });
+            assert!(r.is_err(), "scores_group past the cache {}", p.as_str());
+            let r = std::panic::catch_unwind(|| {
+                (ops.weighted_sum_group)(&mut [0.0; 16], 8, &[1.0; 5], &kv, 16)
+            });
+            assert!(r.is_err(), "weighted_sum_group rows {}", p.as_str());
+            let r = std::panic::catch_unwind(|| {
+                (ops.weighted_sum_group)(&mut [0.0; 16], 8, &[1.0; 8], &kv, 16)
+            });
+            assert!(
+                r.is_err(),
+                "weighted_sum_group past the cache {}",
+                p.as_str()
+            );
+            (ops.weighted_sum_group)(&mut [0.0; 16], 8, &[1.0; 6], &kv, 16);
         }
     }
 

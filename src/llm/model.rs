@@ -103,9 +103,9 @@ pub struct State {
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
-    /// Attention scratch, one per part of the attention job: head `h` of the tokens
-    /// `c·ATT_TOKENS..(c+1)·ATT_TOKENS` of a batch at index `c·n_head + h` (the parts run on
-    /// the compute threads in parallel).
+    /// Attention scratch, one per part of the attention job: KV head `h` (its group of
+    /// query heads) of the tokens `c·ATT_TOKENS..(c+1)·ATT_TOKENS` of a batch at index
+    /// `c·n_head_kv + h` (the parts run on the compute threads in parallel).
     heads: Vec<HeadScratch>,
     kk: Vec<f32>,
     vv: Vec<f32>,
@@ -123,12 +123,13 @@ pub struct State {
     rope_sin: Vec<f32>,
 }
 
-/// Tokens of a batch per part of the attention job (with the heads: `n_head · ⌈nb / 4⌉`
+/// Tokens of a batch per part of the attention job (with the KV heads: `n_head_kv · ⌈nb / 4⌉`
 /// parts, one hand-out per layer, small enough to balance over the threads).
 const ATT_TOKENS: usize = 4;
 
-/// One attention head's scratch for up to [`ATT_TOKENS`] tokens: the query rounded through
-/// f16, the scores over the context, the head's output per token.
+/// One KV head's attention scratch for up to [`ATT_TOKENS`] tokens: its query heads' rows
+/// rounded through f16, their scores over the context (head by head), their outputs per
+/// token (heads side by side, as in the attention output).
 struct HeadScratch {
     qh: Vec<f32>,
     scores: Vec<f32>,
@@ -430,11 +431,14 @@ impl Model {
             x: vec![0.0; MAX_BATCH * c.n_embd],
             xn: vec![0.0; MAX_BATCH * c.n_embd],
             q: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
-            heads: (0..c.n_head * MAX_BATCH.div_ceil(ATT_TOKENS))
-                .map(|_| HeadScratch {
-                    qh: vec![0.0; c.head_dim],
-                    scores: vec![0.0; max_ctx],
-                    out: vec![0.0; ATT_TOKENS * c.head_dim],
+            heads: (0..c.n_head_kv * MAX_BATCH.div_ceil(ATT_TOKENS))
+                .map(|_| {
+                    let gd = c.n_head / c.n_head_kv * c.head_dim;
+                    HeadScratch {
+                        qh: vec![0.0; gd],
+                        scores: vec![0.0; c.n_head / c.n_head_kv * max_ctx],
+                        out: vec![0.0; ATT_TOKENS * gd],
+                    }
                 })
                 .collect(),
             kk: vec![0.0; MAX_BATCH * c.n_head_kv * c.head_dim],
@@ -679,41 +683,42 @@ impl Model {
             );
 
             // attention per token and head over positions 0..=pos (causal): one job per
-            // layer, a part per head and group of ATT_TOKENS tokens, each with its own scratch
+            // layer, a part per KV head (its group of query heads, which share each cached
+            // key and value row's load in the grouped kernels) and group of ATT_TOKENS
+            // tokens, each with its own scratch
             let (kc, vc) = (&st.k[li], &st.v[li]);
             let kv = KvOps::for_path(crate::kernels::active());
-            let (n_head, hd, n_past, neox) = (c.n_head, c.head_dim, st.n_past, c.rope_neox);
+            let (n_kv, hd, n_past, neox) = (c.n_head_kv, c.head_dim, st.n_past, c.rope_neox);
+            let gd = group * hd;
             let (cos, sin) = (&st.rope_cos, &st.rope_sin);
-            let parts = n_head * nb.div_ceil(ATT_TOKENS);
+            let parts = n_kv * nb.div_ceil(ATT_TOKENS);
             let q_all = &st.q;
             pool::for_each_mut(&mut st.heads[..parts], &|i, hs: &mut HeadScratch| {
-                let (g, h) = (i / n_head, i % n_head);
-                let kvh = h / group;
-                for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
+                let (t, kvh) = (i / n_kv, i % n_kv);
+                for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
                     let n = n_past + b + 1;
-                    // q with RoPE at the token's position, then rounded to f16 as it meets
-                    // the f16 keys, as in ggml.
-                    hs.qh.copy_from_slice(&q_all[b * dq + h * hd..][..hd]);
-                    rope(
-                        &mut hs.qh,
-                        &cos[b * half..][..half],
-                        &sin[b * half..][..half],
-                        neox,
-                    );
+                    // the group's q with RoPE at the token's position, then rounded to f16 as
+                    // it meets the f16 keys, as in ggml.
+                    hs.qh.copy_from_slice(&q_all[b * dq + kvh * gd..][..gd]);
+                    for qh in hs.qh.chunks_exact_mut(hd) {
+                        rope(qh, &cos[b * half..][..half], &sin[b * half..][..half], neox);
+                    }
                     (kv.round_f16)(&mut hs.qh);
-                    let scores = &mut hs.scores[..n];
-                    (kv.scores)(&hs.qh, &kc[kvh * hd..], kv_dim, scale, scores);
+                    let scores = &mut hs.scores[..group * n];
+                    (kv.scores_group)(&hs.qh, hd, &kc[kvh * hd..], kv_dim, scale, scores);
                     // The weights rounded to f16, as ggml's f16 V product does.
-                    (kv.softmax_f16)(scores);
-                    let out = &mut hs.out[k * hd..(k + 1) * hd];
+                    for s in scores.chunks_exact_mut(n) {
+                        (kv.softmax_f16)(s);
+                    }
+                    let out = &mut hs.out[k * gd..(k + 1) * gd];
                     out.fill(0.0);
-                    (kv.weighted_sum)(out, scores, &vc[kvh * hd..], kv_dim);
+                    (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
                 }
             });
             for (i, hs) in st.heads[..parts].iter().enumerate() {
-                let (g, h) = (i / n_head, i % n_head);
-                for (k, b) in (g * ATT_TOKENS..nb.min((g + 1) * ATT_TOKENS)).enumerate() {
-                    st.att_out[b * dq + h * hd..][..hd].copy_from_slice(&hs.out[k * hd..][..hd]);
+                let (t, kvh) = (i / n_kv, i % n_kv);
+                for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
+                    st.att_out[b * dq + kvh * gd..][..gd].copy_from_slice(&hs.out[k * gd..][..gd]);
                 }
             }
             self.matmul_add(

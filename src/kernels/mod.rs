@@ -10,8 +10,9 @@
 //! per call, no horizontal sums), which `quants::matmul_packed` runs for the model, with the
 //! element-wise step after a matmul fused in where the model asks (`quants::Epilogue`). Both
 //! are bit-identical to the scalar reference. Plus attention's loops over the f16 KV cache
-//! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references), and the
-//! SwiGLU activation ([`act`]: one vectorizable function, the same bits on every path).
+//! ([`kv`]: score and weighted-sum kernels, also bit-identical to their references), the
+//! SwiGLU activation ([`act`]: one vectorizable function, the same bits on every path), and
+//! the huge-page buffers the packed weights live in ([`hugemem`]).
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;

@@ -115,11 +115,7 @@ pub fn scores_group_ref(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (g, n) = group_shape(qs.len(), d, out.len());
-    check_rows(k.len(), stride, d, n);
-    for h in 0..g {
-        scores_ref(&qs[h * d..][..d], k, stride, scale, &mut out[h * n..][..n]);
-    }
+    scores_each(scores_ref, qs, d, k, stride, scale, out)
 }
 
 /// The weighted sums of `g = out.len() / d` heads that share one KV head, over the same
@@ -130,15 +126,11 @@ pub fn scores_group_ref(
 /// # Panics
 /// As [`weighted_sum_ref`] per head, and if `d` is 0 or a length is not whole rows.
 pub fn weighted_sum_group_ref(out: &mut [f32], d: usize, w: &[f32], v: &[f16], stride: usize) {
-    let (g, n) = group_shape(out.len(), d, w.len());
-    check_rows(v.len(), stride, d, n);
-    for h in 0..g {
-        weighted_sum_ref(&mut out[h * d..][..d], &w[h * n..][..n], v, stride);
-    }
+    weighted_sums_each(weighted_sum_ref, out, d, w, v, stride)
 }
 
-/// A grouped call done head by head with a path's one-head kernel (the paths without a
-/// sharing kernel): the same bits as the references by that kernel's.
+/// A grouped call done head by head with a one-head kernel: the references (with the
+/// one-head references) and the paths without a sharing kernel (with theirs).
 #[inline(always)]
 fn scores_each(
     one: impl Fn(&[f32], &[f16], usize, f32, &mut [f32]),
@@ -595,16 +587,8 @@ mod x86 {
             }
             for h in 0..hb {
                 let (q, o) = (&qb[h * d..][..d], &mut ob[h * n..][..n]);
-                let mut r = p;
-                // SAFETY (both): the features by contract; rows `r..r + R` are inside `k`.
-                while r + SCORE_ROWS <= n {
-                    unsafe { score_rows::<SCORE_ROWS>(q, k16, stride, scale, r, o) };
-                    r += SCORE_ROWS;
-                }
-                while r < n {
-                    unsafe { score_rows::<1>(q, k16, stride, scale, r, o) };
-                    r += 1;
-                }
+                // SAFETY: the features by contract; rows `p..n` are inside `k` (checked).
+                unsafe { score_rest(q, k16, stride, scale, p, o) };
             }
             h0 += hb;
         }
@@ -705,13 +689,8 @@ mod x86 {
             for h in 0..hb {
                 let (o, wh) = (&mut ob[h * d..][..d], &wb[h * n..][..n]);
                 let (oc, or) = o.as_chunks_mut::<8>();
-                let mut ch = c;
-                while ch < oc.len() {
-                    // SAFETY: the features by contract; chunk `ch` is inside `oc`.
-                    unsafe { sum_chunks::<1>(oc, ch, wh, v16, stride) };
-                    ch += 1;
-                }
-                tail_sum(or, 8 * oc.len(), wh, v16, stride);
+                // SAFETY: the features by contract; every row is inside `v` (checked).
+                unsafe { sum_rest(oc, or, c, wh, v16, stride) };
             }
             h0 += hb;
         }
@@ -735,7 +714,27 @@ mod x86 {
                 p += 8;
             }
         }
-        // SAFETY (both): the features by contract; rows `p..p + R` are inside `k` (checked).
+        // SAFETY: the features by contract; rows `p..n` are inside `k` (checked).
+        unsafe { score_rest(q, k, stride, scale, p, out) }
+    }
+
+    /// Rows `p..out.len()` (all inside `k`, checked by the caller) [`SCORE_ROWS`] at a time,
+    /// then one by one: the rows after the 8-row steps.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn score_rest(
+        q: &[f32],
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+    ) {
+        let (n, mut p) = (out.len(), p);
+        // SAFETY (both): the features by contract; rows `p..p + R` are inside `k`.
         while p + SCORE_ROWS <= n {
             unsafe { score_rows::<SCORE_ROWS>(q, k, stride, scale, p, out) };
             p += SCORE_ROWS;
@@ -791,14 +790,34 @@ mod x86 {
         let v = bits(v);
         let (oc, or) = out.as_chunks_mut::<8>();
         let mut c = 0;
-        // SAFETY (both): the features by contract; chunks `c..c + M` are inside `oc`.
+        // SAFETY: the features by contract; chunks `c..c + M` are inside `oc`.
         while c + SUM_CHUNKS <= oc.len() {
             unsafe { sum_chunks::<SUM_CHUNKS>(oc, c, w, v, stride) };
             c += SUM_CHUNKS;
         }
-        while c < oc.len() {
-            unsafe { sum_chunks::<1>(oc, c, w, v, stride) };
-            c += 1;
+        // SAFETY: the features by contract; every row is inside `v` (checked).
+        unsafe { sum_rest(oc, or, c, w, v, stride) }
+    }
+
+    /// Output chunks `c..` (of 8) one at a time, then the values after the last whole
+    /// chunk (`or`): the part of a head after the [`SUM_CHUNKS`] steps.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; every row's first `8·oc.len() + or.len()`
+    /// values must lie inside `v` (the callers check every row).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn sum_rest(
+        oc: &mut [[f32; 8]],
+        or: &mut [f32],
+        c: usize,
+        w: &[f32],
+        v: &[u16],
+        stride: usize,
+    ) {
+        for ch in c..oc.len() {
+            // SAFETY: the features by contract; chunk `ch` is inside `oc`.
+            unsafe { sum_chunks::<1>(oc, ch, w, v, stride) };
         }
         tail_sum(or, 8 * oc.len(), w, v, stride);
     }

@@ -1053,7 +1053,7 @@ impl PackedMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Option<PackedMatrix>, QuantError> {
-        if !Self::has_kernel(path, ty) || !rows.is_multiple_of(q4_0x8::TILE_ROWS) {
+        if Self::tiles_for(path, ty, rows, cols).is_none() {
             return Ok(None);
         }
         Self::pack_q4_0(w, rows, cols).map(Some)

@@ -567,6 +567,10 @@ mod x86 {
             );
         }
         let k16 = bits(k);
+        // The rows before the first prefetch distance: all at once, not one miss at a time.
+        for p in (0..KV_PREFETCH_ROWS.min(n)).step_by(8) {
+            prefetch_rows(k16, stride, d, p, n);
+        }
         let mut h0 = 0;
         while h0 < g {
             let hb = (g - h0).min(GROUP_STEP);
@@ -668,6 +672,10 @@ mod x86 {
         let (g, n) = group_shape(out.len(), d, w.len());
         check_rows(v.len(), stride, d, n);
         let v16 = bits(v);
+        // The rows before the first prefetch distance: all at once, not one miss at a time.
+        for p in (0..(2 * KV_PREFETCH_ROWS).min(n)).step_by(8) {
+            prefetch_rows(v16, stride, d, p, n);
+        }
         let chunks = d / 8;
         let mut h0 = 0;
         while h0 < g {

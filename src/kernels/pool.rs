@@ -1,11 +1,9 @@
 //! A persistent pool of compute threads for the matmuls: `run(parts, f)` calls `f(0..parts)`
-//! spread over the calling thread and the pool's workers and returns when every part is done;
-//! [`run_split`] splits a run of equal-cost units into one range per thread, sized from how
-//! fast each thread went in the last jobs of that size.
+//! spread over the calling thread and the pool's workers and returns when every part is done.
 //!
 //! Owns the worker threads, the `unsafe` lifetime erasure that lets them borrow the caller's
-//! closure, [`for_each_mut`]'s hand-out of disjoint `&mut` items and [`run_split`]'s shares.
-//! Must not know what the parts compute.
+//! closure, and [`for_each_mut`]'s hand-out of disjoint `&mut` items. Must not know what the
+//! parts compute.
 //!
 //! Like ggml's thread pool the workers **spin** between jobs (a decode step is ~200 matmuls
 //! a few µs to a few hundred µs apart, far shorter than a futex wake-up), and **park** after
@@ -14,12 +12,10 @@
 //! cores; never per call.
 
 use std::cell::UnsafeCell;
-use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
-use std::time::Instant;
 
 /// Idle spins before a worker parks (a few hundred µs on a 2–3 GHz core).
 const SPIN_LIMIT: u32 = 1 << 16;
@@ -57,26 +53,6 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     POOL.get_or_init(|| Pool::start(threads() - 1))
         .run(parts, f);
-}
-
-/// Call `f(range)` for contiguous ranges that cover `0..units` once (units of work of equal
-/// cost: a matmul's tiles), one range per compute thread, and return when all have returned.
-/// The calling thread takes the first range, sized from how fast it and the workers went in
-/// the last jobs of the same `units` ([`next_share`]): a VM's vCPUs do not run at the same
-/// speed (another guest on a core's sibling), and equal halves left the faster thread waiting
-/// at the end of every job. The ranges move, so `f` must compute the same bits whichever
-/// thread runs a unit (the matmuls do: every output row is computed alone). One thread or one
-/// unit: `f(0..units)` here. A panic in `f` is re-raised here after every range has finished.
-pub fn run_split(units: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-    if units == 0 {
-        return;
-    }
-    if units == 1 || threads() <= 1 {
-        f(0..units);
-        return;
-    }
-    POOL.get_or_init(|| Pool::start(threads() - 1))
-        .run_split(units, f);
 }
 
 /// Call `f(i, &mut items[i])` for every item, spread over the threads like [`run`]: each
@@ -150,45 +126,6 @@ pub fn for_each_chunk_mut2<T: Send, U: Send>(
     });
 }
 
-/// Nanoseconds since the pool's first use (never 0 afterwards: 0 means "not yet").
-fn now() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
-}
-
-/// Job sizes whose caller share [`run_split`] remembers (a decode step has five: Q/K/V,
-/// attention output, gate/up, down, output); a new size replaces the oldest.
-const SHARE_SLOTS: usize = 8;
-/// How far one job moves the share toward its measured balance point: enough to follow a
-/// host that slows a vCPU for milliseconds, little enough that one late wake-up does not
-/// throw the split off.
-const SHARE_GAIN: f32 = 0.25;
-
-/// The caller's next share of a [`run_split`] job's units, from the last one: the caller ran
-/// `own` of `units` units in `t_own` ns, `workers` workers ran the rest, the last finishing
-/// `t_workers` ns after the job's publication. The balance point gives each thread units in
-/// proportion to its measured speed; the share moves [`SHARE_GAIN`] of the way there and
-/// stays in 0.5/threads..=1 - 0.5/threads (each thread keeps some work, so its speed stays
-/// measured). Without a usable measurement (no time, no units) the share is kept.
-fn next_share(
-    share: f32,
-    own: usize,
-    units: usize,
-    workers: usize,
-    t_own: u64,
-    t_workers: u64,
-) -> f32 {
-    let rest = units.saturating_sub(own);
-    if workers == 0 || own == 0 || rest == 0 || t_own == 0 || t_workers == 0 {
-        return share;
-    }
-    let own_rate = own as f32 / t_own as f32;
-    let worker_rate = rest as f32 / workers as f32 / t_workers as f32;
-    let target = own_rate / (own_rate + workers as f32 * worker_rate);
-    let n = (workers + 1) as f32;
-    (share + SHARE_GAIN * (target - share)).clamp(0.5 / n, 1.0 - 0.5 / n)
-}
-
 /// The ticket word: `generation << 32 | parts << 16 | next`. Parts are claimed by a CAS that
 /// must see the claimer's generation, so a worker that wakes up late for an old job claims
 /// nothing, and the caller never has to wait for a worker that is not running: if no worker
@@ -212,16 +149,10 @@ impl<T> std::ops::Deref for Line<T> {
     }
 }
 
-struct Done {
-    count: AtomicUsize,
-    workers_end: AtomicU64,
-}
-
 struct Shared {
     ticket: Line<AtomicU64>,
-    /// Parts finished in the current generation, and when a worker last finished one
-    /// ([`now`]; 0: none yet): one line, written together at each part's end.
-    done: Line<Done>,
+    /// Parts finished in the current generation.
+    done: Line<AtomicUsize>,
     /// Set when a part panicked (reported by the caller).
     panicked: AtomicBool,
     /// The current job's closure, lifetime erased. Written by the caller before it publishes
@@ -240,9 +171,8 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 impl Shared {
-    /// Claim and run parts of `generation` until none is left; the number run. A worker
-    /// (`worker`) records when it finished each part.
-    fn work(&self, generation: u64, worker: bool) -> usize {
+    /// Claim and run parts of `generation` until none is left; the number run.
+    fn work(&self, generation: u64) -> usize {
         let mut ran = 0;
         loop {
             let t = self.ticket.load(Acquire);
@@ -263,62 +193,27 @@ impl Shared {
             // SAFETY: we claimed part `next` of `generation`, so the caller that wrote `f` for
             // it is inside `Pool::run`, waiting for this part, and keeps the closure alive.
             let f = unsafe { &**self.f.get() };
-            self.run_part(f, next, worker);
+            if catch_unwind(AssertUnwindSafe(|| f(next))).is_err() {
+                self.panicked.store(true, Relaxed);
+            }
+            self.done.fetch_add(1, Release);
             ran += 1;
         }
     }
-}
-
-impl Shared {
-    /// Run part `p` of the current job, catching a panic for the caller to re-raise, and
-    /// count it done (a worker's also timed).
-    fn run_part(&self, f: &(dyn Fn(usize) + Sync), p: usize, worker: bool) {
-        if catch_unwind(AssertUnwindSafe(|| f(p))).is_err() {
-            self.panicked.store(true, Relaxed);
-        }
-        if worker {
-            self.done.workers_end.fetch_max(now(), Relaxed);
-        }
-        self.done.count.fetch_add(1, Release);
-    }
-}
-
-/// What the caller keeps between jobs (under `Pool::caller`): the generation and
-/// [`run_split`]'s caller share per job size.
-struct Caller {
-    generation: u64,
-    /// `(units, share)`; units 0 = empty slot.
-    shares: [(usize, f32); SHARE_SLOTS],
-    /// The slot a new job size takes next.
-    next_slot: usize,
-}
-
-/// When a job ran (nanoseconds, [`now`]) and who ran what.
-struct JobTimes {
-    start: u64,
-    own_end: u64,
-    workers_end: u64,
-    /// Parts the caller ran (its first one included).
-    own_parts: usize,
-    /// Whether a worker had to be woken from parking.
-    woke: bool,
 }
 
 struct Pool {
     shared: Arc<Shared>,
     workers: Vec<Thread>,
     /// Serialises callers: one job at a time.
-    caller: Mutex<Caller>,
+    caller: Mutex<u64>,
 }
 
 impl Pool {
     fn start(n: usize) -> Pool {
         let shared = Arc::new(Shared {
             ticket: Line(AtomicU64::new(0)),
-            done: Line(Done {
-                count: AtomicUsize::new(0),
-                workers_end: AtomicU64::new(0),
-            }),
+            done: Line(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             f: UnsafeCell::new(&|_| {}),
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -346,11 +241,7 @@ impl Pool {
         Pool {
             shared,
             workers,
-            caller: Mutex::new(Caller {
-                generation: 0,
-                shares: [(0, 0.0); SHARE_SLOTS],
-                next_slot: 0,
-            }),
+            caller: Mutex::new(0),
         }
     }
 
@@ -362,60 +253,11 @@ impl Pool {
             }
             return;
         }
-        let mut caller = self.caller.lock().unwrap_or_else(|e| e.into_inner());
-        self.job(&mut caller.generation, parts, f, false);
-    }
-
-    fn run_split(&self, units: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        let mut caller = self.caller.lock().unwrap_or_else(|e| e.into_inner());
-        let threads = (self.workers.len() + 1).min(units).min(MAX_PARTS);
-        let slot = match caller.shares.iter().position(|s| s.0 == units) {
-            Some(i) => i,
-            None => {
-                let i = caller.next_slot;
-                caller.next_slot = (i + 1) % SHARE_SLOTS;
-                caller.shares[i] = (units, 1.0 / threads as f32);
-                i
-            }
-        };
-        let share = caller.shares[slot].1;
-        // The caller's units, then the rest in equal ranges (as many as that needs).
-        let own = ((share * units as f32).round() as usize).clamp(1, units - (threads - 1));
-        let rest = units - own;
-        let per = rest.div_ceil(threads - 1);
-        let parts = 1 + rest.div_ceil(per);
-        let range = |p: usize| match p {
-            0 => 0..own,
-            _ => own + (p - 1) * per..(own + p * per).min(units),
-        };
-        let t = self.job(&mut caller.generation, parts, &|p| f(range(p)), true);
-        if t.own_parts == 1 && !t.woke {
-            caller.shares[slot].1 = next_share(
-                share,
-                own,
-                units,
-                parts - 1,
-                t.own_end.saturating_sub(t.start),
-                t.workers_end.saturating_sub(t.start),
-            );
-        }
-    }
-
-    /// Publish `parts` parts of `f` as the next generation, run parts here too (part 0 first
-    /// and alone when `own_first`, else whatever is left to claim), wait for all of them and
-    /// re-raise a panic. The caller holds `Pool::caller` (whose generation this advances).
-    fn job(
-        &self,
-        generation: &mut u64,
-        parts: usize,
-        f: &(dyn Fn(usize) + Sync),
-        own_first: bool,
-    ) -> JobTimes {
+        let mut generation = self.caller.lock().unwrap_or_else(|e| e.into_inner());
         *generation = (*generation + 1) & 0xffff_ffff;
         let g = *generation;
         let s = &*self.shared;
-        s.done.count.store(0, Relaxed);
-        s.done.workers_end.store(0, Relaxed);
+        s.done.store(0, Relaxed);
         s.panicked.store(false, Relaxed);
         // SAFETY: the previous job's parts are all claimed and done (we waited for them), and
         // this generation is not published yet, so nobody reads `f` now. The lifetime is
@@ -429,42 +271,24 @@ impl Pool {
         }
         #[cfg(feature = "pool-stats")]
         stats::PUBLISHED.store(stats::now(), Relaxed);
-        let start = now();
-        // With `own_first`, part 0 is the caller's: claims start at part 1.
-        s.ticket
-            .store(ticket(g, parts, usize::from(own_first)), SeqCst);
-        let mut woke = false;
+        s.ticket.store(ticket(g, parts, 0), SeqCst);
         for (w, sleeping) in self.workers.iter().zip(&s.sleeping) {
             if sleeping.load(SeqCst) {
-                woke = true;
                 w.unpark();
             }
         }
         #[cfg(feature = "pool-stats")]
         let t0 = stats::now();
-        let mut own_parts = 0;
-        if own_first {
-            s.run_part(f, 0, false);
-            own_parts = 1;
-        }
-        let own_end = now();
-        own_parts += s.work(g, false);
+        s.work(g);
         #[cfg(feature = "pool-stats")]
         let t1 = stats::now();
-        while s.done.count.load(Acquire) < parts {
+        while s.done.load(Acquire) < parts {
             std::hint::spin_loop();
         }
         #[cfg(feature = "pool-stats")]
         stats::caller(t0, t1, stats::now());
         if s.panicked.load(Relaxed) {
             panic!("a compute part panicked");
-        }
-        JobTimes {
-            start,
-            own_end,
-            workers_end: s.done.workers_end.load(Relaxed),
-            own_parts,
-            woke,
         }
     }
 }
@@ -496,7 +320,7 @@ fn worker(s: &Shared, me: usize) {
         #[cfg(feature = "pool-stats")]
         let t0 = stats::now();
         #[cfg_attr(not(feature = "pool-stats"), allow(unused_variables))]
-        let ran = s.work(seen, true);
+        let ran = s.work(seen);
         #[cfg(feature = "pool-stats")]
         stats::worker(ran, t0, stats::now());
     }
@@ -627,102 +451,6 @@ mod tests {
             n.fetch_add(1, Relaxed);
         });
         assert_eq!(n.load(Relaxed), 16);
-    }
-
-    /// Ranges `run_split` handed out for `units`: every unit once, the ranges contiguous and
-    /// non-empty, one starting at 0, at most one per thread.
-    fn check_split(units: usize, spin_first: u32) {
-        let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
-        let calls = AtomicUsize::new(0);
-        run_split(units, &|r| {
-            assert!(!r.is_empty() && r.end <= units, "units={units} range={r:?}");
-            calls.fetch_add(1, Relaxed);
-            if r.start == 0 {
-                // The caller's range: made slower per unit, so its share moves.
-                for _ in 0..spin_first as usize * r.len() {
-                    std::hint::spin_loop();
-                }
-            }
-            r.for_each(|u| {
-                hits[u].fetch_add(1, Relaxed);
-            });
-        });
-        assert!(
-            hits.iter().all(|h| h.load(Relaxed) == 1),
-            "units={units}: a unit missed or run twice"
-        );
-        let calls = calls.load(Relaxed);
-        assert!(
-            (usize::from(units > 0)..=threads().min(units.max(1))).contains(&calls),
-            "units={units}: {calls} ranges for {} threads",
-            threads()
-        );
-    }
-
-    #[test]
-    fn run_split_covers_every_unit_once_while_its_shares_move() {
-        for round in 0..40 {
-            for units in [0, 1, 2, 3, 5, 7, 64, 72, 120, 1000, 6144] {
-                check_split(units, if round % 2 == 0 { 200 } else { 0 });
-            }
-        }
-    }
-
-    #[test]
-    fn a_panic_in_a_split_range_is_reported_and_the_pool_survives() {
-        for bad in [0, 63] {
-            let r = catch_unwind(|| {
-                run_split(64, &|r| {
-                    if r.contains(&bad) {
-                        panic!("boom");
-                    }
-                })
-            });
-            assert!(r.is_err(), "unit {bad}");
-            check_split(64, 0);
-        }
-    }
-
-    #[test]
-    fn the_caller_share_moves_toward_the_measured_balance() {
-        // Equal speeds: 50 units each in 1000 ns: the share stays.
-        assert_eq!(next_share(0.5, 50, 100, 1, 1000, 1000), 0.5);
-        // The caller at half the worker's speed per unit: the balance is 1/3; a quarter of
-        // the way there from 0.5.
-        let s = next_share(0.5, 50, 100, 1, 2000, 1000);
-        assert!((s - (0.5 + 0.25 * (1.0 / 3.0 - 0.5))).abs() < 1e-6, "{s}");
-        // Repeated, it settles at the balance point.
-        let mut s = 0.5;
-        for _ in 0..100 {
-            let own = (s * 100.0f32).round() as usize;
-            // caller: 2 ns per unit, worker 1 ns per unit
-            s = next_share(s, own, 100, 1, 2 * own as u64, (100 - own) as u64);
-        }
-        assert!((s - 1.0 / 3.0).abs() < 0.02, "{s}");
-        // Three workers, all as fast as the caller: 1/4.
-        let mut s = 0.5;
-        for _ in 0..100 {
-            let own = (s * 400.0f32).round() as usize;
-            s = next_share(s, own, 400, 3, own as u64, ((400 - own) / 3) as u64);
-        }
-        assert!((s - 0.25).abs() < 0.02, "{s}");
-        // A stalled worker cannot take all the work from the caller, nor the reverse.
-        assert_eq!(next_share(0.74, 74, 100, 1, 74, 1_000_000_000), 0.75);
-        let mut s = 0.5;
-        for _ in 0..100 {
-            s = next_share(s, 50, 100, 1, 1_000_000, 1);
-        }
-        assert_eq!(s, 0.25);
-        // Nothing measured: unchanged.
-        for (own, units, workers, to, tw) in [
-            (0, 100, 1, 5, 5),
-            (100, 100, 1, 5, 5),
-            (50, 100, 0, 5, 5),
-            (50, 100, 1, 0, 5),
-            (50, 100, 1, 5, 0),
-        ] {
-            assert_eq!(next_share(0.4, own, units, workers, to, tw), 0.4);
-        }
     }
 
     #[test]

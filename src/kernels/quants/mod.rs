@@ -611,9 +611,7 @@ const ROWS_PER_PART: usize = 32;
 /// claim on the pool's shared ticket (a cache line moving between cores) and a restart of the
 /// hardware prefetcher on a new stream; on the 2-vCPU EPYC of BENCHMARKS four parts per thread
 /// decoded at 352 tok/s, two at 399 and one at 438 (2 threads, medians of 3 alternating
-/// rounds, `expllm bench --stage llm`), prefill 1398, 1687 and 1653. (Packed matmuls also
-/// take one range per thread, but sized by [`pool::run_split`](crate::kernels::pool::run_split)
-/// from the threads' measured speeds.)
+/// rounds, `expllm bench --stage llm`), prefill 1398, 1687 and 1653.
 const PARTS_PER_THREAD: usize = 1;
 
 /// Weight rows per group inside a part: the group (≤ 16 rows, a few KB) stays in L1 while
@@ -703,7 +701,7 @@ fn matmul_dyn(
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: only used to hand disjoint sub-slices of one `&mut [f32]` to the pool's threads
-// for the duration of one `pool::run` or `pool::run_split`.
+// for the duration of one `pool::run`.
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
@@ -1402,7 +1400,7 @@ struct Q8Out {
     qsums: *mut i32,
 }
 // SAFETY: only used to hand disjoint block ranges of `&mut QuantizedActs` buffers to the
-// pool's threads for the duration of one `pool::run_split`.
+// pool's threads for the duration of one `pool::run`.
 unsafe impl Send for Q8Out {}
 // SAFETY: as above.
 unsafe impl Sync for Q8Out {}
@@ -1566,7 +1564,7 @@ fn matmul_packed_on(
                     // (8t + 8 ≤ n, b = b0 + a < acts.len()) for the matrix's own `out` (length
                     // checked above). Concurrent calls of `run` get disjoint global tile
                     // ranges, so no two live references overlap, and every `out` outlives them
-                    // (`pool::run_split` returns only when every part is done).
+                    // (`pool::run` returns only when every part is done).
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((b0 + a) * n + t * 8), 8)
                     };
@@ -1631,7 +1629,7 @@ fn matmul_packed_on(
                 // padded further), all taken from `&mut` before the job. Parts get disjoint
                 // block ranges `k0..k1`, so these references are the only live ones to these
                 // elements (gate's and up's rows were written by `run` just above, on this
-                // thread); `pool::run_split` returns only when every part is done.
+                // thread); `pool::run` returns only when every part is done.
                 let (g, u, hh, y, d, s) = unsafe {
                     (
                         std::slice::from_raw_parts(gate.get().add(at), r1 - r0),
@@ -1650,14 +1648,21 @@ fn matmul_packed_on(
             part(0, blocks);
             return Ok(());
         }
-        crate::kernels::pool::run_split(blocks, &|r| part(r.start, r.end));
+        let parts = blocks.clamp(1, threads * PARTS_PER_THREAD);
+        let per = blocks.div_ceil(parts);
+        let parts = blocks.div_ceil(per);
+        crate::kernels::pool::run(parts, &|i| part(i * per, (i * per + per).min(blocks)));
         return Ok(());
     }
     if one_part {
         run(0, tiles);
         return Ok(());
     }
-    crate::kernels::pool::run_split(tiles, &|r| run(r.start, r.end));
+    let per_rows = ROWS_PER_PART.div_ceil(q4_0x8::TILE_ROWS);
+    let parts = (tiles / per_rows).clamp(1, threads * PARTS_PER_THREAD);
+    let per = tiles.div_ceil(parts);
+    let parts = tiles.div_ceil(per);
+    crate::kernels::pool::run(parts, &|i| run(i * per, (i * per + per).min(tiles)));
     Ok(())
 }
 

@@ -160,7 +160,10 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         pre.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(st.logits());
         #[cfg(feature = "pool-stats")]
-        pool::stats::take();
+        {
+            pool::stats::take();
+            crate::llm::model::phases::take(1);
+        }
         let t = Instant::now();
         for _ in 0..o.decode_tokens {
             let l = model
@@ -175,6 +178,11 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
             o.decode_tokens,
             t.elapsed().as_secs_f64() * 1e3,
             pool::stats::take()
+        );
+        #[cfg(feature = "pool-stats")]
+        eprintln!(
+            "layer phases: {}",
+            crate::llm::model::phases::take(o.decode_tokens)
         );
     }
     let decode_runs = dec.clone();

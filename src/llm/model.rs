@@ -127,6 +127,57 @@ pub struct State {
 /// parts, one hand-out per layer, small enough to balance over the threads).
 const ATT_TOKENS: usize = 4;
 
+/// With the `pool-stats` feature: the wall time of each phase of a forward pass's layers,
+/// summed over every layer and token since the last [`take`](phases::take); `expllm bench
+/// --stage llm` prints it per decode run, beside the pool's own figures. Diagnostics for
+/// where a decode step goes (the attention job, the serial steps between matmuls).
+#[cfg(feature = "pool-stats")]
+pub mod phases {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::time::Instant;
+
+    /// The phases in layer order; each runs from the end of the one before.
+    pub const NAMES: [&str; 6] = [
+        "norm+qkv",
+        "rope+kv-cache",
+        "attention",
+        "copy+wo",
+        "ffn-norm",
+        "ffn",
+    ];
+    static SUMS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+    /// Add the time since `since` to phase `i`; the time now, where the next phase starts.
+    pub(super) fn lap(i: usize, since: Instant) -> Instant {
+        let now = Instant::now();
+        SUMS[i].fetch_add((now - since).as_nanos() as u64, Relaxed);
+        now
+    }
+
+    /// The sums since the last call, in µs per token over `tokens` tokens, as one line; and
+    /// start over.
+    pub fn take(tokens: usize) -> String {
+        let per = |ns: u64| ns as f64 / 1e3 / tokens.max(1) as f64;
+        let parts: Vec<String> = NAMES
+            .iter()
+            .zip(&SUMS)
+            .map(|(n, s)| format!("{n} {:.0}", per(s.swap(0, Relaxed))))
+            .collect();
+        format!("µs per token: {}", parts.join(", "))
+    }
+}
+
+/// [`phases::lap`] of phase `$i` on the timer `$t` with the `pool-stats` feature; nothing
+/// without it.
+macro_rules! lap {
+    ($t:ident, $i:expr) => {
+        #[cfg(feature = "pool-stats")]
+        {
+            $t = phases::lap($i, $t);
+        }
+    };
+}
+
 /// One KV head's attention scratch for up to [`ATT_TOKENS`] tokens: its query heads' rows
 /// rounded through f16, their scores over the context (head by head), their outputs per
 /// token (heads side by side, as in the attention output).
@@ -633,6 +684,8 @@ impl Model {
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
+            #[cfg(feature = "pool-stats")]
+            let mut t = std::time::Instant::now();
             rms_norm_rows(
                 &st.x[..nb * d],
                 &l.attn_norm,
@@ -648,6 +701,7 @@ impl Model {
                     (&l.wv, &mut st.vv[..nb * kv_dim]),
                 ],
             )?;
+            lap!(t, 0);
             for (bias, t, n) in [
                 (&l.bq, &mut st.q, dq),
                 (&l.bk, &mut st.kk, kv_dim),
@@ -682,6 +736,7 @@ impl Model {
                 },
             );
 
+            lap!(t, 1);
             // attention per token and head over positions 0..=pos (causal): one job per
             // layer, a part per KV head (its group of query heads, which share each cached
             // key and value row's load in the grouped kernels) and group of ATT_TOKENS
@@ -715,6 +770,7 @@ impl Model {
                     (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
                 }
             });
+            lap!(t, 2);
             for (i, hs) in st.heads[..parts].iter().enumerate() {
                 let (t, kvh) = (i / n_kv, i % n_kv);
                 for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
@@ -729,6 +785,7 @@ impl Model {
                 &mut st.proj[..nb * d],
             )?;
 
+            lap!(t, 3);
             // SwiGLU FFN
             rms_norm_rows(
                 &st.x[..nb * d],
@@ -736,7 +793,9 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
+            lap!(t, 4);
             self.ffn(l, st, nb)?;
+            lap!(t, 5);
         }
         st.n_past += nb;
         if !want_logits {

@@ -167,13 +167,13 @@ pub mod phases {
     }
 }
 
-/// [`phases::lap`] of phase `$i` on the timer `$t` with the `pool-stats` feature; nothing
+/// [`phases::lap`] of phase `$i` on the timer `$clock` with the `pool-stats` feature; nothing
 /// without it.
 macro_rules! lap {
-    ($t:ident, $i:expr) => {
+    ($clock:ident, $i:expr) => {
         #[cfg(feature = "pool-stats")]
         {
-            $t = phases::lap($i, $t);
+            $clock = phases::lap($i, $clock);
         }
     };
 }
@@ -685,7 +685,7 @@ impl Model {
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             #[cfg(feature = "pool-stats")]
-            let mut t = std::time::Instant::now();
+            let mut clock = std::time::Instant::now();
             rms_norm_rows(
                 &st.x[..nb * d],
                 &l.attn_norm,
@@ -701,7 +701,7 @@ impl Model {
                     (&l.wv, &mut st.vv[..nb * kv_dim]),
                 ],
             )?;
-            lap!(t, 0);
+            lap!(clock, 0);
             for (bias, t, n) in [
                 (&l.bq, &mut st.q, dq),
                 (&l.bk, &mut st.kk, kv_dim),
@@ -736,7 +736,7 @@ impl Model {
                 },
             );
 
-            lap!(t, 1);
+            lap!(clock, 1);
             // attention per token and head over positions 0..=pos (causal): one job per
             // layer, a part per KV head (its group of query heads, which share each cached
             // key and value row's load in the grouped kernels) and group of ATT_TOKENS
@@ -770,7 +770,7 @@ impl Model {
                     (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
                 }
             });
-            lap!(t, 2);
+            lap!(clock, 2);
             for (i, hs) in st.heads[..parts].iter().enumerate() {
                 let (t, kvh) = (i / n_kv, i % n_kv);
                 for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
@@ -785,7 +785,7 @@ impl Model {
                 &mut st.proj[..nb * d],
             )?;
 
-            lap!(t, 3);
+            lap!(clock, 3);
             // SwiGLU FFN
             rms_norm_rows(
                 &st.x[..nb * d],
@@ -793,9 +793,9 @@ impl Model {
                 c.rms_eps,
                 &mut st.xn[..nb * d],
             );
-            lap!(t, 4);
+            lap!(clock, 4);
             self.ffn(l, st, nb)?;
-            lap!(t, 5);
+            lap!(clock, 5);
         }
         st.n_past += nb;
         if !want_logits {

@@ -473,6 +473,16 @@ mod x86 {
     /// and values come from DRAM again, 8 rows (16 lines) at a time in the score steps.
     const KV_PREFETCH_ROWS: usize = 32;
 
+    /// Prefetch the first `d` values of rows `0..rows` (those below `n`) at once: the rows a
+    /// grouped kernel reads before its own prefetch distance, which would otherwise be
+    /// demand misses, eight rows at a time.
+    #[inline(always)]
+    fn prefetch_first_rows(x: &[u16], stride: usize, d: usize, rows: usize, n: usize) {
+        for p in (0..rows.min(n)).step_by(8) {
+            prefetch_rows(x, stride, d, p, n);
+        }
+    }
+
     /// Prefetch the first `d` values of rows `p..p + 8` (those below `n`).
     #[inline(always)]
     fn prefetch_rows(k: &[u16], stride: usize, d: usize, p: usize, n: usize) {
@@ -567,10 +577,7 @@ mod x86 {
             );
         }
         let k16 = bits(k);
-        // The rows before the first prefetch distance: all at once, not one miss at a time.
-        for p in (0..KV_PREFETCH_ROWS.min(n)).step_by(8) {
-            prefetch_rows(k16, stride, d, p, n);
-        }
+        prefetch_first_rows(k16, stride, d, KV_PREFETCH_ROWS, n);
         let mut h0 = 0;
         while h0 < g {
             let hb = (g - h0).min(GROUP_STEP);
@@ -672,10 +679,7 @@ mod x86 {
         let (g, n) = group_shape(out.len(), d, w.len());
         check_rows(v.len(), stride, d, n);
         let v16 = bits(v);
-        // The rows before the first prefetch distance: all at once, not one miss at a time.
-        for p in (0..(2 * KV_PREFETCH_ROWS).min(n)).step_by(8) {
-            prefetch_rows(v16, stride, d, p, n);
-        }
+        prefetch_first_rows(v16, stride, d, 2 * KV_PREFETCH_ROWS, n);
         let chunks = d / 8;
         let mut h0 = 0;
         while h0 < g {

@@ -31,7 +31,8 @@ const X_MAX: f32 = 88.0;
 pub fn exp(x: f32) -> f32 {
     // `clamp` lets NaN through (both comparisons are false), and lowers to compares and blends.
     let x = x.clamp(X_MIN, X_MAX);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -39,8 +40,11 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
     let y = (p * z + r) + 1.0;
-    // n is an integer in -126..=127 (NaN: `as` gives 0, and y is NaN anyway).
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // n is an integer in -126..=127, so t = ROUND + n lies in ROUND's binade (one ulp apart
+    // there) and its bits are ROUND's plus n: 2^n's exponent field from integer operations
+    // alone. (`n as i32` saturates, which compilers cannot vectorize: a scalar convert and
+    // two conditional moves per lane.) NaN: the bits are garbage, but y is NaN anyway.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     y * scale
 }
 
@@ -125,6 +129,36 @@ mod tests {
         assert!(exp(f32::NEG_INFINITY) > 0.0 && exp(f32::NEG_INFINITY) < 2e-38);
         assert!(exp(f32::INFINITY).is_finite());
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// The power of two from `t`'s bits is the one the saturating `n as i32` gives (the
+    /// form before, which compilers scalarize): the same bits for every 251st `f32` pattern
+    /// (both signs, every exponent, so all of [-87.3, 88] and the clamped ends), and NaN in,
+    /// NaN out.
+    #[test]
+    fn exp_power_of_two_from_bits_matches_the_integer_convert() {
+        let by_convert = |x: f32| {
+            let x = x.clamp(X_MIN, X_MAX);
+            let n = (x * LOG2E + ROUND) - ROUND;
+            let r = (x - n * LN2_HI) - n * LN2_LO;
+            let z = r * r;
+            let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r
+                + 4.166_579_6e-2)
+                * r
+                + 1.666_666_5e-1)
+                * r
+                + 0.5;
+            let y = (p * z + r) + 1.0;
+            y * f32::from_bits((((n as i32) + 127) as u32) << 23)
+        };
+        for bits in (0..=u32::MAX).step_by(251) {
+            let x = f32::from_bits(bits);
+            let (got, want) = (exp(x), by_convert(x));
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "x = {x:e}: {got:e} vs {want:e}"
+            );
+        }
     }
 
     /// SwiGLU against its definition with libm's `exp` (f64): close (where `-g` is past the

@@ -204,7 +204,22 @@ fn softmax_exp(x: &mut [f32]) -> f32 {
         m[j] = m[j].max(*v);
     }
     let max = ((m[0].max(m[4])).max(m[2].max(m[6]))).max((m[1].max(m[5])).max(m[3].max(m[7])));
+    // Lane j sums x[i] for i ≡ j (mod 8) in increasing i; sixteen at a time where it can
+    // (so 16-lane targets compute the exponentials in one vector), the same order.
     let mut s = [0f64; 8];
+    let (c16, r16) = x.as_chunks_mut::<16>();
+    for ch in c16.iter_mut() {
+        for v in ch.iter_mut() {
+            *v = crate::kernels::act::exp(*v - max);
+        }
+        for j in 0..8 {
+            s[j] += ch[j] as f64;
+        }
+        for j in 0..8 {
+            s[j] += ch[j + 8] as f64;
+        }
+    }
+    let (c, r) = r16.as_chunks_mut::<8>();
     for ch in c.iter_mut() {
         for j in 0..8 {
             ch[j] = crate::kernels::act::exp(ch[j] - max);
@@ -291,6 +306,8 @@ impl KvOps {
                 },
             };
             if path == KernelPath::Avx512Vnni {
+                ops.round_f16 = |x| unsafe { x86::round_f16_16(x) };
+                ops.softmax_f16 = |x| unsafe { x86::softmax_f16_16(x) };
                 ops.scores_group =
                     |q, d, k, s, c, o| unsafe { x86::scores_group(q, d, k, s, c, o) };
                 ops.weighted_sum_group =
@@ -866,6 +883,49 @@ mod x86 {
     pub unsafe fn round_f16(x: &mut [f32]) {
         // SAFETY: the features by contract.
         unsafe { scale_round(x, 1.0) }
+    }
+
+    /// [`scale_round`]'s bits sixteen at a time (`vcvtps2ph` on a zmm, round-to-nearest-even
+    /// in its immediate), the rest through it.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, F16C and AVX-512F.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[inline]
+    unsafe fn scale_round16(x: &mut [f32], s: f32) {
+        let (c, r) = x.as_chunks_mut::<16>();
+        // SAFETY: the features by contract; each load and store is one whole 16-value chunk.
+        unsafe {
+            let sv = _mm512_set1_ps(s);
+            for ch in c {
+                let v = _mm512_mul_ps(_mm512_loadu_ps(ch.as_ptr()), sv);
+                let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm512_storeu_ps(ch.as_mut_ptr(), _mm512_cvtph_ps(h));
+            }
+            scale_round(r, s)
+        }
+    }
+
+    /// [`round_f16_ref`](super::round_f16_ref)'s bits, sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, F16C and AVX-512F.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub unsafe fn round_f16_16(x: &mut [f32]) {
+        // SAFETY: the features by contract.
+        unsafe { scale_round16(x, 1.0) }
+    }
+
+    /// [`softmax_f16`]'s bits with AVX-512 enabled: the shared body's exponentials sixteen
+    /// lanes at a time, then the scaling and rounding sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, F16C and AVX-512F.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub unsafe fn softmax_f16_16(x: &mut [f32]) {
+        let inv = softmax_exp(x);
+        // SAFETY: the features by contract.
+        unsafe { scale_round16(x, inv) }
     }
 
     /// [`softmax_f16_ref`](super::softmax_f16_ref)'s bits: its body compiled with AVX2, then

@@ -623,16 +623,17 @@ mod x86 {
     }
 
     /// [`sum_chunks`] for `H` heads (`out`: `H` rows of `d` values; `w`: `H` rows of `n`
-    /// weights) over the same value rows: output chunks `c0..c0 + M` of every head, each
-    /// row chunk loaded and converted once for all of them. Every head gets [`sum_chunks`]'s
-    /// bits.
+    /// weights) over the same value rows: output chunks `c0..c0 + 2P` of every head, two
+    /// chunks (16 values, one zmm) at a time, each row's 16 values loaded and converted once
+    /// for all heads. Every output value is the same sum in the same order as in
+    /// [`sum_chunks`] (lane by lane over the rows), so every head gets its bits.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C, AVX-512F and AVX-512VL.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn sum_chunks_group<const H: usize, const M: usize>(
+    unsafe fn sum_chunks_group<const H: usize, const P: usize>(
         out: &mut [f32],
         d: usize,
         c0: usize,
@@ -642,10 +643,10 @@ mod x86 {
         stride: usize,
     ) {
         let ws: [&[f32]; H] = core::array::from_fn(|h| &w[h * n..][..n]);
-        // SAFETY: the features by contract; loads and stores are whole 8-element chunks
-        // `8(c0 + i)..` with `8(c0 + M) ≤ d` (the caller) of a head's `d` outputs (inside
-        // `out`, `H·d` long: the slicing checks it) and of each row's first `d` values,
-        // inside `v` (the caller checked every row).
+        // SAFETY: the features by contract; loads and stores are whole 16-element pairs of
+        // chunks `8(c0 + 2i)..` with `8(c0 + 2P) ≤ d` (the caller) of a head's `d` outputs
+        // (inside `out`, `H·d` long: the slicing checks it) and of each row's first `d`
+        // values, inside `v` (the caller checked every row).
         unsafe {
             let o: [&mut [f32]; H] = {
                 let mut rest = &mut out[..H * d];
@@ -655,25 +656,25 @@ mod x86 {
                     a
                 })
             };
-            let mut acc: [[__m256; M]; H] = core::array::from_fn(|h| {
-                core::array::from_fn(|i| _mm256_loadu_ps(o[h][8 * (c0 + i)..][..8].as_ptr()))
+            let mut acc: [[__m512; P]; H] = core::array::from_fn(|h| {
+                core::array::from_fn(|i| _mm512_loadu_ps(o[h][8 * c0 + 16 * i..][..16].as_ptr()))
             });
             for p in 0..n {
                 if p % 8 == 0 {
-                    prefetch_rows(v, stride, 8 * (c0 + M), p + 2 * KV_PREFETCH_ROWS, n);
+                    prefetch_rows(v, stride, 8 * c0 + 16 * P, p + 2 * KV_PREFETCH_ROWS, n);
                 }
-                let wv: [__m256; H] = core::array::from_fn(|h| _mm256_set1_ps(ws[h][p]));
-                let row = &v[p * stride + 8 * c0..][..8 * M];
-                for i in 0..M {
-                    let y = _mm256_cvtph_ps(_mm_loadu_si128(row[8 * i..].as_ptr().cast()));
+                let wv: [__m512; H] = core::array::from_fn(|h| _mm512_set1_ps(ws[h][p]));
+                let row = &v[p * stride + 8 * c0..][..16 * P];
+                for i in 0..P {
+                    let y = _mm512_cvtph_ps(_mm256_loadu_si256(row[16 * i..].as_ptr().cast()));
                     for h in 0..H {
-                        acc[h][i] = _mm256_add_ps(acc[h][i], _mm256_mul_ps(wv[h], y));
+                        acc[h][i] = _mm512_add_ps(acc[h][i], _mm512_mul_ps(wv[h], y));
                     }
                 }
             }
             for h in 0..H {
-                for i in 0..M {
-                    _mm256_storeu_ps(o[h][8 * (c0 + i)..][..8].as_mut_ptr(), acc[h][i]);
+                for i in 0..P {
+                    _mm512_storeu_ps(o[h][8 * c0 + 16 * i..][..16].as_mut_ptr(), acc[h][i]);
                 }
             }
         }
@@ -698,6 +699,8 @@ mod x86 {
         let v16 = bits(v);
         prefetch_first_rows(v16, stride, d, 2 * KV_PREFETCH_ROWS, n);
         let chunks = d / 8;
+        // [`SUM_CHUNKS`] output chunks per pass, as pairs (one zmm each).
+        const PAIRS: usize = SUM_CHUNKS / 2;
         let mut h0 = 0;
         while h0 < g {
             let hb = (g - h0).min(GROUP_STEP);
@@ -708,9 +711,9 @@ mod x86 {
                 // each head's `d` values, and every row inside `v` (checked above).
                 unsafe {
                     match hb {
-                        3 => sum_chunks_group::<3, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
-                        2 => sum_chunks_group::<2, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
-                        _ => sum_chunks_group::<1, SUM_CHUNKS>(ob, d, c, wb, n, v16, stride),
+                        3 => sum_chunks_group::<3, PAIRS>(ob, d, c, wb, n, v16, stride),
+                        2 => sum_chunks_group::<2, PAIRS>(ob, d, c, wb, n, v16, stride),
+                        _ => sum_chunks_group::<1, PAIRS>(ob, d, c, wb, n, v16, stride),
                     }
                 }
                 c += SUM_CHUNKS;

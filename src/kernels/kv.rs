@@ -433,18 +433,20 @@ mod x86 {
         out: &mut [f32],
     ) {
         let d = q.len();
-        let rows: [&[u16]; 8] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
+        // Each row sliced to `d` values once (bounds-checked here), then read through
+        // pointers in the loop, where per-load slicing cost as much as the loads.
+        let rows: [*const u16; 8] = core::array::from_fn(|j| k[(p + j) * stride..][..d].as_ptr());
         let (qc, _) = q.as_chunks::<8>();
         let out: &mut [f32; 8] = (&mut out[p..p + 8]).try_into().expect("eight scores");
-        // SAFETY: AVX2 and F16C by contract; each load reads one 8-element chunk (32 bytes of
-        // `q`, 16 bytes of a row's f16 bits, both inside their slices); the store writes
-        // the 8 f32 of `out`.
+        // SAFETY: AVX2 and F16C by contract; each load reads one 8-element chunk `8c..8c + 8`
+        // with `c < d / 8` (32 bytes of `q`, 16 bytes of a row's f16 bits, each row `d` long:
+        // sliced above); the store writes the 8 f32 of `out`.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 8];
             for (c, x) in qc.iter().enumerate() {
                 let x = _mm256_loadu_ps(x.as_ptr());
                 for j in 0..8 {
-                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j][8 * c..].as_ptr().cast()));
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j].add(8 * c).cast()));
                     acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(x, y));
                 }
             }
@@ -538,18 +540,20 @@ mod x86 {
         out: &mut [f32],
         n: usize,
     ) {
-        let rows: [&[u16]; 8] = core::array::from_fn(|j| &k[(p + j) * stride..][..d]);
-        let q: [&[f32]; H] = core::array::from_fn(|h| &qs[h * d..][..d]);
+        // Each row and each head's q sliced to `d` values once (bounds-checked here), then
+        // read through pointers in the loop, where per-load slicing cost as much as the loads.
+        let rows: [*const u16; 8] = core::array::from_fn(|j| k[(p + j) * stride..][..d].as_ptr());
+        let q: [*const f32; H] = core::array::from_fn(|h| qs[h * d..][..d].as_ptr());
         // SAFETY: the features by contract; each load reads one whole 8-element chunk
         // `8c..8c + 8` with `c < d / 8` of a `q` row (32 bytes) or of a key row (16 bytes of
-        // f16 bits), all `d` long; each store writes 8 f32 of `out`, inside by the slicing.
+        // f16 bits), each `d` long (sliced above); each store writes 8 f32 of `out`, inside
+        // by the slicing.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 8]; H];
             for c in 0..d / 8 {
-                let x: [__m256; H] =
-                    core::array::from_fn(|h| _mm256_loadu_ps(q[h][8 * c..].as_ptr()));
+                let x: [__m256; H] = core::array::from_fn(|h| _mm256_loadu_ps(q[h].add(8 * c)));
                 for j in 0..8 {
-                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j][8 * c..].as_ptr().cast()));
+                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j].add(8 * c).cast()));
                     for h in 0..H {
                         acc[h][j] = _mm256_add_ps(acc[h][j], _mm256_mul_ps(x[h], y));
                     }

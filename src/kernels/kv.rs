@@ -549,20 +549,35 @@ mod x86 {
         // f16 bits), each `d` long (sliced above); each store writes 8 f32 of `out`, inside
         // by the slicing.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 8]; H];
+            // Rows 2i (low half) and 2i + 1 (high half) in one zmm: lane l of each half sums
+            // q[8c + l]·k[8c + l] over c in order, as the 8-lane form does per row.
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
             for c in 0..d / 8 {
-                let x: [__m256; H] = core::array::from_fn(|h| _mm256_loadu_ps(q[h].add(8 * c)));
-                for j in 0..8 {
-                    let y = _mm256_cvtph_ps(_mm_loadu_si128(rows[j].add(8 * c).cast()));
+                let x: [__m512; H] = core::array::from_fn(|h| {
+                    let x = _mm256_castps_pd(_mm256_loadu_ps(q[h].add(8 * c)));
+                    _mm512_castpd_ps(_mm512_broadcast_f64x4(x))
+                });
+                for i in 0..4 {
+                    let lo = _mm_loadu_si128(rows[2 * i].add(8 * c).cast());
+                    let hi = _mm_loadu_si128(rows[2 * i + 1].add(8 * c).cast());
+                    let y = _mm512_cvtph_ps(_mm256_set_m128i(hi, lo));
                     for h in 0..H {
-                        acc[h][j] = _mm256_add_ps(acc[h][j], _mm256_mul_ps(x[h], y));
+                        acc[h][i] = _mm512_add_ps(acc[h][i], _mm512_mul_ps(x[h], y));
                     }
                 }
             }
             let sv = _mm256_set1_ps(scale);
             for h in 0..H {
+                let rows: [__m256; 8] = core::array::from_fn(|j| {
+                    let a = acc[h][j / 2];
+                    if j % 2 == 0 {
+                        _mm512_castps512_ps256(a)
+                    } else {
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+                    }
+                });
                 let o = &mut out[h * n + p..][..8];
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(total8(&acc[h]), sv));
+                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(total8(&rows), sv));
             }
         }
     }

@@ -9,10 +9,11 @@
 //! [`dot_f16_ref`] and [`axpy_f16_ref`]; [`softmax_f16_ref`], [`round_f16_ref`]; the
 //! grouped-query forms [`scores_group_ref`] and [`weighted_sum_group_ref`], the one-head
 //! references for every query head of a KV head) and their SIMD variants, chosen once per
-//! forward pass by [`KvOps::for_path`]. The AVX-512 VNNI path's grouped kernels load and
-//! convert each cached row once for three query heads and prefetch the rows ahead (a decode
-//! step's weights stream through every cache level, so a layer's keys and values come from
-//! DRAM again); the other paths run their one-head kernels head by head. Every variant gives the
+//! forward pass by [`KvOps::for_path`]. The grouped kernels of the AVX-512 VNNI and NEON
+//! paths load and convert each cached row once for three query heads (the x86 ones also
+//! prefetch the rows ahead: a decode step's weights stream through every cache level, so a
+//! layer's keys and values come from DRAM again); the AVX2 path runs its one-head kernels
+//! head by head. Every variant gives the
 //! reference's bits (f16 → f32 is exact, the products and sums are the same f32 operations in
 //! the same order, never fused; f32 → f16 rounds to nearest-even everywhere), so the kernel
 //! path never changes a token. Sees rows `stride` values apart, not heads, positions or
@@ -322,10 +323,8 @@ impl KvOps {
                 weighted_sum: aarch64::weighted_sum,
                 round_f16: aarch64::round_f16,
                 softmax_f16: aarch64::softmax_f16,
-                scores_group: |q, d, k, s, c, o| scores_each(aarch64::scores, q, d, k, s, c, o),
-                weighted_sum_group: |o, d, w, v, s| {
-                    weighted_sums_each(aarch64::weighted_sum, o, d, w, v, s)
-                },
+                scores_group: aarch64::scores_group,
+                weighted_sum_group: aarch64::weighted_sum_group,
             };
         }
         KvOps {
@@ -991,6 +990,28 @@ mod aarch64 {
         }
     }
 
+    /// [`cvt8`] of the 8 values at `b`.
+    ///
+    /// # Safety
+    /// `b` must point to 8 readable `u16`.
+    #[inline(always)]
+    unsafe fn cvt8_at(b: *const u16) -> (float32x4_t, float32x4_t) {
+        // SAFETY: 16 readable bytes by contract; the conversions as in `cvt8`.
+        unsafe {
+            let v = vld1q_u16(b);
+            let (lo, hi): (float32x4_t, float32x4_t);
+            core::arch::asm!(
+                "fcvtl {0:v}.4s, {2:v}.4h",
+                "fcvtl2 {1:v}.4s, {2:v}.8h",
+                out(vreg) lo,
+                out(vreg) hi,
+                in(vreg) v,
+                options(pure, nomem, nostack)
+            );
+            (lo, hi)
+        }
+    }
+
     /// `R` key rows from row `p` (bounds checked by the caller): `out[p + j]` for `j < R`.
     #[inline(always)]
     fn score_rows<const R: usize>(
@@ -1076,6 +1097,204 @@ mod aarch64 {
                 vst1q_f32(oc[i].as_mut_ptr(), lo[i]);
                 vst1q_f32(oc[i].as_mut_ptr().add(4), hi[i]);
             }
+        }
+    }
+
+    /// [`score_rows`] for `H` query heads (`qs`: `H` rows of `d` values, `d` a multiple of
+    /// 8) over the same `R` key rows from row `p`: each row's 8-value chunk is loaded and
+    /// converted once for all the heads. Head `h`'s scores go to `out[h·n + p..][..R]`,
+    /// [`score_rows`]'s bits (the same lanes, products and sums, in the same order).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn score_rows_group<const H: usize, const R: usize>(
+        qs: &[f32],
+        d: usize,
+        k: &[u16],
+        stride: usize,
+        scale: f32,
+        p: usize,
+        out: &mut [f32],
+        n: usize,
+    ) {
+        // Rows and heads sliced to `d` values once (bounds-checked here), then read through
+        // pointers in the loop.
+        let rows: [*const u16; R] = core::array::from_fn(|j| k[(p + j) * stride..][..d].as_ptr());
+        let q: [*const f32; H] = core::array::from_fn(|h| qs[h * d..][..d].as_ptr());
+        // SAFETY: NEON is part of the aarch64 baseline; each load reads the chunk
+        // `8c..8c + 8` (`c < d / 8`) of a head's `q` (4 f32 at a time) or of a key row (16
+        // bytes of f16 bits), each `d` long (sliced above); the rest is register-only.
+        let sums: [[f32; R]; H] = unsafe {
+            let mut lo = [[vdupq_n_f32(0.0); R]; H];
+            let mut hi = [[vdupq_n_f32(0.0); R]; H];
+            for c in 0..d / 8 {
+                let x: [(float32x4_t, float32x4_t); H] = core::array::from_fn(|h| {
+                    let x = q[h].add(8 * c);
+                    (vld1q_f32(x), vld1q_f32(x.add(4)))
+                });
+                for j in 0..R {
+                    let (y0, y1) = cvt8_at(rows[j].add(8 * c));
+                    for h in 0..H {
+                        lo[h][j] = vaddq_f32(lo[h][j], vmulq_f32(x[h].0, y0));
+                        hi[h][j] = vaddq_f32(hi[h][j], vmulq_f32(x[h].1, y1));
+                    }
+                }
+            }
+            // lane_total in registers: t[i] = l[i] + l[i + 4] (lo + hi), then
+            // (t0 + t2) + (t1 + t3) (the halves of t added, then the pair).
+            core::array::from_fn(|h| {
+                core::array::from_fn(|j| {
+                    let t = vaddq_f32(lo[h][j], hi[h][j]);
+                    vpadds_f32(vadd_f32(vget_low_f32(t), vget_high_f32(t)))
+                })
+            })
+        };
+        for h in 0..H {
+            for j in 0..R {
+                out[h * n + p + j] = sums[h][j] * scale;
+            }
+        }
+    }
+
+    /// Key rows per step of [`scores_group`]: 3 heads × 2 rows × 2 halves = 12 accumulators
+    /// beside the heads' `q` chunks (38 instructions per chunk step for 6 head·rows in the
+    /// release build; 4 rows spilled: 88 for 12, 3 rows: 61 for 9).
+    const GROUP_ROWS: usize = 2;
+
+    /// [`scores_group_ref`](super::scores_group_ref)'s bits: up to three heads at a time
+    /// sharing each key row's load and conversion, two rows at a time (3 heads × 2 rows × 2
+    /// halves = 12 accumulators of NEON's 32 registers); heads whose length is not whole
+    /// 8-value chunks through [`scores`] head by head.
+    pub fn scores_group(
+        qs: &[f32],
+        d: usize,
+        k: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (g, n) = group_shape(qs.len(), d, out.len());
+        check_rows(k.len(), stride, d, n);
+        if !d.is_multiple_of(8) {
+            return scores_each(scores, qs, d, k, stride, scale, out);
+        }
+        let k16 = bits(k);
+        let mut h0 = 0;
+        while h0 < g {
+            let hb = (g - h0).min(3);
+            let (qb, ob) = (&qs[h0 * d..(h0 + hb) * d], &mut out[h0 * n..(h0 + hb) * n]);
+            let mut p = 0;
+            while p < n {
+                let r = if n - p >= GROUP_ROWS { GROUP_ROWS } else { 1 };
+                match (hb, r) {
+                    (3, GROUP_ROWS) => {
+                        score_rows_group::<3, GROUP_ROWS>(qb, d, k16, stride, scale, p, ob, n)
+                    }
+                    (3, _) => score_rows_group::<3, 1>(qb, d, k16, stride, scale, p, ob, n),
+                    (2, GROUP_ROWS) => {
+                        score_rows_group::<2, GROUP_ROWS>(qb, d, k16, stride, scale, p, ob, n)
+                    }
+                    (2, _) => score_rows_group::<2, 1>(qb, d, k16, stride, scale, p, ob, n),
+                    (_, GROUP_ROWS) => {
+                        score_rows_group::<1, GROUP_ROWS>(qb, d, k16, stride, scale, p, ob, n)
+                    }
+                    _ => score_rows_group::<1, 1>(qb, d, k16, stride, scale, p, ob, n),
+                }
+                p += r;
+            }
+            h0 += hb;
+        }
+    }
+
+    /// [`sum_chunks`] for `H` heads (`out`: `H` rows of `d` values; `w`: `H` rows of `n`
+    /// weights) over the same value rows: output chunks `c0..c0 + M` of every head, each
+    /// row chunk loaded and converted once for all of them. Every head gets [`sum_chunks`]'s
+    /// bits (per output value the same products and sums, in row order).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn sum_chunks_group<const H: usize, const M: usize>(
+        out: &mut [f32],
+        d: usize,
+        c0: usize,
+        w: &[f32],
+        n: usize,
+        v: &[u16],
+        stride: usize,
+    ) {
+        let ws: [&[f32]; H] = core::array::from_fn(|h| &w[h * n..][..n]);
+        let o: [&mut [f32]; H] = {
+            let mut rest = &mut out[..H * d];
+            core::array::from_fn(|_| {
+                let (a, b) = core::mem::take(&mut rest).split_at_mut(d);
+                rest = b;
+                &mut a[8 * c0..8 * (c0 + M)]
+            })
+        };
+        // SAFETY: NEON is part of the aarch64 baseline; loads and stores are 4 f32 of an
+        // 8-value chunk `i < M` of a head's outputs `8·c0..8·(c0 + M)` (sliced above).
+        unsafe {
+            let mut lo: [[float32x4_t; M]; H] = core::array::from_fn(|h| {
+                core::array::from_fn(|i| vld1q_f32(o[h][8 * i..].as_ptr()))
+            });
+            let mut hi: [[float32x4_t; M]; H] = core::array::from_fn(|h| {
+                core::array::from_fn(|i| vld1q_f32(o[h][8 * i + 4..].as_ptr()))
+            });
+            for p in 0..n {
+                let wv: [float32x4_t; H] = core::array::from_fn(|h| vdupq_n_f32(ws[h][p]));
+                let row = &v[p * stride + 8 * c0..][..8 * M];
+                for i in 0..M {
+                    let (y0, y1) = cvt8(&row[8 * i..]);
+                    for h in 0..H {
+                        lo[h][i] = vaddq_f32(lo[h][i], vmulq_f32(wv[h], y0));
+                        hi[h][i] = vaddq_f32(hi[h][i], vmulq_f32(wv[h], y1));
+                    }
+                }
+            }
+            for h in 0..H {
+                for i in 0..M {
+                    vst1q_f32(o[h][8 * i..].as_mut_ptr(), lo[h][i]);
+                    vst1q_f32(o[h][8 * i + 4..].as_mut_ptr(), hi[h][i]);
+                }
+            }
+        }
+    }
+
+    /// Output chunks per pass of [`weighted_sum_group`]: 3 heads × 2 chunks × 2 halves = 12
+    /// accumulators, the heads' weights and the converted chunks (17 of NEON's 32 registers).
+    /// With 4 chunks LLVM spilled accumulators: 111 instructions per row for 12 head·chunks
+    /// against 44 for 6 (`aarch64-linux-gnu-objdump` of the release build).
+    const GROUP_SUM_CHUNKS: usize = 2;
+
+    /// [`weighted_sum_group_ref`](super::weighted_sum_group_ref)'s bits: up to three heads at
+    /// a time sharing each value row chunk's load and conversion, [`GROUP_SUM_CHUNKS`] output
+    /// chunks per pass over the rows; the rest of each head as [`weighted_sum`] does it.
+    pub fn weighted_sum_group(out: &mut [f32], d: usize, w: &[f32], v: &[f16], stride: usize) {
+        let (g, n) = group_shape(out.len(), d, w.len());
+        check_rows(v.len(), stride, d, n);
+        let v16 = bits(v);
+        let chunks = d / 8;
+        let mut h0 = 0;
+        while h0 < g {
+            let hb = (g - h0).min(3);
+            let (ob, wb) = (&mut out[h0 * d..(h0 + hb) * d], &w[h0 * n..(h0 + hb) * n]);
+            let mut c = 0;
+            while c + GROUP_SUM_CHUNKS <= chunks {
+                const M: usize = GROUP_SUM_CHUNKS;
+                match hb {
+                    3 => sum_chunks_group::<3, M>(ob, d, c, wb, n, v16, stride),
+                    2 => sum_chunks_group::<2, M>(ob, d, c, wb, n, v16, stride),
+                    _ => sum_chunks_group::<1, M>(ob, d, c, wb, n, v16, stride),
+                }
+                c += GROUP_SUM_CHUNKS;
+            }
+            for h in 0..hb {
+                let (o, wh) = (&mut ob[h * d..][..d], &wb[h * n..][..n]);
+                let (oc, or) = o.as_chunks_mut::<8>();
+                for ch in c..oc.len() {
+                    sum_chunks::<1>(oc, ch, wh, v16, stride);
+                }
+                tail_sum(or, 8 * oc.len(), wh, v16, stride);
+            }
+            h0 += hb;
         }
     }
 

@@ -6,46 +6,15 @@
 //! same rows, repeated): this is the kernels' compute cost; in a decode step the cached rows
 //! come from DRAM (`expllm bench --stage llm` with `--features pool-stats` times the phase).
 //!
-//! No criterion: repetitions until ≥ 100 ms, best of three, nanoseconds per call.
+//! No criterion: `common::ns` (repetitions until ≥ 100 ms, best of three), ns per call.
 
+mod common;
+
+use common::{ns, random as values};
 use std::hint::black_box;
-use std::time::Instant;
 
 use expllm_edge::kernels::{act, kv::KvOps, KernelPath};
 use half::f16;
-
-fn ns(mut f: impl FnMut()) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let mut reps = 256u32;
-        loop {
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            let e = t.elapsed();
-            if e.as_millis() >= 100 {
-                best = best.min(e.as_nanos() as f64 / reps as f64);
-                break;
-            }
-            reps *= 4;
-        }
-    }
-    best
-}
-
-/// `n` values in about [-1, 1] from a fixed xorshift stream.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn main() {
     let (hd, group, kv_dim, ff) = (64usize, 3usize, 192usize, 1536usize);
@@ -65,29 +34,34 @@ fn main() {
     );
     let qs = values(group * hd, 1);
     for n in [64usize, 96, 128] {
-        let k: Vec<f16> = values(n * kv_dim, 2)
+        let k: Vec<f16> = values(n * kv_dim, 3)
             .iter()
             .map(|&x| f16::from_f32(x))
             .collect();
-        let v: Vec<f16> = values(n * kv_dim, 3)
+        let v: Vec<f16> = values(n * kv_dim, 5)
             .iter()
             .map(|&x| f16::from_f32(x))
             .collect();
-        let logits: Vec<f32> = values(group * n, 4).iter().map(|x| 8.0 * x).collect();
+        let logits: Vec<f32> = values(group * n, 7).iter().map(|x| 8.0 * x).collect();
         for &p in &paths {
             let ops = KvOps::for_path(p);
             let mut sc = vec![0f32; group * n];
             let mut out = vec![0f32; group * hd];
-            let scores = ns(|| (ops.scores_group)(black_box(&qs), hd, &k, kv_dim, scale, &mut sc));
+            let scores = ns(|| {
+                (ops.scores_group)(black_box(&qs), hd, &k, kv_dim, scale, &mut sc);
+                sc[0]
+            });
             let softmax = ns(|| {
                 sc.copy_from_slice(&logits);
                 for s in sc.chunks_exact_mut(n) {
                     (ops.softmax_f16)(black_box(s));
                 }
+                sc[0]
             });
             let wsum = ns(|| {
                 out.fill(0.0);
                 (ops.weighted_sum_group)(&mut out, hd, black_box(&sc), &v, kv_dim);
+                out[0]
             });
             let all = ns(|| {
                 (ops.scores_group)(black_box(&qs), hd, &k, kv_dim, scale, &mut sc);
@@ -96,7 +70,7 @@ fn main() {
                 }
                 out.fill(0.0);
                 (ops.weighted_sum_group)(&mut out, hd, &sc, &v, kv_dim);
-                black_box(&out);
+                out[0]
             });
             println!(
                 "{:<13} {n:>4} {scores:>8.0} {softmax:>8.0} {wsum:>8.0} {all:>8.0}",
@@ -105,10 +79,13 @@ fn main() {
         }
     }
     println!("\nSwiGLU of {ff} values, ns per call");
-    let (g, u) = (values(ff, 5), values(ff, 6));
+    let (g, u) = (values(ff, 9), values(ff, 11));
     let mut o = vec![0f32; ff];
     for &p in &paths {
-        let t = ns(|| act::swiglu(p, black_box(&g), black_box(&u), &mut o));
+        let t = ns(|| {
+            act::swiglu(p, black_box(&g), black_box(&u), &mut o);
+            o[0]
+        });
         println!("{:<13} {t:>8.0}", p.as_str());
     }
 }

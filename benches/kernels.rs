@@ -7,34 +7,14 @@
 //!
 //! No criterion: repetitions until ≥ 100 ms, best of three, nanoseconds per row.
 
+mod common;
+
+use common::ns;
 use std::hint::black_box;
-use std::time::Instant;
 
 use expllm_edge::kernels::quants::{
     q4_0, q4_0x8, q4_1, q8, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1,
 };
-
-fn ns(mut f: impl FnMut() -> f32) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let mut reps = 1000u32;
-        loop {
-            let t = Instant::now();
-            let mut s = 0f32;
-            for _ in 0..reps {
-                s += f();
-            }
-            black_box(s);
-            let e = t.elapsed();
-            if e.as_millis() >= 100 {
-                best = best.min(e.as_nanos() as f64 / reps as f64);
-                break;
-            }
-            reps *= 4;
-        }
-    }
-    best
-}
 
 struct Rows {
     xf: Vec<f32>,

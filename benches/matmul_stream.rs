@@ -8,6 +8,9 @@
 //! without attention, norms or the waits between them (`expllm bench --stage llm` measures
 //! the whole step). Also one 64 MB matrix alone. Best of 5 repetitions each.
 
+mod common;
+
+use common::random;
 use std::time::Instant;
 
 use expllm_edge::kernels::{
@@ -15,18 +18,6 @@ use expllm_edge::kernels::{
     quants::{self, PackArena, PackedMatrix, QuantizedActs},
     GgmlType,
 };
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// A `rows` × `cols` Q4_0 matrix of random weights (GGUF bytes).
 fn q4_0(rows: usize, cols: usize, seed: u64) -> Vec<u8> {

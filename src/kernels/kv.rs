@@ -972,31 +972,19 @@ mod aarch64 {
     #[inline(always)]
     fn cvt8(b: &[u16]) -> (float32x4_t, float32x4_t) {
         assert!(b.len() >= 8);
-        // SAFETY: `b` has at least 8 values (16 readable bytes) for `vld1q_u16`;
-        // `fcvtl`/`fcvtl2` are base AArch64 (no FP16 extension needed for conversions),
-        // register-only, no memory, stack or flags.
-        unsafe {
-            let v = vld1q_u16(b.as_ptr());
-            let (lo, hi): (float32x4_t, float32x4_t);
-            core::arch::asm!(
-                "fcvtl {0:v}.4s, {2:v}.4h",
-                "fcvtl2 {1:v}.4s, {2:v}.8h",
-                out(vreg) lo,
-                out(vreg) hi,
-                in(vreg) v,
-                options(pure, nomem, nostack)
-            );
-            (lo, hi)
-        }
+        // SAFETY: `b` has at least 8 values (checked just above).
+        unsafe { cvt8_at(b.as_ptr()) }
     }
 
-    /// [`cvt8`] of the 8 values at `b`.
+    /// [`cvt8`] of the 8 values at `b`, unchecked (for loops that sliced their rows once).
     ///
     /// # Safety
     /// `b` must point to 8 readable `u16`.
     #[inline(always)]
     unsafe fn cvt8_at(b: *const u16) -> (float32x4_t, float32x4_t) {
-        // SAFETY: 16 readable bytes by contract; the conversions as in `cvt8`.
+        // SAFETY: 16 readable bytes by contract for `vld1q_u16`; `fcvtl`/`fcvtl2` are base
+        // AArch64 (no FP16 extension needed for conversions), register-only, no memory,
+        // stack or flags.
         unsafe {
             let v = vld1q_u16(b);
             let (lo, hi): (float32x4_t, float32x4_t);

@@ -21,6 +21,13 @@ use std::thread::{self, Thread};
 const SPIN_LIMIT: u32 = 1 << 16;
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while this thread runs a part of a job: a job started from inside a part (a
+    /// matmul inside a part of another) runs on this thread alone, instead of waiting for
+    /// the pool that is busy with the outer job.
+    static IN_PART: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 static POOL: OnceLock<Pool> = OnceLock::new();
 
 /// Set the number of compute threads (the caller included) before the first matmul; later
@@ -44,10 +51,12 @@ pub fn threads() -> usize {
 }
 
 /// Call `f(p)` for every `p in 0..parts`, on this thread and the pool's workers, and return
-/// when all have returned. With one thread (or one part) it is a plain loop. A panic in `f`
-/// is re-raised here after every part has finished.
+/// when all have returned. Part `p < threads` runs on thread `p` (this thread is 0) unless
+/// that worker is late, when this thread runs it. With one thread (or one part), or inside a
+/// part of another job, it is a plain loop on this thread. A panic in `f` is re-raised here
+/// after every part has finished.
 pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 || threads() <= 1 {
+    if parts <= 1 || threads() <= 1 || IN_PART.get() {
         (0..parts).for_each(f);
         return;
     }
@@ -126,19 +135,25 @@ pub fn for_each_chunk_mut2<T: Send, U: Send>(
     });
 }
 
-/// The ticket word: `generation << 32 | parts << 16 | next`. Parts are claimed by a CAS that
-/// must see the claimer's generation, so a worker that wakes up late for an old job claims
-/// nothing, and the caller never has to wait for a worker that is not running: if no worker
-/// shows up, the caller claims every part itself.
-const PART_BITS: u32 = 16;
-const MAX_PARTS: usize = (1 << PART_BITS) - 1;
+/// Parts of one job at most (a run with more is split into jobs of this many); one slot
+/// word each. The model's jobs have at most `threads · 4` parts (the bandwidth probe) or a
+/// batch's 32.
+const MAX_PARTS: usize = 256;
 
-fn ticket(generation: u64, parts: usize, next: usize) -> u64 {
-    generation << 32 | (parts as u64) << PART_BITS | next as u64
+/// A part's slot word: `generation << 2 | state`. A word from an older generation means
+/// "not claimed yet" in the current one, so the slots need no reset between jobs, and a
+/// worker that wakes up late for an old job claims nothing (every part of that job was
+/// claimed in its generation before the job ended).
+const CLAIMED: u64 = 1;
+const DONE: u64 = 2;
+
+/// The ticket word the workers poll: `generation << 16 | parts`.
+fn ticket(generation: u64, parts: usize) -> u64 {
+    generation << 16 | parts as u64
 }
 
 /// A value alone on its cache line (two 64-byte lines: the adjacent-line prefetcher pairs
-/// them), so the ticket the workers poll and the count the caller polls do not share one.
+/// them), so the words one thread writes and others poll do not share one.
 #[repr(align(128))]
 struct Line<T>(T);
 
@@ -149,55 +164,128 @@ impl<T> std::ops::Deref for Line<T> {
     }
 }
 
+/// The hand-off between the caller and the workers. Part `j < threads` is **at home** on
+/// thread `j` (the caller is thread 0), which claims it in its own slot word, on a line no
+/// other thread writes unless it steals: a job with one part per thread moves about three
+/// cache lines between the cores (the ticket, each worker's slot to the caller and back),
+/// where one shared claim counter and done counter moved about six (`cargo bench --bench
+/// pool`). Parts past the home parts go out in order from a shared counter. The caller,
+/// waiting for the job's end, runs any part still unclaimed, so no part waits for a thread
+/// that does not run (parked, or late for the job). Home parts also keep each thread on its
+/// own share of the weights, which a [`PackArena`](crate::kernels::quants::PackArena) lays
+/// out side by side for it.
 struct Shared {
     ticket: Line<AtomicU64>,
-    /// Parts finished in the current generation.
-    done: Line<AtomicUsize>,
+    slots: Box<[Line<AtomicU64>]>,
+    /// Hands out the parts past the home parts, in order, when a job has more parts than
+    /// threads.
+    next: Line<AtomicU64>,
     /// Set when a part panicked (reported by the caller).
     panicked: AtomicBool,
     /// The current job's closure, lifetime erased. Written by the caller before it publishes
-    /// a generation (Release), read by a worker only after it claimed a part of that
-    /// generation (Acquire CAS); the caller does not return before every claimed part is done.
+    /// a generation (Release), read by a thread only after it claimed a part of that
+    /// generation (a slot CAS after reading the ticket with Acquire); the caller does not
+    /// return before every part is done.
     f: UnsafeCell<*const (dyn Fn(usize) + Sync + 'static)>,
     /// Per worker: parked (or about to park) waiting for a new generation.
     sleeping: Vec<AtomicBool>,
+    /// Compute threads, the caller included.
+    threads: usize,
 }
 
-// SAFETY: `f` follows the protocol above (one writer, the caller holding `Pool::caller`, at a
-// time when no part can be claimed; readers only between claiming and finishing a part of the
-// generation it was written for); every other field is atomic.
+// SAFETY: `f` follows the protocol above (one writer, the caller holding `Pool::caller`, at
+// a time when no part can be claimed; readers only between claiming and finishing a part of
+// the generation it was written for); every other field is atomic or immutable.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
 
 impl Shared {
-    /// Claim and run parts of `generation` until none is left; the number run.
-    fn work(&self, generation: u64) -> usize {
+    /// Claim part `j` of generation `g` if nobody has.
+    fn claim(&self, g: u64, j: usize) -> bool {
+        let slot = &self.slots[j];
+        let w = slot.load(Relaxed);
+        w >> 2 < g
+            && slot
+                .compare_exchange(w, g << 2 | CLAIMED, AcqRel, Relaxed)
+                .is_ok()
+    }
+
+    /// Run part `j` of generation `g`, which this thread has claimed, then mark it done.
+    fn run_part(&self, g: u64, j: usize) {
+        // SAFETY: we claimed part `j` of generation `g`, so the caller that wrote `f` for it
+        // is inside `Pool::run`, waiting for this part, and keeps the closure alive.
+        let f = unsafe { &**self.f.get() };
+        let outer = IN_PART.replace(true);
+        if catch_unwind(AssertUnwindSafe(|| f(j))).is_err() {
+            self.panicked.store(true, Relaxed);
+        }
+        IN_PART.set(outer);
+        self.slots[j].store(g << 2 | DONE, Release);
+    }
+
+    /// Return when parts `0..upto` of generation `g` are done, running any still unclaimed.
+    fn wait_done(&self, g: u64, upto: usize) {
+        let mut j = 0;
+        while j < upto {
+            let w = self.slots[j].load(Acquire);
+            if w == g << 2 | DONE {
+                j += 1;
+            } else if w >> 2 < g {
+                if self.claim(g, j) {
+                    self.run_part(g, j);
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Thread `me`'s share of generation `g`'s `parts`: its home part, then (where there are
+    /// more parts than threads) parts from the shared counter, in order. The number run.
+    fn work(&self, g: u64, parts: usize, me: usize) -> usize {
         let mut ran = 0;
+        if me < parts && self.claim(g, me) {
+            self.run_part(g, me);
+            ran += 1;
+        }
+        if parts > self.threads {
+            loop {
+                let j = self.next_shared(g, parts);
+                if j >= parts {
+                    break;
+                }
+                if self.claim(g, j) {
+                    self.run_part(g, j);
+                    ran += 1;
+                }
+            }
+        }
+        ran
+    }
+
+    /// The next part of generation `g` past the home parts (`threads..parts`) from the shared
+    /// counter (`generation << 16 | next`; an older generation's word means `threads`), or
+    /// `parts` when there is none. A part it returns may still be stolen by a waiter first:
+    /// the slot's claim decides.
+    fn next_shared(&self, g: u64, parts: usize) -> usize {
         loop {
-            let t = self.ticket.load(Acquire);
-            let (parts, next) = (
-                (t >> PART_BITS) as usize & MAX_PARTS,
-                t as usize & MAX_PARTS,
-            );
-            if t >> 32 != generation || next >= parts {
-                return ran;
+            let w = self.next.load(Relaxed);
+            let n = if w >> 16 == g {
+                (w & 0xffff) as usize
+            } else {
+                self.threads
+            };
+            if n >= parts {
+                return parts;
             }
             if self
-                .ticket
-                .compare_exchange_weak(t, t + 1, AcqRel, Acquire)
-                .is_err()
+                .next
+                .compare_exchange_weak(w, g << 16 | (n as u64 + 1), Relaxed, Relaxed)
+                .is_ok()
             {
-                continue;
+                return n;
             }
-            // SAFETY: we claimed part `next` of `generation`, so the caller that wrote `f` for
-            // it is inside `Pool::run`, waiting for this part, and keeps the closure alive.
-            let f = unsafe { &**self.f.get() };
-            if catch_unwind(AssertUnwindSafe(|| f(next))).is_err() {
-                self.panicked.store(true, Relaxed);
-            }
-            self.done.fetch_add(1, Release);
-            ran += 1;
         }
     }
 }
@@ -205,7 +293,7 @@ impl Shared {
 struct Pool {
     shared: Arc<Shared>,
     workers: Vec<Thread>,
-    /// Serialises callers: one job at a time.
+    /// Serialises callers: one job at a time. The last generation.
     caller: Mutex<u64>,
 }
 
@@ -213,10 +301,12 @@ impl Pool {
     fn start(n: usize) -> Pool {
         let shared = Arc::new(Shared {
             ticket: Line(AtomicU64::new(0)),
-            done: Line(AtomicUsize::new(0)),
+            slots: (0..MAX_PARTS).map(|_| Line(AtomicU64::new(0))).collect(),
+            next: Line(AtomicU64::new(0)),
             panicked: AtomicBool::new(false),
             f: UnsafeCell::new(&|_| {}),
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            threads: n + 1,
         });
         // Return only when every worker runs, so its start-up (which allocates) is over
         // before the first job: the hot path then allocates nothing.
@@ -247,17 +337,16 @@ impl Pool {
 
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if parts > MAX_PARTS {
-            // Never the case for matmuls (parts ≤ threads); keeps the ticket exact.
+            // Never the case for the model's jobs; keeps one slot per part.
             for start in (0..parts).step_by(MAX_PARTS) {
                 self.run(MAX_PARTS.min(parts - start), &|p| f(start + p));
             }
             return;
         }
         let mut generation = self.caller.lock().unwrap_or_else(|e| e.into_inner());
-        *generation = (*generation + 1) & 0xffff_ffff;
+        *generation += 1;
         let g = *generation;
         let s = &*self.shared;
-        s.done.store(0, Relaxed);
         s.panicked.store(false, Relaxed);
         // SAFETY: the previous job's parts are all claimed and done (we waited for them), and
         // this generation is not published yet, so nobody reads `f` now. The lifetime is
@@ -271,7 +360,7 @@ impl Pool {
         }
         #[cfg(feature = "pool-stats")]
         stats::PUBLISHED.store(stats::now(), Relaxed);
-        s.ticket.store(ticket(g, parts, 0), SeqCst);
+        s.ticket.store(ticket(g, parts), SeqCst);
         for (w, sleeping) in self.workers.iter().zip(&s.sleeping) {
             if sleeping.load(SeqCst) {
                 w.unpark();
@@ -279,12 +368,10 @@ impl Pool {
         }
         #[cfg(feature = "pool-stats")]
         let t0 = stats::now();
-        s.work(g);
+        s.work(g, parts, 0);
         #[cfg(feature = "pool-stats")]
         let t1 = stats::now();
-        while s.done.load(Acquire) < parts {
-            std::hint::spin_loop();
-        }
+        s.wait_done(g, parts);
         #[cfg(feature = "pool-stats")]
         stats::caller(t0, t1, stats::now());
         if s.panicked.load(Relaxed) {
@@ -297,11 +384,11 @@ fn worker(s: &Shared, me: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
-        loop {
-            let g = s.ticket.load(Acquire) >> 32;
-            if g != seen {
-                seen = g;
-                break;
+        let t = loop {
+            let t = s.ticket.load(Acquire);
+            if t >> 16 != seen {
+                seen = t >> 16;
+                break t;
             }
             if spins < SPIN_LIMIT {
                 spins += 1;
@@ -311,16 +398,16 @@ fn worker(s: &Shared, me: usize) {
             // Park; the caller unparks a worker it sees sleeping after publishing a
             // generation (both SeqCst: either we see the new ticket here, or it sees our flag).
             s.sleeping[me].store(true, SeqCst);
-            if s.ticket.load(SeqCst) >> 32 == seen {
+            if s.ticket.load(SeqCst) >> 16 == seen {
                 thread::park();
             }
             s.sleeping[me].store(false, SeqCst);
             spins = 0;
-        }
+        };
         #[cfg(feature = "pool-stats")]
         let t0 = stats::now();
         #[cfg_attr(not(feature = "pool-stats"), allow(unused_variables))]
-        let ran = s.work(seen);
+        let ran = s.work(seen, t as usize & 0xffff, me + 1);
         #[cfg(feature = "pool-stats")]
         stats::worker(ran, t0, stats::now());
     }
@@ -438,6 +525,64 @@ mod tests {
             }
         });
         assert_eq!(total.load(Relaxed), 3 * 2000 * 10);
+    }
+
+    #[test]
+    fn a_job_started_inside_a_part_runs_on_that_thread() {
+        // Before, the inner `run` waited for the pool the outer job held: a deadlock.
+        let hits: Vec<AtomicUsize> = (0..12).map(|_| AtomicUsize::new(0)).collect();
+        run(3, &|p| {
+            let me = thread::current().id();
+            run(4, &|q| {
+                assert_eq!(thread::current().id(), me, "inner part on another thread");
+                hits[p * 4 + q].fetch_add(1, Relaxed);
+            });
+        });
+        assert!(hits.iter().all(|h| h.load(Relaxed) == 1));
+        // And the pool is fine afterwards.
+        let n = AtomicUsize::new(0);
+        run(4, &|_| {
+            n.fetch_add(1, Relaxed);
+        });
+        assert_eq!(n.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn with_one_part_per_thread_each_thread_runs_its_own() {
+        // Home parts: part `i` on thread `i` (the caller is thread 0) whenever the workers
+        // are awake, which is what keeps each thread on its share of the packed weights.
+        // A worker can be late (parked, descheduled), so count, do not demand, every time.
+        let t = threads();
+        if t < 2 {
+            return;
+        }
+        let caller = thread::current().id();
+        let own = AtomicUsize::new(0);
+        for _ in 0..200 {
+            let ids: Vec<Mutex<Option<thread::ThreadId>>> =
+                (0..t).map(|_| Mutex::new(None)).collect();
+            run(t, &|p| {
+                *ids[p].lock().unwrap() = Some(thread::current().id());
+                // ~20 µs of work, time for a spinning worker to claim its part.
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < std::time::Duration::from_micros(20) {
+                    std::hint::spin_loop();
+                }
+            });
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(|m| m.into_inner().unwrap().unwrap())
+                .collect();
+            assert_eq!(ids[0], caller, "part 0 always runs on the caller");
+            if ids[1..].iter().all(|&i| i != caller) {
+                own.fetch_add(1, Relaxed);
+            }
+        }
+        // (Any: under a loaded CI machine a worker may rarely get the CPU in time.)
+        assert!(
+            own.load(Relaxed) > 0,
+            "workers never ran their own part in 200 jobs"
+        );
     }
 
     #[test]

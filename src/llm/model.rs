@@ -412,11 +412,14 @@ impl Model {
             }
         }
         all.push((&mut self.output, !tied));
-        let tiles = all
+        let packs: Vec<(usize, usize)> = all
             .iter()
-            .filter_map(|(w, _)| PackedMatrix::tiles_for(path, w.ty, w.rows, w.cols))
-            .sum();
-        let mut arena = PackArena::new(tiles).context("mapping memory for the packed weights")?;
+            .filter(|(w, _)| PackedMatrix::tiles_for(path, w.ty, w.rows, w.cols).is_some())
+            .map(|(w, _)| (w.rows, w.cols))
+            .collect();
+        // Laid out by thread share: each compute thread streams its own region per token.
+        let mut arena = PackArena::new(&packs, pool::threads())
+            .context("mapping memory for the packed weights")?;
         // Each packed matrix's mapped pages are not read again: they are dropped from RSS
         // right after packing, so the process holds one copy of those weights (and the peak
         // is the file plus one matrix). A tied output matrix is the token embedding, whose

@@ -1024,11 +1024,23 @@ pub struct PackedMatrix {
     tiles: Tiles,
 }
 
-/// Where a [`PackedMatrix`]'s tiles live: its own vector, or a range of a [`PackArena`]'s
-/// huge-page buffer shared with the model's other matrices.
+/// Where a [`PackedMatrix`]'s tiles live: its own vector, or ranges of a [`PackArena`]'s
+/// huge-page buffer shared with the model's other matrices, one per thread share
+/// ([`share`]): `(first tile of the share, the share's blocks in the buffer)`, in order.
 enum Tiles {
     Own(Vec<q4_0x8::BlockQ4_0x8>),
-    Arena(Arc<HugeBuf<q4_0x8::BlockQ4_0x8>>, std::ops::Range<usize>),
+    Arena(Arc<HugeBuf<q4_0x8::BlockQ4_0x8>>, Shares),
+}
+
+/// Share `s` of `shares` of a packed matrix's `tiles` tiles, as the matmuls split a decode
+/// step's work over the compute threads (thread `s` runs share `s`) and a [`PackArena`] lays
+/// the shares out (every thread's shares of all matrices in a row): whole 32-row blocks
+/// (four tiles, what the SwiGLU epilogue quantizes at once) where the rows are a multiple
+/// of 32, else tiles; evenly, in order.
+pub fn share(tiles: usize, s: usize, shares: usize) -> std::ops::Range<usize> {
+    let unit = if tiles.is_multiple_of(4) { 4 } else { 1 };
+    let (units, shares) = (tiles / unit, shares.max(1));
+    s * units / shares * unit..(s + 1) * units / shares * unit
 }
 
 impl PackedMatrix {
@@ -1086,17 +1098,47 @@ impl PackedMatrix {
         })
     }
 
-    /// The packed tiles.
-    fn tiles(&self) -> &[q4_0x8::BlockQ4_0x8] {
+    /// The blocks of tiles `t..` up to the end of the share that holds tile `t` (every tile
+    /// where the matrix is one piece); empty past the last tile.
+    fn tiles_from(&self, t: usize) -> &[q4_0x8::BlockQ4_0x8] {
+        let nb = self.cols / q4_0::QK4_0;
         match &self.tiles {
-            Tiles::Own(v) => v,
-            Tiles::Arena(buf, r) => &buf[r.clone()],
+            Tiles::Own(v) => v.get(t * nb..).unwrap_or(&[]),
+            Tiles::Arena(buf, segs) => {
+                // The last share starting at or before `t` (share 0 starts at 0).
+                match segs
+                    .iter()
+                    .rev()
+                    .find(|(first, r)| *first <= t && !r.is_empty())
+                {
+                    Some((first, r)) => buf[r.clone()].get((t - first) * nb..).unwrap_or(&[]),
+                    None => &[],
+                }
+            }
         }
+    }
+
+    /// Every packed tile, in row order (tests compare layouts with it).
+    #[cfg(test)]
+    fn tiles(&self) -> Vec<q4_0x8::BlockQ4_0x8> {
+        let n = self.rows / q4_0x8::TILE_ROWS;
+        let nb = self.cols / q4_0::QK4_0;
+        let mut all = Vec::new();
+        while all.len() < n * nb {
+            let run = self.tiles_from(all.len() / nb.max(1));
+            assert!(!run.is_empty(), "tiles missing");
+            all.extend_from_slice(run);
+        }
+        all
     }
 
     /// Bytes held by the packed copy.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(self.tiles())
+        let blocks = match &self.tiles {
+            Tiles::Own(v) => v.len(),
+            Tiles::Arena(_, segs) => segs.iter().map(|(_, r)| r.len()).sum(),
+        };
+        blocks * std::mem::size_of::<q4_0x8::BlockQ4_0x8>()
     }
 }
 
@@ -1131,34 +1173,54 @@ fn pack_q4_0_into<'d>(
 }
 
 /// Every matrix of a model packed into one buffer of huge pages ([`HugeBuf`]): the weights a
-/// decode step streams, contiguous and with ~1/512 of the TLB misses of 4 KiB pages. Sized
-/// up front by [`PackedMatrix::tiles_for`]; [`pack`](Self::pack) fills it in order, and
-/// [`finish`](Self::finish) turns it into the matrices (the same bits and kernels as
-/// [`PackedMatrix::pack`]'s own copies).
+/// decode step streams, with ~1/512 of the TLB misses of 4 KiB pages. Laid out **by thread
+/// share**: with `shares` compute threads, thread `s`'s [`share`] of every matrix, in the
+/// order packed (a decode step's order), then thread `s + 1`'s. Each thread then streams one
+/// contiguous region per token, matrix after matrix, instead of a piece of every matrix
+/// among the other thread's (`cargo bench --bench matmul_stream` measures both). Sized up
+/// front by each matrix's [`PackedMatrix::tiles_for`]; [`pack`](Self::pack) fills the
+/// matrices in that order, and [`finish`](Self::finish) turns them into [`PackedMatrix`]es
+/// (the same bits and kernels as [`PackedMatrix::pack`]'s own copies, for any thread count).
 pub struct PackArena {
     buf: HugeBuf<q4_0x8::BlockQ4_0x8>,
-    used: usize,
-    mats: Vec<(usize, usize, std::ops::Range<usize>)>,
+    /// Per matrix to pack: `(rows, cols)`, and per share its first block in `buf`.
+    plan: Vec<((usize, usize), Vec<usize>)>,
+    mats: Vec<(usize, usize, Shares)>,
 }
 
+/// A packed matrix's shares in an arena: `(first tile, blocks in the buffer)` each.
+type Shares = Vec<(usize, std::ops::Range<usize>)>;
+
 impl PackArena {
-    /// An arena for `tiles` tiles.
+    /// An arena for the matrices `mats` (`rows × cols`, in the order they will be packed:
+    /// those [`PackedMatrix::tiles_for`] packs), each cut into `shares` thread shares.
     ///
     /// # Errors
     /// If the memory cannot be mapped.
-    pub fn new(tiles: usize) -> std::io::Result<PackArena> {
+    pub fn new(mats: &[(usize, usize)], shares: usize) -> std::io::Result<PackArena> {
+        let shares = shares.max(1);
+        let mut plan: Vec<((usize, usize), Vec<usize>)> =
+            mats.iter().map(|&m| (m, vec![0; shares])).collect();
+        let mut at = 0;
+        for s in 0..shares {
+            for ((rows, cols), starts) in plan.iter_mut() {
+                starts[s] = at;
+                at += share(*rows / q4_0x8::TILE_ROWS, s, shares).len() * (*cols / q4_0::QK4_0);
+            }
+        }
         Ok(PackArena {
-            buf: HugeBuf::zeroed(tiles)?,
-            used: 0,
+            buf: HugeBuf::zeroed(at)?,
+            plan,
             mats: Vec::new(),
         })
     }
 
-    /// Pack `w` as [`PackedMatrix::pack`] would, into the arena's next tiles; its index in
-    /// [`finish`](Self::finish)'s list, or `None` where the path does not pack it.
+    /// Pack `w` as [`PackedMatrix::pack`] would, into the next matrix's place in the arena;
+    /// its index in [`finish`](Self::finish)'s list, or `None` where the path does not pack
+    /// it.
     ///
     /// # Errors
-    /// As [`PackedMatrix::pack`]; also if the arena has no room left for it.
+    /// As [`PackedMatrix::pack`]; also if the arena was not planned for this matrix.
     pub fn pack(
         &mut self,
         path: crate::kernels::KernelPath,
@@ -1170,16 +1232,38 @@ impl PackArena {
         if PackedMatrix::tiles_for(path, ty, rows, cols).is_none() {
             return Ok(None);
         }
-        let start = self.used;
-        let free = &mut self.buf[start..];
-        let mut n = 0;
-        pack_q4_0_into(w, rows, cols, |want| {
-            n = want;
-            free.get_mut(..want)
-        })?;
-        self.used += n;
-        self.mats.push((rows, cols, start..start + n));
-        Ok(Some(self.mats.len() - 1))
+        let i = self.mats.len();
+        let Some((_, starts)) = self.plan.get(i).filter(|p| p.0 == (rows, cols)) else {
+            return Err(QuantError::Len {
+                what: "pack arena: rows of the next planned matrix",
+                expected: self.plan.get(i).map_or(0, |p| p.0 .0),
+                got: rows,
+            });
+        };
+        let rb = row_bytes(ty, cols)?;
+        let nb = cols / q4_0::QK4_0;
+        if Some(w.len()) != rb.checked_mul(rows) {
+            return Err(QuantError::MatrixBytes {
+                ty,
+                n_rows: rows,
+                n_cols: cols,
+                expected: rb.saturating_mul(rows),
+                got: w.len(),
+            });
+        }
+        let shares = starts.len();
+        let mut segs = Vec::with_capacity(shares);
+        for (s, &start) in starts.iter().enumerate() {
+            let r = share(rows / q4_0x8::TILE_ROWS, s, shares);
+            let (r0, r1) = (r.start * q4_0x8::TILE_ROWS, r.end * q4_0x8::TILE_ROWS);
+            let buf = &mut self.buf;
+            pack_q4_0_into(&w[r0 * rb..r1 * rb], r1 - r0, cols, |want| {
+                buf.get_mut(start..start + want)
+            })?;
+            segs.push((r.start, start..start + r.len() * nb));
+        }
+        self.mats.push((rows, cols, segs));
+        Ok(Some(i))
     }
 
     /// Whether the kernel took the huge-page advice for the arena.
@@ -1192,10 +1276,10 @@ impl PackArena {
         let buf = Arc::new(self.buf);
         self.mats
             .into_iter()
-            .map(|(rows, cols, r)| PackedMatrix {
+            .map(|(rows, cols, segs)| PackedMatrix {
                 rows,
                 cols,
-                tiles: Tiles::Arena(buf.clone(), r),
+                tiles: Tiles::Arena(buf.clone(), segs),
             })
             .collect()
     }
@@ -1418,8 +1502,9 @@ fn matmul_packed_on(
             got: jobs.len(),
         });
     }
-    // Per matrix: its tiles, rows, first global tile, output.
-    let mut mats = [(&[][..], 0usize, 0usize, SendPtr(std::ptr::null_mut())); MAX_PACKED_JOBS];
+    // Per matrix: the matrix, its rows, first global tile, output.
+    let mut mats: [(Option<&PackedMatrix>, usize, usize, SendPtr); MAX_PACKED_JOBS] =
+        [(None, 0, 0, SendPtr(std::ptr::null_mut())); MAX_PACKED_JOBS];
     let mut tiles = 0;
     let cols = jobs.first().map_or(0, |j| j.0.cols);
     for ((p, out), m) in jobs.iter_mut().zip(&mut mats) {
@@ -1440,7 +1525,7 @@ fn matmul_packed_on(
                 got: out.len(),
             });
         }
-        *m = (p.tiles(), p.rows, tiles, SendPtr(out.as_mut_ptr()));
+        *m = (Some(*p), p.rows, tiles, SendPtr(out.as_mut_ptr()));
         tiles += p.rows / q4_0x8::TILE_ROWS;
     }
     let mats = &mats[..jobs.len()];
@@ -1514,21 +1599,26 @@ fn matmul_packed_on(
     let two = gemm_two_tiles(path) && acts.len() > 1;
     // Global tiles `g0..g1` (matrix after matrix), every activation row, into the owning
     // matrix's `out[b·n + 8t ..][..8]` (added to it when accumulating); two tiles of one
-    // matrix per call where the path takes two.
+    // matrix per call where the path takes two. A kernel call never crosses a matrix's
+    // share (its tiles are contiguous only within one: `PackArena`).
     let run = |g0: usize, g1: usize| {
         let mut g = g0;
         while g < g1 {
             // The last matrix starting at or before `g` (matrix 0 starts at 0).
-            let (ptiles, n, first, out_ptr) = mats
+            let (pm, n, first, out_ptr) = mats
                 .iter()
                 .rev()
                 .find(|m| m.2 <= g)
                 .copied()
                 .unwrap_or(mats[0]);
             let t = g - first;
-            // Decode: the run of this call's tiles inside this matrix at once.
+            // Tiles `t..` of this matrix up to its share's end (`mats` holds a matrix for
+            // every job; the tile is below its rows / 8 by the lookup).
+            let ptiles = pm.map_or(&[][..], |p| p.tiles_from(t));
+            let avail = ptiles.len() / nb;
+            // Decode: the run of this call's tiles inside this share at once.
             if let [act] = acts {
-                let end = g1.min(first + n / q4_0x8::TILE_ROWS);
+                let end = g1.min(first + n / q4_0x8::TILE_ROWS).min(g + avail);
                 // SAFETY: as for `put` below: tiles `t..t + (end - g)` of this matrix are in
                 // this call's range `g0..g1` (disjoint from every other call's), and
                 // `8·(t + end - g) ≤ n = out.len()` for the one activation row.
@@ -1543,19 +1633,19 @@ fn matmul_packed_on(
                     const CHUNK: usize = 32;
                     let mut buf = [0f32; CHUNK * q4_0x8::TILE_ROWS];
                     for (c, o) in o.chunks_mut(CHUNK * q4_0x8::TILE_ROWS).enumerate() {
-                        let t0 = t + c * CHUNK;
+                        let t0 = c * CHUNK;
                         let k = o.len() / q4_0x8::TILE_ROWS;
                         let b = &mut buf[..o.len()];
                         gemv_tiles(path, &ptiles[t0 * nb..(t0 + k) * nb], nb, act, b);
                         o.iter_mut().zip(b.iter()).for_each(|(o, v)| *o += v);
                     }
                 } else {
-                    gemv_tiles(path, &ptiles[t * nb..(t + end - g) * nb], nb, act, o);
+                    gemv_tiles(path, &ptiles[..(end - g) * nb], nb, act, o);
                 }
                 g = end;
                 continue;
             }
-            let x = &ptiles[t * nb..(t + 1) * nb];
+            let x = &ptiles[..nb];
             let put = |t: usize, b0: usize, vals: &[[f32; q4_0x8::TILE_ROWS]]| {
                 for (a, v) in vals.iter().enumerate() {
                     // SAFETY: `t` is the matrix's tile of global tile `g` or (two-tile call)
@@ -1575,8 +1665,8 @@ fn matmul_packed_on(
                     }
                 }
             };
-            if two && g + 1 < g1 && (t + 2) * 8 <= n {
-                let x1 = &ptiles[(t + 1) * nb..(t + 2) * nb];
+            if two && g + 1 < g1 && (t + 2) * 8 <= n && avail >= 2 {
+                let x1 = &ptiles[nb..2 * nb];
                 for (c, chunk) in acts.chunks(per_call).enumerate() {
                     let b0 = c * per_call;
                     macro_rules! pair {
@@ -1648,21 +1738,25 @@ fn matmul_packed_on(
             part(0, blocks);
             return Ok(());
         }
-        let parts = blocks.clamp(1, threads * PARTS_PER_THREAD);
-        let per = blocks.div_ceil(parts);
-        let parts = blocks.div_ceil(per);
-        crate::kernels::pool::run(parts, &|i| part(i * per, (i * per + per).min(blocks)));
+        // Part `i` is thread `i`'s share of gate's and up's blocks (`share`: whole blocks).
+        crate::kernels::pool::run(threads, &|i| {
+            let r = share(blocks * BLOCK_TILES, i, threads);
+            part(r.start / BLOCK_TILES, r.end / BLOCK_TILES)
+        });
         return Ok(());
     }
     if one_part {
         run(0, tiles);
         return Ok(());
     }
-    let per_rows = ROWS_PER_PART.div_ceil(q4_0x8::TILE_ROWS);
-    let parts = (tiles / per_rows).clamp(1, threads * PARTS_PER_THREAD);
-    let per = tiles.div_ceil(parts);
-    let parts = tiles.div_ceil(per);
-    crate::kernels::pool::run(parts, &|i| run(i * per, (i * per + per).min(tiles)));
+    // Part `i` is thread `i`'s share of every matrix (`share`), the tiles that thread finds
+    // side by side in a `PackArena` laid out for as many threads.
+    crate::kernels::pool::run(threads, &|i| {
+        for m in mats {
+            let r = share(m.1 / q4_0x8::TILE_ROWS, i, threads);
+            run(m.2 + r.start, m.2 + r.end);
+        }
+    });
     Ok(())
 }
 

@@ -1115,16 +1115,23 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
     }
 }
 
-/// A [`PackArena`] packs each matrix into its own range with the same tiles as
-/// [`PackedMatrix::pack`]'s own copy (so the same products), skips what the path does not
-/// pack, and refuses a matrix it has no room for or whose bytes are wrong, with one-line
-/// errors.
+/// A [`PackArena`] packs each matrix, cut into 1–3 thread shares laid out share by share,
+/// with the same tiles as [`PackedMatrix::pack`]'s own copy (so the same products, whatever
+/// the shares against the pool's thread count: a kernel call then crosses no share), skips
+/// what the path does not pack, and refuses a matrix it was not sized for or whose bytes are
+/// wrong, with one-line errors.
 #[test]
 fn pack_arena_holds_the_same_tiles_as_single_packs() {
     let mut rng = Rng(0x00a7_e4a0_2026_1123);
     let ty = GgmlType::Q4_0;
     for &p in &packed_paths() {
-        let shapes = [(8usize, 32usize), (24, 608), (64, 1536), (16, 576)];
+        let shapes = [
+            (8usize, 32usize),
+            (24, 608),
+            (64, 1536),
+            (16, 576),
+            (96, 64),
+        ];
         let ws: Vec<Vec<u8>> = shapes
             .iter()
             .map(|&(r, c)| (0..r).flat_map(|_| random_row(&mut rng, ty, c)).collect())
@@ -1135,50 +1142,85 @@ fn pack_arena_holds_the_same_tiles_as_single_packs() {
             .zip(&shapes)
             .map(|(w, &(r, c))| PackedMatrix::pack(p, ty, w, r, c).unwrap())
             .collect();
-        let tiles: usize = shapes
+        let tiles: Vec<(usize, usize)> = shapes
             .iter()
-            .filter_map(|&(r, c)| PackedMatrix::tiles_for(p, ty, r, c))
-            .sum();
-        let mut arena = PackArena::new(tiles).unwrap();
-        let mut idx = Vec::new();
-        for (i, (w, &(r, c))) in ws.iter().zip(&shapes).enumerate() {
-            idx.push(arena.pack(p, ty, w, r, c).unwrap());
-            if i == 1 {
-                // Not packed on any path: no index, no tiles used.
-                assert!(arena.pack(p, GgmlType::Q8_0, &q8, 1, 64).unwrap().is_none());
-            }
-        }
-        // Full: the next matrix is an error, not a panic or an overrun.
-        let e = arena.pack(p, ty, &ws[0], 8, 32);
-        if single[0].is_some() {
-            let e = e.unwrap_err();
-            assert!(!e.to_string().contains('\n'), "{e}");
-        }
-        let e = PackArena::new(4)
-            .unwrap()
-            .pack(p, ty, &ws[0][..100], 8, 32)
-            .map(|_| ());
-        assert_eq!(e.is_err(), single[0].is_some(), "{e:?}");
-        let packed = arena.finish();
-        for (k, s) in single.iter().enumerate() {
-            match (s, idx[k]) {
-                (None, None) => {}
-                (Some(s), Some(i)) => {
-                    let a = &packed[i];
-                    assert_eq!((a.rows, a.cols), (s.rows, s.cols));
-                    assert_eq!(
-                        bytemuck::cast_slice::<_, u8>(a.tiles()),
-                        bytemuck::cast_slice::<_, u8>(s.tiles()),
-                        "{} matrix {k}",
-                        p.as_str()
-                    );
+            .copied()
+            .filter(|&(r, c)| PackedMatrix::tiles_for(p, ty, r, c).is_some())
+            .collect();
+        for shares in 1..=3 {
+            let mut arena = PackArena::new(&tiles, shares).unwrap();
+            let mut idx = Vec::new();
+            for (i, (w, &(r, c))) in ws.iter().zip(&shapes).enumerate() {
+                idx.push(arena.pack(p, ty, w, r, c).unwrap());
+                if i == 1 {
+                    // Not packed on any path: no index, no tiles used.
+                    assert!(arena.pack(p, GgmlType::Q8_0, &q8, 1, 64).unwrap().is_none());
                 }
-                (s, i) => panic!(
-                    "{}: single pack {}, arena index {i:?}",
-                    p.as_str(),
-                    s.is_some()
-                ),
             }
+            // Full: the next matrix is an error, not a panic or an overrun.
+            let e = arena.pack(p, ty, &ws[0], 8, 32);
+            if single[0].is_some() {
+                let e = e.unwrap_err();
+                assert!(!e.to_string().contains('\n'), "{e}");
+            }
+            let e = PackArena::new(&[(8, 32)], shares)
+                .unwrap()
+                .pack(p, ty, &ws[0][..100], 8, 32)
+                .map(|_| ());
+            assert_eq!(e.is_err(), single[0].is_some(), "{e:?}");
+            let packed = arena.finish();
+            for (k, s) in single.iter().enumerate() {
+                match (s, idx[k]) {
+                    (None, None) => {}
+                    (Some(s), Some(i)) => {
+                        let a = &packed[i];
+                        let what = format!("{} matrix {k}, {shares} shares", p.as_str());
+                        assert_eq!((a.rows, a.cols), (s.rows, s.cols));
+                        assert_eq!(a.bytes(), s.bytes(), "{what}");
+                        assert_eq!(
+                            bytemuck::cast_slice::<_, u8>(&a.tiles()),
+                            bytemuck::cast_slice::<_, u8>(&s.tiles()),
+                            "{what}"
+                        );
+                        // One and two activation rows: the same bits from both copies.
+                        for nact in [1, 2] {
+                            let acts = random_acts(&mut rng, ty, nact, a.cols);
+                            let mut oa = vec![0f32; a.rows * nact];
+                            let mut os = vec![1f32; a.rows * nact];
+                            matmul_packed(a, &acts, &mut oa).unwrap();
+                            matmul_packed(s, &acts, &mut os).unwrap();
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&oa), bits(&os), "{what}, {nact} rows");
+                        }
+                    }
+                    (s, i) => panic!(
+                        "{}: single pack {}, arena index {i:?}",
+                        p.as_str(),
+                        s.is_some()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// [`share`] cuts a matrix's tiles into contiguous, in-order shares that cover every tile
+/// once, in whole 32-row blocks where the tiles come in fours.
+#[test]
+fn shares_cover_every_tile_once_in_order() {
+    for tiles in [0usize, 1, 3, 4, 12, 13, 24, 72, 6144] {
+        for shares in 1..=5 {
+            let mut next = 0;
+            for s in 0..shares {
+                let r = share(tiles, s, shares);
+                assert_eq!(r.start, next, "{tiles} tiles, {shares} shares");
+                if tiles.is_multiple_of(4) {
+                    assert!(r.start.is_multiple_of(4) && r.end.is_multiple_of(4));
+                }
+                next = r.end;
+            }
+            assert_eq!(next, tiles, "{tiles} tiles, {shares} shares");
         }
     }
 }

@@ -564,12 +564,33 @@ fn closed_stdout_reader_is_a_clean_exit_0() {
     feeder.join().unwrap();
 }
 
-fn temp_config(name: &str, text: &str) -> PathBuf {
+/// A config file in a per-process temporary directory, removed (and the directory with it,
+/// once empty) when dropped, so test runs leave nothing behind in the temp dir.
+struct TempConfig(PathBuf);
+
+impl std::ops::Deref for TempConfig {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            // (Fails while another test's file is still there: that test removes it.)
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn temp_config(name: &str, text: &str) -> TempConfig {
     let dir = std::env::temp_dir().join(format!("expllm-config-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
-    p
+    TempConfig(p)
 }
 
 fn online_and_offline(

@@ -201,6 +201,19 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 impl Shared {
+    /// The hand-off words for `n` workers and the caller, no job yet.
+    fn new(n: usize) -> Shared {
+        Shared {
+            ticket: Line(AtomicU64::new(0)),
+            slots: (0..MAX_PARTS).map(|_| Line(AtomicU64::new(0))).collect(),
+            next: Line(AtomicU64::new(0)),
+            panicked: AtomicBool::new(false),
+            f: UnsafeCell::new(&|_| {}),
+            sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            threads: n + 1,
+        }
+    }
+
     /// Claim part `j` of generation `g` if nobody has.
     fn claim(&self, g: u64, j: usize) -> bool {
         let slot = &self.slots[j];
@@ -266,15 +279,17 @@ impl Shared {
 
     /// The next part of generation `g` past the home parts (`threads..parts`) from the shared
     /// counter (`generation << 16 | next`; an older generation's word means `threads`), or
-    /// `parts` when there is none. A part it returns may still be stolen by a waiter first:
-    /// the slot's claim decides.
+    /// `parts` when there is none (also for a worker late for an old job, which finds a newer
+    /// generation's word). A part it returns may still be stolen by a waiter first: the
+    /// slot's claim decides.
     fn next_shared(&self, g: u64, parts: usize) -> usize {
         loop {
             let w = self.next.load(Relaxed);
-            let n = if w >> 16 == g {
-                (w & 0xffff) as usize
-            } else {
-                self.threads
+            let n = match (w >> 16).cmp(&g) {
+                std::cmp::Ordering::Equal => (w & 0xffff) as usize,
+                std::cmp::Ordering::Less => self.threads,
+                // A worker late for an old job must not restart a newer job's counter.
+                std::cmp::Ordering::Greater => return parts,
             };
             if n >= parts {
                 return parts;
@@ -299,15 +314,7 @@ struct Pool {
 
 impl Pool {
     fn start(n: usize) -> Pool {
-        let shared = Arc::new(Shared {
-            ticket: Line(AtomicU64::new(0)),
-            slots: (0..MAX_PARTS).map(|_| Line(AtomicU64::new(0))).collect(),
-            next: Line(AtomicU64::new(0)),
-            panicked: AtomicBool::new(false),
-            f: UnsafeCell::new(&|_| {}),
-            sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            threads: n + 1,
-        });
+        let shared = Arc::new(Shared::new(n));
         // Return only when every worker runs, so its start-up (which allocates) is over
         // before the first job: the hot path then allocates nothing.
         let started = Arc::new(std::sync::Barrier::new(n + 1));
@@ -583,6 +590,28 @@ mod tests {
             own.load(Relaxed) > 0,
             "workers never ran their own part in 200 jobs"
         );
+    }
+
+    #[test]
+    fn a_worker_late_for_an_old_job_claims_nothing_of_a_newer_one() {
+        // Generation 5 (4 parts on 2 threads) is running and has handed out part 2 of its
+        // counter; a worker still on generation 4 neither claims a slot of generation 5's
+        // nor restarts its counter.
+        let s = Shared::new(1);
+        // Generation 4 ended with its 4 parts done; generation 5 claimed its home parts.
+        (0..4).for_each(|j| s.slots[j].store(4 << 2 | DONE, Relaxed));
+        assert!(s.claim(5, 0) && s.claim(5, 1));
+        assert_eq!(s.next_shared(5, 4), 2);
+        for j in 0..4 {
+            assert!(!s.claim(4, j), "part {j} claimed for the old generation");
+        }
+        assert_eq!(s.next_shared(4, 4), 4, "an old job's counter");
+        assert_eq!(
+            s.next_shared(5, 4),
+            3,
+            "the newer job's counter was disturbed"
+        );
+        assert_eq!(s.next_shared(5, 4), 4);
     }
 
     #[test]

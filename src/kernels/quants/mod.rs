@@ -1412,8 +1412,9 @@ fn gemv_tiles(
 }
 
 /// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
-/// Tiles are split over the compute threads; each tile (a few KB) stays in L1 while the
-/// activation rows pass it a few at a time (`gemm_acts`).
+/// Thread *i* computes the matrix's [`share`] *i* (which a [`PackArena`] keeps beside that
+/// thread's other shares); each tile (a few KB) stays in L1 while the activation rows pass
+/// it a few at a time (`gemm_acts`).
 pub fn matmul_packed(
     p: &PackedMatrix,
     acts: &[QuantizedActs],

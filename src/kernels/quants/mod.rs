@@ -1142,14 +1142,8 @@ impl PackedMatrix {
     }
 }
 
-/// Check Q4_0 `w`'s size for `rows` (a multiple of 8) × `cols`, then pack it into the slice
-/// `dst(tiles)` hands out (`None`: no room, an error).
-fn pack_q4_0_into<'d>(
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    dst: impl FnOnce(usize) -> Option<&'d mut [q4_0x8::BlockQ4_0x8]>,
-) -> Result<(), QuantError> {
+/// The bytes per row of Q4_0 `w`, checked to be `rows` (a multiple of 8) × `cols`.
+fn q4_0_row_bytes(w: &[u8], rows: usize, cols: usize) -> Result<usize, QuantError> {
     let ty = GgmlType::Q4_0;
     let rb = row_bytes(ty, cols)?;
     if Some(w.len()) != rb.checked_mul(rows) || !rows.is_multiple_of(q4_0x8::TILE_ROWS) {
@@ -1161,6 +1155,18 @@ fn pack_q4_0_into<'d>(
             got: w.len(),
         });
     }
+    Ok(rb)
+}
+
+/// Check Q4_0 `w`'s size for `rows` (a multiple of 8) × `cols`, then pack it into the slice
+/// `dst(tiles)` hands out (`None`: no room, an error).
+fn pack_q4_0_into<'d>(
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    dst: impl FnOnce(usize) -> Option<&'d mut [q4_0x8::BlockQ4_0x8]>,
+) -> Result<(), QuantError> {
+    q4_0_row_bytes(w, rows, cols)?;
     let nb = cols / q4_0::QK4_0;
     let n = rows / q4_0x8::TILE_ROWS * nb;
     let tiles = dst(n).ok_or(QuantError::Len {
@@ -1240,17 +1246,8 @@ impl PackArena {
                 got: rows,
             });
         };
-        let rb = row_bytes(ty, cols)?;
+        let rb = q4_0_row_bytes(w, rows, cols)?;
         let nb = cols / q4_0::QK4_0;
-        if Some(w.len()) != rb.checked_mul(rows) {
-            return Err(QuantError::MatrixBytes {
-                ty,
-                n_rows: rows,
-                n_cols: cols,
-                expected: rb.saturating_mul(rows),
-                got: w.len(),
-            });
-        }
         let shares = starts.len();
         let mut segs = Vec::with_capacity(shares);
         for (s, &start) in starts.iter().enumerate() {

@@ -119,6 +119,9 @@ pub struct State {
     acts: Vec<QuantizedActs>,
     /// The FFN's down-projection input, quantized by the gate/up matmul's SwiGLU epilogue.
     ffn_acts: Vec<QuantizedActs>,
+    /// One token's normed and quantized input per compute thread, each made by that thread
+    /// in the matmul job that reads it ([`Model::matmul_normed`]).
+    part_acts: Vec<QuantizedActs>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
 }
@@ -505,6 +508,7 @@ impl Model {
             logits: vec![0.0; c.n_vocab],
             acts: (0..MAX_BATCH).map(|_| QuantizedActs::new()).collect(),
             ffn_acts: (0..MAX_BATCH).map(|_| QuantizedActs::new()).collect(),
+            part_acts: (0..pool::threads()).map(|_| QuantizedActs::new()).collect(),
             rope_cos: vec![0.0; MAX_BATCH * half],
             rope_sin: vec![0.0; MAX_BATCH * half],
         }
@@ -571,6 +575,43 @@ impl Model {
             prev = Some(w.ty);
         }
         Ok(())
+    }
+
+    /// `jobs[m].1 = W_m · rms_norm(x, norm)` for one token's row `x`, with `epilogue`, where
+    /// every matrix is packed: one job whose every part norms and quantizes `x` itself into
+    /// its own `part_acts` (the same bits on every thread) before its rows, so no thread
+    /// waits for another to make the input. `None` (nothing run) where a matrix is not
+    /// packed: the caller takes the general path.
+    fn matmul_normed(
+        &self,
+        x: &[f32],
+        norm: &[f32],
+        part_acts: &mut Vec<QuantizedActs>,
+        jobs: &mut [(&Weight, &mut [f32])],
+        epilogue: Epilogue<'_>,
+    ) -> Option<Result<()>> {
+        let (n, ty) = (jobs.len(), jobs.first()?.0.ty);
+        if n > quants::MAX_PACKED_JOBS || jobs.iter().any(|(w, _)| w.packed.is_none()) {
+            return None;
+        }
+        let mut packed: [(&PackedMatrix, &mut [f32]); quants::MAX_PACKED_JOBS] =
+            std::array::from_fn(|_| (&self.packed[0], &mut [][..]));
+        for ((w, o), p) in jobs.iter_mut().zip(&mut packed) {
+            // (Every `packed` is `Some`: checked above.)
+            *p = (&self.packed[w.packed.unwrap_or(0)], &mut **o);
+        }
+        if part_acts.len() < pool::threads() {
+            // Only when the thread count grew after the state was made.
+            part_acts.resize_with(pool::threads(), QuantizedActs::new);
+        }
+        let eps = self.cfg.rms_eps;
+        let fill = |a: &mut QuantizedActs| {
+            a.quantize_made_for(ty, x.len(), |row| rms_norm(x, norm, eps, row))
+        };
+        Some(
+            quants::matmul_packed_each(&mut packed[..n], part_acts, &fill, epilogue)
+                .map_err(|e| anyhow::anyhow!("{e}")),
+        )
     }
 
     /// `resid[b] += W · x[b]` (a residual connection): on a packed matrix added in the
@@ -689,21 +730,41 @@ impl Model {
         for (li, l) in self.layers.iter().enumerate() {
             #[cfg(feature = "pool-stats")]
             let mut clock = std::time::Instant::now();
-            rms_norm_rows(
-                &st.x[..nb * d],
-                &l.attn_norm,
-                c.rms_eps,
-                &mut st.xn[..nb * d],
-            );
-            self.matmul_many(
-                &st.xn[..nb * d],
-                &mut st.acts,
-                [
-                    (&l.wq, &mut st.q[..nb * dq]),
-                    (&l.wk, &mut st.kk[..nb * kv_dim]),
-                    (&l.wv, &mut st.vv[..nb * kv_dim]),
-                ],
-            )?;
+            let normed = if nb == 1 {
+                self.matmul_normed(
+                    &st.x[..d],
+                    &l.attn_norm,
+                    &mut st.part_acts,
+                    &mut [
+                        (&l.wq, &mut st.q[..dq]),
+                        (&l.wk, &mut st.kk[..kv_dim]),
+                        (&l.wv, &mut st.vv[..kv_dim]),
+                    ],
+                    Epilogue::Store,
+                )
+            } else {
+                None
+            };
+            match normed {
+                Some(r) => r?,
+                None => {
+                    rms_norm_rows(
+                        &st.x[..nb * d],
+                        &l.attn_norm,
+                        c.rms_eps,
+                        &mut st.xn[..nb * d],
+                    );
+                    self.matmul_many(
+                        &st.xn[..nb * d],
+                        &mut st.acts,
+                        [
+                            (&l.wq, &mut st.q[..nb * dq]),
+                            (&l.wk, &mut st.kk[..nb * kv_dim]),
+                            (&l.wv, &mut st.vv[..nb * kv_dim]),
+                        ],
+                    )?;
+                }
+            }
             lap!(clock, 0);
             for (bias, t, n) in [
                 (&l.bq, &mut st.q, dq),
@@ -789,13 +850,15 @@ impl Model {
             )?;
 
             lap!(clock, 3);
-            // SwiGLU FFN
-            rms_norm_rows(
-                &st.x[..nb * d],
-                &l.ffn_norm,
-                c.rms_eps,
-                &mut st.xn[..nb * d],
-            );
+            // SwiGLU FFN (its norm in the gate/up job for one token)
+            if nb > 1 || !self.ffn_packed(l) {
+                rms_norm_rows(
+                    &st.x[..nb * d],
+                    &l.ffn_norm,
+                    c.rms_eps,
+                    &mut st.xn[..nb * d],
+                );
+            }
             lap!(clock, 4);
             self.ffn(l, st, nb)?;
             lap!(clock, 5);
@@ -805,14 +868,25 @@ impl Model {
             return Ok(None);
         }
         let lastx = &st.x[(nb - 1) * d..nb * d];
-        rms_norm(lastx, &self.output_norm, c.rms_eps, &mut st.xn[..d]);
-        self.matmul(
-            &self.output,
-            &st.xn[..d],
-            &mut st.acts,
-            &mut st.logits,
-            false,
-        )?;
+        let normed = self.matmul_normed(
+            lastx,
+            &self.output_norm,
+            &mut st.part_acts,
+            &mut [(&self.output, &mut st.logits)],
+            Epilogue::Store,
+        );
+        if let Some(r) = normed {
+            r?;
+        } else {
+            rms_norm(lastx, &self.output_norm, c.rms_eps, &mut st.xn[..d]);
+            self.matmul(
+                &self.output,
+                &st.xn[..d],
+                &mut st.acts,
+                &mut st.logits,
+                false,
+            )?;
+        }
         Ok(Some(&st.logits))
     }
 
@@ -824,26 +898,42 @@ impl Model {
         let (d, dff) = (self.cfg.n_embd, self.cfg.n_ff);
         if let (Some(g), Some(u), Some(dn)) = (l.w_gate.packed, l.w_up.packed, l.w_down.packed) {
             // One job computes gate and up, SwiGLU and the down input's Q8_0 blocks, each
-            // thread on its own rows; the next adds the down projection into x.
-            self.quantize(&l.w_gate, &st.xn[..nb * d], &mut st.acts)?;
-            quants::matmul_packed_then(
-                &mut [
-                    (&self.packed[g], &mut st.gate[..nb * dff]),
-                    (&self.packed[u], &mut st.up[..nb * dff]),
-                ],
-                &st.acts[..nb],
-                Epilogue::SwiGluQ8 {
-                    h: &mut st.ffn_out[..nb * dff],
-                    next: &mut st.ffn_acts[..nb],
-                },
-            )
-            .and_then(|()| {
-                quants::matmul_packed_then(
-                    &mut [(&self.packed[dn], &mut st.x[..nb * d])],
-                    &st.ffn_acts[..nb],
-                    Epilogue::Accumulate,
+            // thread on its own rows; the next adds the down projection into x. One token:
+            // each thread norms and quantizes x itself in the first job; a batch: normed
+            // (`st.xn`) and quantized before it.
+            let glu = Epilogue::SwiGluQ8 {
+                h: &mut st.ffn_out[..nb * dff],
+                next: &mut st.ffn_acts[..nb],
+            };
+            if nb == 1 {
+                self.matmul_normed(
+                    &st.x[..d],
+                    &l.ffn_norm,
+                    &mut st.part_acts,
+                    &mut [
+                        (&l.w_gate, &mut st.gate[..dff]),
+                        (&l.w_up, &mut st.up[..dff]),
+                    ],
+                    glu,
                 )
-            })
+                .unwrap_or_else(|| bail!("FFN matrices not packed"))?;
+            } else {
+                self.quantize(&l.w_gate, &st.xn[..nb * d], &mut st.acts)?;
+                quants::matmul_packed_then(
+                    &mut [
+                        (&self.packed[g], &mut st.gate[..nb * dff]),
+                        (&self.packed[u], &mut st.up[..nb * dff]),
+                    ],
+                    &st.acts[..nb],
+                    glu,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            quants::matmul_packed_then(
+                &mut [(&self.packed[dn], &mut st.x[..nb * d])],
+                &st.ffn_acts[..nb],
+                Epilogue::Accumulate,
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else {
             self.matmul_many(
@@ -868,6 +958,13 @@ impl Model {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether layer `l`'s FFN runs on packed matrices only ([`ffn`](Self::ffn)'s fused path).
+    fn ffn_packed(&self, l: &Layer) -> bool {
+        [&l.w_gate, &l.w_up, &l.w_down]
+            .iter()
+            .all(|w| w.packed.is_some())
     }
 
     /// Feed `tokens` (any number) in batches of [`MAX_BATCH`]; logits of the last when

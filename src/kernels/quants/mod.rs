@@ -35,7 +35,9 @@
 //! ([`PackedMatrix`]) it runs [`matmul_packed`], [`matmul_packed_many`] and
 //! [`matmul_packed_then`], whose [`Epilogue`] fuses the element-wise step after a matmul (a
 //! residual add; SwiGLU and the Q8_0 quantization of the next matmul's input) into the same
-//! job, on the rows each thread computed: the same bits as the separate steps.
+//! job, on the rows each thread computed: the same bits as the separate steps. Its
+//! [`matmul_packed_each`] fuses the step before: each part makes its own copy of the one
+//! activation row (a norm and its quantization, through [`FillActs`]) at the job's start.
 
 use std::fmt;
 use std::sync::Arc;
@@ -355,6 +357,8 @@ pub struct QuantizedActs {
     /// Q8_0: every block's `Σ qs` as i32, zero-padded like `scales` (the VNNI kernels'
     /// `u8 × i8` offset correction, once per activation row instead of once per weight row).
     qsums: Vec<i32>,
+    /// [`quantize_made_for`](Self::quantize_made_for)'s row before quantization.
+    scratch: Vec<f32>,
 }
 
 impl Default for QuantizedActs {
@@ -374,6 +378,7 @@ impl QuantizedActs {
             scales: Vec::new(),
             sums: Vec::new(),
             qsums: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -418,6 +423,23 @@ impl QuantizedActs {
         }
         self.len = x.len();
         Ok(())
+    }
+
+    /// [`quantize_for`](Self::quantize_for) of the `len` values `make` writes into a
+    /// scratch row these activations keep (no allocation once it has held `len` values):
+    /// for a row computed just before it is quantized, such as a norm's output.
+    pub fn quantize_made_for(
+        &mut self,
+        weight: GgmlType,
+        len: usize,
+        make: impl FnOnce(&mut [f32]),
+    ) -> Result<(), QuantError> {
+        let mut row = std::mem::take(&mut self.scratch);
+        row.resize(len, 0.0);
+        make(&mut row);
+        let r = self.quantize_for(weight, &row);
+        self.scratch = row;
+        r
     }
 
     /// Make these Q8_0 activations of `len` values (a multiple of 32) whose blocks are
@@ -710,6 +732,15 @@ impl SendPtr {
         self.0
     }
 }
+
+/// `&mut [QuantizedActs]`'s base, handed to the parts of one [`matmul_packed_each`] job (see
+/// the SAFETY note at its use).
+struct PartActs(*mut QuantizedActs);
+// SAFETY: only used to hand each part of one `pool::run` its own element of one
+// `&mut [QuantizedActs]` (`QuantizedActs` is `Send`), for the duration of the job.
+unsafe impl Send for PartActs {}
+// SAFETY: as above.
+unsafe impl Sync for PartActs {}
 
 /// Two weight rows × two activation rows → `[x0·y0, x0·y1, x1·y0, x1·y1]`.
 type PairFn = fn(x0: &[u8], x1: &[u8], y0: &QuantizedActs, y1: &QuantizedActs) -> [f32; 4];
@@ -1487,12 +1518,74 @@ unsafe impl Send for Q8Out {}
 // SAFETY: as above.
 unsafe impl Sync for Q8Out {}
 
+/// What fills a part's own activation row in [`matmul_packed_each`]: the same bits on every
+/// thread (say, a norm of a row every thread can read, then its quantization).
+pub type FillActs<'a> = dyn Fn(&mut QuantizedActs) -> Result<(), QuantError> + Sync + 'a;
+
+/// [`matmul_packed_then`] of one activation row that every part of the job makes for itself
+/// with `fill`, into its own `acts[part]` (`acts` holds one per compute thread), before its
+/// tiles. The job is handed out before the row exists, so the other threads start at once
+/// instead of waiting for one thread to make it, and no thread then reads another's freshly
+/// written activation blocks. The same bits as filling one row and running
+/// [`matmul_packed_then`] on it, as long as `fill` gives the same bits everywhere.
+pub fn matmul_packed_each(
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
+    acts: &mut [QuantizedActs],
+    fill: &FillActs<'_>,
+    epilogue: Epilogue<'_>,
+) -> Result<(), QuantError> {
+    matmul_packed_in(
+        crate::kernels::active(),
+        jobs,
+        Input::PerPart { acts, fill },
+        epilogue,
+    )
+}
+
+/// Where the parts of a packed matmul find their activation rows.
+enum Input<'a, 'f> {
+    /// Made before the job and shared by every part.
+    Ready(&'a [QuantizedActs]),
+    /// One row, made by each part into its own `acts[part]` ([`matmul_packed_each`]).
+    PerPart {
+        acts: &'a mut [QuantizedActs],
+        fill: &'a FillActs<'f>,
+    },
+}
+
 fn matmul_packed_on(
     path: crate::kernels::KernelPath,
     jobs: &mut [(&PackedMatrix, &mut [f32])],
     acts: &[QuantizedActs],
     epilogue: Epilogue<'_>,
 ) -> Result<(), QuantError> {
+    matmul_packed_in(path, jobs, Input::Ready(acts), epilogue)
+}
+
+fn matmul_packed_in(
+    path: crate::kernels::KernelPath,
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
+    input: Input<'_, '_>,
+    epilogue: Epilogue<'_>,
+) -> Result<(), QuantError> {
+    let threads = crate::kernels::pool::threads();
+    // The activation rows every part runs on: the shared ones, or (per part) the first part's
+    // as a stand-in for the checks below, which look only at how many there are.
+    let (shared, per_part) = match input {
+        Input::Ready(acts) => (acts, None),
+        Input::PerPart { acts, fill } => {
+            if acts.len() < threads.max(1) {
+                return Err(QuantError::Len {
+                    what: "per-part activation rows (one per thread)",
+                    expected: threads.max(1),
+                    got: acts.len(),
+                });
+            }
+            (&[][..], Some((PartActs(acts.as_mut_ptr()), fill)))
+        }
+    };
+    // Activation rows: one when each part makes its own.
+    let n_acts = if per_part.is_some() { 1 } else { shared.len() };
     if jobs.len() > MAX_PACKED_JOBS {
         return Err(QuantError::Len {
             what: "packed matmul jobs",
@@ -1506,7 +1599,7 @@ fn matmul_packed_on(
     let mut tiles = 0;
     let cols = jobs.first().map_or(0, |j| j.0.cols);
     for ((p, out), m) in jobs.iter_mut().zip(&mut mats) {
-        for a in acts {
+        for a in shared {
             check_acts(GgmlType::Q4_0, a, p.cols)?;
         }
         if p.cols != cols {
@@ -1516,10 +1609,10 @@ fn matmul_packed_on(
                 got: p.cols,
             });
         }
-        if out.len() != p.rows * acts.len() {
+        if out.len() != p.rows * n_acts {
             return Err(QuantError::Len {
                 what: "matmul output",
-                expected: p.rows * acts.len(),
+                expected: p.rows * n_acts,
                 got: out.len(),
             });
         }
@@ -1546,24 +1639,24 @@ fn matmul_packed_on(
                 got: 0,
             });
         }
-        if acts.len() > MAX_EPILOGUE_ROWS {
+        if n_acts > MAX_EPILOGUE_ROWS {
             return Err(QuantError::Len {
                 what: "SwiGLU matmul: activation rows (at most)",
                 expected: MAX_EPILOGUE_ROWS,
-                got: acts.len(),
+                got: n_acts,
             });
         }
-        if next.len() < acts.len() {
+        if next.len() < n_acts {
             return Err(QuantError::Len {
                 what: "SwiGLU matmul: rows for the quantized output",
-                expected: acts.len(),
+                expected: n_acts,
                 got: next.len(),
             });
         }
-        if h.len() != rows * acts.len() {
+        if h.len() != rows * n_acts {
             return Err(QuantError::Len {
                 what: "SwiGLU output",
-                expected: rows * acts.len(),
+                expected: rows * n_acts,
                 got: h.len(),
             });
         }
@@ -1573,7 +1666,7 @@ fn matmul_packed_on(
             qsums: std::ptr::null_mut(),
         };
         let mut outs = [null; MAX_EPILOGUE_ROWS];
-        for (o, a) in outs.iter_mut().zip(&mut next[..acts.len()]) {
+        for (o, a) in outs.iter_mut().zip(&mut next[..n_acts]) {
             a.prepare_q8_0(rows)?;
             let (y, d, s) = a.q8_0_mut();
             *o = Q8Out {
@@ -1594,12 +1687,12 @@ fn matmul_packed_on(
     }
     let per_call = gemm_acts(path);
     // (Decode, one activation row, stays on one tile per call: measured slower on two.)
-    let two = gemm_two_tiles(path) && acts.len() > 1;
+    let two = gemm_two_tiles(path) && n_acts > 1;
     // Global tiles `g0..g1` (matrix after matrix), every activation row, into the owning
     // matrix's `out[b·n + 8t ..][..8]` (added to it when accumulating); two tiles of one
     // matrix per call where the path takes two. A kernel call never crosses a matrix's
     // share (its tiles are contiguous only within one: `PackArena`).
-    let run = |g0: usize, g1: usize| {
+    let run = |g0: usize, g1: usize, acts: &[QuantizedActs]| {
         let mut g = g0;
         while g < g1 {
             // The last matrix starting at or before `g` (matrix 0 starts at 0).
@@ -1649,7 +1742,7 @@ fn matmul_packed_on(
                     // SAFETY: `t` is the matrix's tile of global tile `g` or (two-tile call)
                     // `g + 1`, both in this call's range `g0..g1` and in this matrix (checked
                     // before the two-tile call). `b·n + 8t + 8 ≤ b·n + n ≤ out.len()`
-                    // (8t + 8 ≤ n, b = b0 + a < acts.len()) for the matrix's own `out` (length
+                    // (8t + 8 ≤ n, b = b0 + a < n_acts) for the matrix's own `out` (length
                     // checked above). Concurrent calls of `run` get disjoint global tile
                     // ranges, so no two live references overlap, and every `out` outlives them
                     // (`pool::run` returns only when every part is done).
@@ -1696,23 +1789,42 @@ fn matmul_packed_on(
             g += 1;
         }
     };
-    let threads = crate::kernels::pool::threads();
-    let one_part = threads <= 1 || tiles * q4_0x8::TILE_ROWS * acts.len() < 2 * ROWS_PER_PART;
+    let one_part = threads <= 1 || tiles * q4_0x8::TILE_ROWS * n_acts < 2 * ROWS_PER_PART;
+    // The first error a part's `fill` (or the check of what it made) met; the part then skips
+    // its tiles and the call returns the error.
+    let failed = std::sync::OnceLock::new();
+    // Call `body` with part `i`'s activation rows: the shared ones, or those it makes now.
+    let with_acts = |i: usize, body: &dyn Fn(&[QuantizedActs])| {
+        let Some((base, fill)) = &per_part else {
+            return body(shared);
+        };
+        // SAFETY: `i` is a part index of this call's one job (`0` alone, or `0..threads` of a
+        // `pool::run`, which calls each exactly once), below `acts.len()` (checked: at least
+        // `threads` rows), so this is the only reference to `acts[i]` while the job runs;
+        // `acts` is borrowed `&mut` for the whole call.
+        let a = unsafe { &mut *base.0.add(i) };
+        match fill(a).and_then(|()| check_acts(GgmlType::Q4_0, a, cols)) {
+            Ok(()) => body(std::slice::from_ref(a)),
+            Err(e) => {
+                let _ = failed.set(e);
+            }
+        }
+    };
     if let Some((rows, h, outs)) = glu {
         // Parts of whole 32-row blocks, the same rows of gate (global tiles from 0) and up
         // (from `half`); then SwiGLU and quantization of those rows.
         const BLOCK_TILES: usize = q8::QK8_0 / q4_0x8::TILE_ROWS;
         let (half, blocks) = (tiles / 2, rows / q8::QK8_0);
         let (gate, up) = (mats[0].3, mats[1].3);
-        let part = |k0: usize, k1: usize| {
+        let part = |k0: usize, k1: usize, acts: &[QuantizedActs]| {
             let (t0, t1) = (k0 * BLOCK_TILES, k1 * BLOCK_TILES);
-            run(t0, t1);
-            run(half + t0, half + t1);
+            run(t0, t1, acts);
+            run(half + t0, half + t1, acts);
             let (r0, r1) = (k0 * q8::QK8_0, k1 * q8::QK8_0);
-            for (b, o) in outs.iter().enumerate().take(acts.len()) {
+            for (b, o) in outs.iter().enumerate().take(n_acts) {
                 let at = b * rows + r0;
                 // SAFETY: rows `r0..r1` of activation row `b` in gate's, up's and h's outputs
-                // (each `rows · acts.len()` long, checked above) and blocks `k0..k1` of row
+                // (each `rows · n_acts` long, checked above) and blocks `k0..k1` of row
                 // `b`'s Q8_0 buffers (`prepare_q8_0(rows)`: `blocks` blocks, scales and sums
                 // padded further), all taken from `&mut` before the job. Parts get disjoint
                 // block ranges `k0..k1`, so these references are the only live ones to these
@@ -1733,29 +1845,34 @@ fn matmul_packed_on(
             }
         };
         if one_part {
-            part(0, blocks);
-            return Ok(());
+            with_acts(0, &|acts| part(0, blocks, acts));
+        } else {
+            // Part `i` is thread `i`'s share of gate's and up's blocks (`share`: whole blocks).
+            crate::kernels::pool::run(threads, &|i| {
+                let r = share(blocks * BLOCK_TILES, i, threads);
+                with_acts(i, &|acts| {
+                    part(r.start / BLOCK_TILES, r.end / BLOCK_TILES, acts)
+                })
+            });
         }
-        // Part `i` is thread `i`'s share of gate's and up's blocks (`share`: whole blocks).
+    } else if one_part {
+        with_acts(0, &|acts| run(0, tiles, acts));
+    } else {
+        // Part `i` is thread `i`'s share of every matrix (`share`), the tiles that thread
+        // finds side by side in a `PackArena` laid out for as many threads.
         crate::kernels::pool::run(threads, &|i| {
-            let r = share(blocks * BLOCK_TILES, i, threads);
-            part(r.start / BLOCK_TILES, r.end / BLOCK_TILES)
+            with_acts(i, &|acts| {
+                for m in mats {
+                    let r = share(m.1 / q4_0x8::TILE_ROWS, i, threads);
+                    run(m.2 + r.start, m.2 + r.end, acts);
+                }
+            })
         });
-        return Ok(());
     }
-    if one_part {
-        run(0, tiles);
-        return Ok(());
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    // Part `i` is thread `i`'s share of every matrix (`share`), the tiles that thread finds
-    // side by side in a `PackArena` laid out for as many threads.
-    crate::kernels::pool::run(threads, &|i| {
-        for m in mats {
-            let r = share(m.1 / q4_0x8::TILE_ROWS, i, threads);
-            run(m.2 + r.start, m.2 + r.end);
-        }
-    });
-    Ok(())
 }
 
 /// Embedding lookup: dequantize row `row` of the table `w` (whole rows of `n_cols` elements of

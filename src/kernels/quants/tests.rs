@@ -1453,3 +1453,127 @@ fn q8_0_acts_scales_and_sums_follow_their_blocks() {
         );
     }
 }
+
+/// A packed matmul whose parts each make their own activation row ([`matmul_packed_each`])
+/// gives the bits of making the row once and running [`matmul_packed_on`] on it, with the
+/// store and SwiGLU epilogues, on every packing path, for matrices of one part to several
+/// per thread; each part's row is the one made. A `fill` that fails, or makes a row of the
+/// wrong length, and too few rows for the threads are one-line errors.
+#[test]
+fn prop_matmul_packed_each_equals_one_shared_row() {
+    let mut rng = Rng(0x9a27_ac75_eac4_2026);
+    let ty = GgmlType::Q4_0;
+    let threads = crate::kernels::pool::threads();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for &(n_rows, n_cols) in &[(32usize, 64usize), (96, 608), (1536, 96)] {
+        let mut matrix = || {
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| random_row(&mut rng, ty, n_cols))
+                .collect();
+            PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap()
+        };
+        let (gate, up) = (matrix(), matrix());
+        let x = random_values(&mut rng, n_cols, 32);
+        let scale = random_values(&mut rng, n_cols, 8);
+        // What every part makes: a row computed from two others (as a norm would be).
+        let make = |row: &mut [f32]| {
+            row.iter_mut()
+                .zip(x.iter().zip(&scale))
+                .for_each(|(r, (a, b))| *r = a * b)
+        };
+        let mut shared = QuantizedActs::new();
+        shared.quantize_made_for(ty, n_cols, make).unwrap();
+        let shared = std::slice::from_ref(&shared);
+        for p in packed_paths() {
+            let what = format!("{} {n_rows}x{n_cols}", p.as_str());
+            let fill = |a: &mut QuantizedActs| a.quantize_made_for(ty, n_cols, make);
+            let mut per_part = vec![QuantizedActs::new(); threads];
+            let (mut o, mut want) = (vec![f32::NAN; n_rows], vec![f32::NAN; n_rows]);
+            matmul_packed_on(p, &mut [(&gate, &mut want)], shared, Epilogue::Store).unwrap();
+            matmul_packed_in(
+                p,
+                &mut [(&gate, &mut o)],
+                Input::PerPart {
+                    acts: &mut per_part,
+                    fill: &fill,
+                },
+                Epilogue::Store,
+            )
+            .unwrap();
+            assert_eq!(bits(&o), bits(&want), "{what}: store");
+            assert_eq!(
+                per_part[0].bytes(),
+                shared[0].bytes(),
+                "{what}: part 0's row"
+            );
+
+            let glu = |input: Input<'_, '_>| {
+                let (mut g, mut u, mut h) =
+                    (vec![0.0; n_rows], vec![0.0; n_rows], vec![0.0; n_rows]);
+                let mut next = vec![QuantizedActs::new()];
+                matmul_packed_in(
+                    p,
+                    &mut [(&gate, &mut g), (&up, &mut u)],
+                    input,
+                    Epilogue::SwiGluQ8 {
+                        h: &mut h,
+                        next: &mut next,
+                    },
+                )
+                .unwrap();
+                (bits(&g), bits(&u), bits(&h), next[0].bytes().to_vec())
+            };
+            let mut per_part = vec![QuantizedActs::new(); threads];
+            assert!(
+                glu(Input::Ready(shared))
+                    == glu(Input::PerPart {
+                        acts: &mut per_part,
+                        fill: &fill
+                    }),
+                "{what}: SwiGLU"
+            );
+        }
+    }
+    let w = PackedMatrix::pack_q4_0(&[0u8; 64 * 18], 64, 32).unwrap();
+    let mut o = vec![0f32; 64];
+    let mut acts = vec![QuantizedActs::new(); threads];
+    let errs = [
+        matmul_packed_each(
+            &mut [(&w, &mut o)],
+            &mut acts,
+            &|_| {
+                Err(QuantError::Len {
+                    what: "test row",
+                    expected: 1,
+                    got: 2,
+                })
+            },
+            Epilogue::Store,
+        )
+        .unwrap_err(),
+        matmul_packed_each(
+            &mut [(&w, &mut o)],
+            &mut acts,
+            &|a| a.quantize_for(ty, &[1.0; 64]),
+            Epilogue::Store,
+        )
+        .unwrap_err(),
+        matmul_packed_each(
+            &mut [(&w, &mut o)],
+            &mut acts[..threads - 1],
+            &|a| a.quantize_for(ty, &[1.0; 32]),
+            Epilogue::Store,
+        )
+        .unwrap_err(),
+    ];
+    for e in errs {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+    assert!(matmul_packed_each(
+        &mut [(&w, &mut o)],
+        &mut acts,
+        &|a| a.quantize_for(ty, &[1.0; 32]),
+        Epilogue::Store,
+    )
+    .is_ok());
+}

@@ -195,6 +195,10 @@ pub const MAX_BATCH: usize = 32;
 // A batch's FFN input is quantized in the gate/up matmul's epilogue.
 const _: () = assert!(MAX_BATCH <= quants::MAX_EPILOGUE_ROWS);
 
+/// Most KV heads whose attention parts quantize their outputs straight into `wo`'s input
+/// (one token; the parts' items live on the stack). More: gathered and quantized after.
+const MAX_KV_HEADS_FUSED: usize = 16;
+
 /// KV cache growth step (positions).
 pub const KV_CHUNK: usize = 256;
 
@@ -812,7 +816,7 @@ impl Model {
             let (cos, sin) = (&st.rope_cos, &st.rope_sin);
             let parts = n_kv * nb.div_ceil(ATT_TOKENS);
             let q_all = &st.q;
-            pool::for_each_mut(&mut st.heads[..parts], &|i, hs: &mut HeadScratch| {
+            let attend = |i: usize, hs: &mut HeadScratch| {
                 let (t, kvh) = (i / n_kv, i % n_kv);
                 for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
                     let n = n_past + b + 1;
@@ -833,21 +837,53 @@ impl Model {
                     out.fill(0.0);
                     (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
                 }
-            });
-            lap!(clock, 2);
-            for (i, hs) in st.heads[..parts].iter().enumerate() {
-                let (t, kvh) = (i / n_kv, i % n_kv);
-                for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
-                    st.att_out[b * dq + kvh * gd..][..gd].copy_from_slice(&hs.out[k * gd..][..gd]);
+            };
+            // One token into a packed `wo` (Q8_0 input): each part quantizes its heads'
+            // outputs (whole blocks) straight into `wo`'s input, which is then ready when the
+            // job ends. Else the outputs are gathered and quantized after it.
+            let wo_packed =
+                l.wo.packed
+                    .filter(|_| nb == 1 && gd.is_multiple_of(32) && n_kv <= MAX_KV_HEADS_FUSED);
+            if let Some(wo) = wo_packed {
+                let mut items: [(Option<&mut HeadScratch>, Option<quants::Q8Part>);
+                    MAX_KV_HEADS_FUSED] = std::array::from_fn(|_| (None, None));
+                let q8 = st.acts[0]
+                    .q8_0_parts(dq, gd)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                for ((it, hs), q) in items.iter_mut().zip(&mut st.heads[..n_kv]).zip(q8) {
+                    *it = (Some(hs), Some(q));
                 }
+                pool::for_each_mut(&mut items[..n_kv], &|i, it| {
+                    if let (Some(hs), Some(q)) = it {
+                        attend(i, hs);
+                        q.quantize(&hs.out[..gd]);
+                    }
+                });
+                lap!(clock, 2);
+                quants::matmul_packed_then(
+                    &mut [(&self.packed[wo], &mut st.x[..d])],
+                    &st.acts[..1],
+                    Epilogue::Accumulate,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            } else {
+                pool::for_each_mut(&mut st.heads[..parts], &attend);
+                lap!(clock, 2);
+                for (i, hs) in st.heads[..parts].iter().enumerate() {
+                    let (t, kvh) = (i / n_kv, i % n_kv);
+                    for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
+                        st.att_out[b * dq + kvh * gd..][..gd]
+                            .copy_from_slice(&hs.out[k * gd..][..gd]);
+                    }
+                }
+                self.matmul_add(
+                    &l.wo,
+                    &st.att_out[..nb * dq],
+                    &mut st.acts,
+                    &mut st.x[..nb * d],
+                    &mut st.proj[..nb * d],
+                )?;
             }
-            self.matmul_add(
-                &l.wo,
-                &st.att_out[..nb * dq],
-                &mut st.acts,
-                &mut st.x[..nb * d],
-                &mut st.proj[..nb * d],
-            )?;
 
             lap!(clock, 3);
             // SwiGLU FFN (its norm in the gate/up job for one token)

@@ -442,6 +442,32 @@ impl QuantizedActs {
         r
     }
 
+    /// Make these Q8_0 activations of `len` values (a multiple of `part`, a multiple of 32)
+    /// to be written a part at a time: the parts' block ranges in order, each filled by its
+    /// [`Q8Part::quantize`], on any thread (the same bytes as [`quantize_for`](
+    /// Self::quantize_for) of the whole row once every part is).
+    pub fn q8_0_parts(
+        &mut self,
+        len: usize,
+        part: usize,
+    ) -> Result<impl Iterator<Item = Q8Part<'_>>, QuantError> {
+        if part == 0 || !part.is_multiple_of(q8::QK8_0) || !len.is_multiple_of(part) {
+            return Err(QuantError::Len {
+                what: "Q8_0 activation parts (a multiple of 32 dividing the row)",
+                expected: part.next_multiple_of(q8::QK8_0).max(q8::QK8_0),
+                got: part,
+            });
+        }
+        self.prepare_q8_0(len)?;
+        let per = part / q8::QK8_0;
+        let (y, d, s) = self.q8_0_mut();
+        let n = y.len();
+        Ok(y.chunks_mut(per)
+            .zip(d[..n].chunks_mut(per))
+            .zip(s[..n].chunks_mut(per))
+            .map(|((y, d), s)| Q8Part { y, d, s }))
+    }
+
     /// Make these Q8_0 activations of `len` values (a multiple of 32) whose blocks are
     /// written afterwards, a range at a time ([`q8_0_mut`](Self::q8_0_mut) and
     /// [`quantize_q8_0_blocks`]): every buffer sized, the padding of `scales` and `qsums`
@@ -523,6 +549,24 @@ impl QuantizedActs {
             return None;
         }
         bytemuck::try_cast_slice(self.bytes()).ok()
+    }
+}
+
+/// One part of a Q8_0 activation row ([`QuantizedActs::q8_0_parts`]): its blocks and what
+/// the kernels read beside them.
+pub struct Q8Part<'a> {
+    y: &'a mut [BlockQ8_0],
+    d: &'a mut [f32],
+    s: &'a mut [i32],
+}
+
+impl Q8Part<'_> {
+    /// Quantize this part's values (32 per block) into its blocks.
+    ///
+    /// # Panics
+    /// If `x` is not as long as the part.
+    pub fn quantize(&mut self, x: &[f32]) {
+        quantize_q8_0_blocks(x, self.y, self.d, self.s);
     }
 }
 

@@ -1577,3 +1577,38 @@ fn prop_matmul_packed_each_equals_one_shared_row() {
     )
     .is_ok());
 }
+
+/// Q8_0 activations written a part at a time ([`QuantizedActs::q8_0_parts`]), the parts in
+/// any order, give the bytes, scales and sums of quantizing the whole row at once; part sizes
+/// that are not whole blocks dividing the row are one-line errors.
+#[test]
+fn q8_0_parts_equal_one_whole_row() {
+    let mut rng = Rng(0x0a87_5e9a_2026_1124);
+    for (len, part) in [
+        (32usize, 32usize),
+        (576, 192),
+        (576, 64),
+        (96, 96),
+        (1536, 512),
+    ] {
+        let x = random_values(&mut rng, len, 32);
+        let mut whole = QuantizedActs::new();
+        whole.quantize_for(GgmlType::Q4_0, &x).unwrap();
+        let mut a = random_acts(&mut rng, GgmlType::Q4_1, 1, 64).remove(0);
+        let mut parts: Vec<_> = a.q8_0_parts(len, part).unwrap().collect();
+        assert_eq!(parts.len(), len / part);
+        for (i, p) in parts.iter_mut().enumerate().rev() {
+            p.quantize(&x[i * part..(i + 1) * part]);
+        }
+        assert_eq!((a.ty(), a.len()), (whole.ty(), whole.len()));
+        assert_eq!(a.bytes(), whole.bytes(), "{len}/{part}");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a.scales()), bits(whole.scales()), "{len}/{part}");
+        assert_eq!(a.qsums(), whole.qsums(), "{len}/{part}");
+    }
+    let mut a = QuantizedActs::new();
+    for (len, part) in [(64, 0), (64, 48), (96, 64), (64, 16)] {
+        let e = a.q8_0_parts(len, part).err().expect("refused");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}

@@ -51,9 +51,14 @@ pub struct LlmRun {
     pub load_ms: f64,
     /// Bytes of weights a decode step multiplies by (every layer matrix + the output matrix).
     pub bytes_per_token: u64,
-    /// Read bandwidth over a buffer of `bytes_per_token` (what decode streams) and over
-    /// 256 MiB, GB/s, with this run's thread count; best of 5.
+    /// Read bandwidth over a buffer of `bytes_per_token` (what decode streams), GB/s, with
+    /// this run's thread count: the median of the probes taken just before each decode run
+    /// (each the best of 6 passes; [`BandwidthProbe`]).
     pub bandwidth_model_size_gbs: f64,
+    /// Those probes, one per decode run, in order.
+    #[serde(default)]
+    pub bandwidth_model_size_gbs_runs: Vec<f64>,
+    /// The same over 256 MiB, once before the runs.
     pub bandwidth_256mib_gbs: f64,
     /// `bandwidth_model_size_gbs · 1e9 / bytes_per_token`.
     pub roofline_tok_s: f64,
@@ -65,7 +70,9 @@ pub struct LlmRun {
     /// Median over runs of greedy decode (forward + argmax), after the prompt.
     pub decode_tok_s: f64,
     pub decode_tok_s_runs: Vec<f64>,
-    /// `decode_tok_s / roofline_tok_s`.
+    /// The median over decode runs of each run's decode tok/s over its own roofline (from the
+    /// probe just before it), so a swing of the memory system between runs does not pair a
+    /// run with another moment's bandwidth.
     pub roofline_fraction: f64,
     /// The process's memory in transparent huge pages after the runs (the packed weights
     /// and the probe's buffer ask for them: `kernels::hugemem`), bytes; `None` where the OS
@@ -99,34 +106,54 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Read bandwidth (GB/s) over `bytes` with the pool's threads: best of 6 passes, each part
-/// summing its share of a buffer filled beforehand (pages touched, not timed). The buffer is
-/// the kind the packed weights live in ([`HugeBuf`]: huge pages where the OS gives them), so
-/// the roofline is measured on the same memory the matmuls stream.
+/// Read bandwidth (GB/s) over `bytes` with the pool's threads ([`BandwidthProbe`], once).
 pub fn read_bandwidth(bytes: usize) -> Result<f64> {
-    let n = (bytes / 8).max(1 << 16);
-    let mut buf = HugeBuf::<u64>::zeroed(n).context("mapping the bandwidth probe's buffer")?;
-    buf.iter_mut().zip(0u64..).for_each(|(v, i)| *v = i);
-    let parts = pool::threads() * 4;
-    let per = n.div_ceil(parts);
-    let mut best = 0f64;
-    for _ in 0..6 {
-        let t = Instant::now();
-        pool::run(parts, &|p| {
-            let s = &buf[(p * per).min(n)..((p + 1) * per).min(n)];
-            // Four independent sums so the adds keep up with the loads.
-            let mut acc = [0u64; 4];
-            for c in s.chunks_exact(4) {
-                for k in 0..4 {
-                    acc[k] = acc[k].wrapping_add(c[k]);
-                }
-            }
-            black_box(acc);
-        });
-        let dt = t.elapsed().as_secs_f64();
-        best = best.max((n * 8) as f64 / dt / 1e9);
+    Ok(BandwidthProbe::new(bytes)?.measure())
+}
+
+/// A buffer to measure read bandwidth over, filled once and measured as often as asked: the
+/// LLM benchmark measures it again before every decode run, so each run's roofline comes from
+/// the memory system as it was then (on a shared VM it swings by tens of percent within
+/// minutes). The buffer is the kind the packed weights live in ([`HugeBuf`]: huge pages
+/// where the OS gives them), so the roofline is measured on the same memory the matmuls
+/// stream.
+pub struct BandwidthProbe {
+    buf: HugeBuf<u64>,
+}
+
+impl BandwidthProbe {
+    /// A buffer of `bytes` (at least 512 KiB), its pages touched (not timed).
+    pub fn new(bytes: usize) -> Result<BandwidthProbe> {
+        let n = (bytes / 8).max(1 << 16);
+        let mut buf = HugeBuf::<u64>::zeroed(n).context("mapping the bandwidth probe's buffer")?;
+        buf.iter_mut().zip(0u64..).for_each(|(v, i)| *v = i);
+        Ok(BandwidthProbe { buf })
     }
-    Ok(best)
+
+    /// GB/s: best of 6 passes, each part summing its share of the buffer.
+    pub fn measure(&self) -> f64 {
+        let (buf, n) = (&self.buf, self.buf.len());
+        let parts = pool::threads() * 4;
+        let per = n.div_ceil(parts);
+        let mut best = 0f64;
+        for _ in 0..6 {
+            let t = Instant::now();
+            pool::run(parts, &|p| {
+                let s = &buf[(p * per).min(n)..((p + 1) * per).min(n)];
+                // Four independent sums so the adds keep up with the loads.
+                let mut acc = [0u64; 4];
+                for c in s.chunks_exact(4) {
+                    for k in 0..4 {
+                        acc[k] = acc[k].wrapping_add(c[k]);
+                    }
+                }
+                black_box(acc);
+            });
+            let dt = t.elapsed().as_secs_f64();
+            best = best.max((n * 8) as f64 / dt / 1e9);
+        }
+        best
+    }
 }
 
 /// Benchmark the LLM stage with the kernel path and thread count already in force.
@@ -139,7 +166,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     let mats = model.matrices();
     let bytes_per_token: u64 = mats.iter().map(|(_, w)| model.data(w).len() as u64).sum();
     progress("bandwidth probe");
-    let bw_model = read_bandwidth(bytes_per_token as usize)?;
+    let probe = BandwidthProbe::new(bytes_per_token as usize)?;
     let bw_256 = read_bandwidth(256 << 20)?;
 
     let mut prompt = Vec::new();
@@ -151,7 +178,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     prompt.truncate(o.prompt_tokens.max(1));
 
     let mut st = model.new_state(prompt.len() + o.decode_tokens + 1);
-    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    let (mut pre, mut dec, mut bws) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..o.runs.max(1) {
         progress(&format!("run {}/{}", r + 1, o.runs.max(1)));
         st.reset();
@@ -159,6 +186,8 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         model.prefill(&mut st, &prompt, true)?;
         pre.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(st.logits());
+        // This run's roofline: the probe just before it.
+        bws.push(probe.measure());
         #[cfg(feature = "pool-stats")]
         {
             pool::stats::take();
@@ -187,7 +216,10 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     }
     let decode_runs = dec.clone();
     let huge_page_bytes = hugemem::anon_huge_bytes();
-    let roofline = bw_model * 1e9 / bytes_per_token as f64;
+    let roof = |bw: f64| bw * 1e9 / bytes_per_token as f64;
+    let mut fractions: Vec<f64> = dec.iter().zip(&bws).map(|(d, &b)| d / roof(b)).collect();
+    let bandwidth_runs = bws.clone();
+    let bw_model = median(&mut bws);
     let decode_tok_s = median(&mut dec);
 
     let mut shapes = Vec::new();
@@ -202,14 +234,15 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         load_ms,
         bytes_per_token,
         bandwidth_model_size_gbs: bw_model,
+        bandwidth_model_size_gbs_runs: bandwidth_runs,
         bandwidth_256mib_gbs: bw_256,
-        roofline_tok_s: roofline,
+        roofline_tok_s: roof(bw_model),
         prefill_tokens: prompt.len(),
         prefill_tok_s: median(&mut pre),
         decode_tokens: o.decode_tokens,
         decode_tok_s,
         decode_tok_s_runs: decode_runs,
-        roofline_fraction: decode_tok_s / roofline,
+        roofline_fraction: median(&mut fractions),
         huge_page_bytes,
         shapes,
     })

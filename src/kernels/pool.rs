@@ -1,5 +1,7 @@
 //! A persistent pool of compute threads for the matmuls: `run(parts, f)` calls `f(0..parts)`
-//! spread over the calling thread and the pool's workers and returns when every part is done.
+//! spread over the calling thread and the pool's workers and returns when every part is done;
+//! `run_stages` runs several such steps as one job, the threads meeting at a barrier between
+//! them.
 //!
 //! Owns the worker threads, the `unsafe` lifetime erasure that lets them borrow the caller's
 //! closure, and [`for_each_mut`]'s hand-out of disjoint `&mut` items. Must not know what the
@@ -62,6 +64,73 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     POOL.get_or_init(|| Pool::start(threads() - 1))
         .run(parts, f);
+}
+
+/// Call `f(stage, part)` for every `part in 0..threads()` of every `stage in 0..stages`,
+/// where every part of a stage starts only after every part of the stage before has returned
+/// (their writes visible to it): one job, part `i` of every stage on thread `i`, with a
+/// barrier between stages instead of a hand-off of a new job (the threads meet once, each
+/// waiting for the other's arrival, where a job's end and the next one's start cost two
+/// crossings one after the other, with the caller's serial work between them). With one
+/// thread, or inside a part of another job, the stages run one after the other on this
+/// thread, each part in turn.
+///
+/// Deadlock-free: part `i` is at home on thread `i` and every thread claims its home part
+/// (the calling thread runs others' parts only after its own has returned), so every part
+/// reaches every barrier. A panic in a part opens the barriers for the others (their later
+/// stages are skipped) and is re-raised like [`run`]'s.
+pub fn run_stages(stages: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let n = threads();
+    if n <= 1 || IN_PART.get() {
+        for k in 0..stages {
+            (0..n.max(1)).for_each(|i| f(k, i));
+        }
+        return;
+    }
+    let bar = StageBarrier {
+        arrived: Line(AtomicUsize::new(0)),
+        poisoned: AtomicBool::new(false),
+    };
+    run(n, &|i| {
+        for k in 0..stages {
+            if k > 0 && !bar.wait(k * n) {
+                return;
+            }
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(k, i))) {
+                bar.poisoned.store(true, Release);
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
+}
+
+/// [`run_stages`]' barrier: arrivals counted over the whole job (the barrier before stage
+/// `k` opens at `k · threads`), so it needs no reset between stages.
+struct StageBarrier {
+    arrived: Line<AtomicUsize>,
+    poisoned: AtomicBool,
+}
+
+impl StageBarrier {
+    /// Arrive, then wait until `target` parts have arrived: `true`, or `false` if a part
+    /// panicked (the stages after it must not run).
+    fn wait(&self, target: usize) -> bool {
+        self.arrived.fetch_add(1, AcqRel);
+        let mut spins = 0u32;
+        while self.arrived.load(Acquire) < target {
+            if self.poisoned.load(Acquire) {
+                return false;
+            }
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                // A thread descheduled by the OS: give it the core.
+                thread::yield_now();
+            }
+        }
+        !self.poisoned.load(Acquire)
+    }
 }
 
 /// Call `f(i, &mut items[i])` for every item, spread over the threads like [`run`]: each
@@ -625,6 +694,58 @@ mod tests {
             n.fetch_add(1, Relaxed);
         });
         assert_eq!(n.load(Relaxed), 16);
+    }
+
+    #[test]
+    fn stages_run_in_order_each_part_once() {
+        let n = threads().max(1);
+        for round in 0..300 {
+            let stages = 1 + round % 5;
+            let done: Vec<AtomicUsize> = (0..stages).map(|_| AtomicUsize::new(0)).collect();
+            let ran: Vec<AtomicUsize> = (0..stages * n).map(|_| AtomicUsize::new(0)).collect();
+            run_stages(stages, &|k, i| {
+                if k > 0 {
+                    assert_eq!(done[k - 1].load(Acquire), n, "stage {k} before {}", k - 1);
+                }
+                ran[k * n + i].fetch_add(1, Relaxed);
+                done[k].fetch_add(1, Release);
+            });
+            assert!(ran.iter().all(|r| r.load(Relaxed) == 1), "round {round}");
+        }
+        // Inside a part of another job: the stages one after the other on that thread.
+        run(2, &|_| {
+            let me = thread::current().id();
+            let order = Mutex::new(Vec::new());
+            run_stages(3, &|k, i| {
+                assert_eq!(thread::current().id(), me);
+                order.lock().unwrap().push((k, i));
+            });
+            let order = order.into_inner().unwrap();
+            assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+            assert_eq!(order.len(), 3 * n);
+        });
+    }
+
+    #[test]
+    fn a_panicking_stage_part_stops_the_later_stages_without_a_hang() {
+        let later = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            run_stages(3, &|k, i| {
+                if k == 1 && i == 0 {
+                    panic!("boom");
+                }
+                if k == 2 {
+                    later.fetch_add(1, Relaxed);
+                }
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(later.load(Relaxed), 0);
+        let n = AtomicUsize::new(0);
+        run_stages(2, &|_, _| {
+            n.fetch_add(1, Relaxed);
+        });
+        assert_eq!(n.load(Relaxed), 2 * threads().max(1));
     }
 
     #[test]

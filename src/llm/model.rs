@@ -139,7 +139,9 @@ pub mod phases {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::time::Instant;
 
-    /// The phases in layer order; each runs from the end of the one before.
+    /// The phases in layer order; each runs from the end of the one before. (One token on
+    /// packed matrices: `wo`, the FFN and the next layer's Q/K/V are one job, counted as
+    /// `ffn`; `norm+qkv` is then layer 0's alone, `copy+wo` and `ffn-norm` are empty.)
     pub const NAMES: [&str; 6] = [
         "norm+qkv",
         "rope+kv-cache",
@@ -731,10 +733,14 @@ impl Model {
 
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let mut qkv_ready = false;
         for (li, l) in self.layers.iter().enumerate() {
             #[cfg(feature = "pool-stats")]
             let mut clock = std::time::Instant::now();
-            let normed = if nb == 1 {
+            // (One token: the layer before computed this layer's Q, K and V already.)
+            let normed = if std::mem::take(&mut qkv_ready) {
+                Some(Ok(()))
+            } else if nb == 1 {
                 self.matmul_normed(
                     &st.x[..d],
                     &l.attn_norm,
@@ -860,6 +866,56 @@ impl Model {
                     }
                 });
                 lap!(clock, 2);
+                if let (Some(g), Some(u), Some(dn)) =
+                    (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
+                {
+                    // wo and the whole FFN as one job of three stages.
+                    if st.part_acts.len() < pool::threads() {
+                        // Only when the thread count grew after the state was made.
+                        st.part_acts
+                            .resize_with(pool::threads(), QuantizedActs::new);
+                    }
+                    let (eps, ty, norm) = (c.rms_eps, l.w_gate.ty, &l.ffn_norm);
+                    let fill = |x: &[f32], a: &mut QuantizedActs| {
+                        a.quantize_made_for(ty, d, |row| rms_norm(x, norm, eps, row))
+                    };
+                    // The next layer's Q, K and V in a fourth stage, where they are packed.
+                    let next = self.layers.get(li + 1);
+                    let next_qkv =
+                        next.and_then(|n| Some((n.wq.packed?, n.wk.packed?, n.wv.packed?)));
+                    let next_norm = next.map_or(&l.attn_norm, |n| &n.attn_norm);
+                    let fill_next = |x: &[f32], a: &mut QuantizedActs| {
+                        a.quantize_made_for(ty, d, |row| rms_norm(x, next_norm, eps, row))
+                    };
+                    let then = next_qkv.map(|(q, k, v)| quants::ThenStage {
+                        mats: [
+                            Some((&self.packed[q], &mut st.q[..dq])),
+                            Some((&self.packed[k], &mut st.kk[..kv_dim])),
+                            Some((&self.packed[v], &mut st.vv[..kv_dim])),
+                            None,
+                        ],
+                        fill: &fill_next,
+                    });
+                    qkv_ready = then.is_some();
+                    quants::attn_out_ffn(quants::AttnOutFfn {
+                        wo: &self.packed[wo],
+                        att: &st.acts[0],
+                        x: &mut st.x[..d],
+                        fill: &fill,
+                        part_acts: &mut st.part_acts,
+                        gate: &self.packed[g],
+                        up: &self.packed[u],
+                        down: &self.packed[dn],
+                        gate_out: &mut st.gate[..c.n_ff],
+                        up_out: &mut st.up[..c.n_ff],
+                        h: &mut st.ffn_out[..c.n_ff],
+                        next: &mut st.ffn_acts[0],
+                        then,
+                    })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    lap!(clock, 5);
+                    continue;
+                }
                 quants::matmul_packed_then(
                     &mut [(&self.packed[wo], &mut st.x[..d])],
                     &st.acts[..1],

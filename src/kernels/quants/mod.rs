@@ -38,6 +38,10 @@
 //! job, on the rows each thread computed: the same bits as the separate steps. Its
 //! [`matmul_packed_each`] fuses the step before: each part makes its own copy of the one
 //! activation row (a norm and its quantization, through [`FillActs`]) at the job's start.
+//! [`attn_out_ffn`] runs one token's attention output projection, SwiGLU FFN and the next
+//! layer's Q/K/V as one job of stages with barriers between them
+//! ([`pool::run_stages`](crate::kernels::pool::run_stages)), where separate jobs would hand
+//! the work out again after every matmul.
 
 use std::fmt;
 use std::sync::Arc;
@@ -1483,6 +1487,47 @@ fn gemv_tiles(
     }
 }
 
+/// Decode: tiles `t..t + out.len() / 8` of `m` times the one activation row `act` (checked
+/// against `m`) into `out` (added to it when `accumulate`), a kernel call per run of tiles
+/// inside one share (a share's tiles are contiguous, not the next share's).
+///
+/// # Panics
+/// If the tiles are not all in `m`.
+fn gemv_range(
+    path: crate::kernels::KernelPath,
+    m: &PackedMatrix,
+    mut t: usize,
+    act: &QuantizedActs,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    let nb = m.cols / q4_0::QK4_0;
+    let mut rest = out;
+    while !rest.is_empty() {
+        let tiles = m.tiles_from(t);
+        let k = (tiles.len() / nb.max(1)).min(rest.len() / q4_0x8::TILE_ROWS);
+        assert!(k > 0, "Q4_0x8 GEMV: tile {t} is past the matrix");
+        let (o, r) = rest.split_at_mut(k * q4_0x8::TILE_ROWS);
+        let tiles = &tiles[..k * nb];
+        if accumulate {
+            // Through a stack buffer, a few tiles at a time.
+            const CHUNK: usize = 32;
+            let mut buf = [0f32; CHUNK * q4_0x8::TILE_ROWS];
+            for (c, o) in o.chunks_mut(CHUNK * q4_0x8::TILE_ROWS).enumerate() {
+                let t0 = c * CHUNK;
+                let k = o.len() / q4_0x8::TILE_ROWS;
+                let b = &mut buf[..o.len()];
+                gemv_tiles(path, &tiles[t0 * nb..(t0 + k) * nb], nb, act, b);
+                o.iter_mut().zip(b.iter()).for_each(|(o, v)| *o += v);
+            }
+        } else {
+            gemv_tiles(path, tiles, nb, act, o);
+        }
+        t += k;
+        rest = r;
+    }
+}
+
 /// [`matmul`] on a [`PackedMatrix`]: `out[b·rows + r] = W[r] · acts[b]`, the same bits.
 /// Thread *i* computes the matrix's [`share`] *i* (which a [`PackArena`] keeps beside that
 /// thread's other shares); each tile (a few KB) stays in L1 while the activation rows pass
@@ -1752,7 +1797,7 @@ fn matmul_packed_in(
             let ptiles = pm.map_or(&[][..], |p| p.tiles_from(t));
             let avail = ptiles.len() / nb;
             // Decode: the run of this call's tiles inside this share at once.
-            if let [act] = acts {
+            if let (Some(p), [act]) = (pm, acts) {
                 let end = g1.min(first + n / q4_0x8::TILE_ROWS).min(g + avail);
                 // SAFETY: as for `put` below: tiles `t..t + (end - g)` of this matrix are in
                 // this call's range `g0..g1` (disjoint from every other call's), and
@@ -1763,20 +1808,7 @@ fn matmul_packed_in(
                         (end - g) * q4_0x8::TILE_ROWS,
                     )
                 };
-                if accumulate {
-                    // Through a stack buffer, a few tiles at a time.
-                    const CHUNK: usize = 32;
-                    let mut buf = [0f32; CHUNK * q4_0x8::TILE_ROWS];
-                    for (c, o) in o.chunks_mut(CHUNK * q4_0x8::TILE_ROWS).enumerate() {
-                        let t0 = c * CHUNK;
-                        let k = o.len() / q4_0x8::TILE_ROWS;
-                        let b = &mut buf[..o.len()];
-                        gemv_tiles(path, &ptiles[t0 * nb..(t0 + k) * nb], nb, act, b);
-                        o.iter_mut().zip(b.iter()).for_each(|(o, v)| *o += v);
-                    }
-                } else {
-                    gemv_tiles(path, &ptiles[..(end - g) * nb], nb, act, o);
-                }
+                gemv_range(path, p, t, act, o, accumulate);
                 g = end;
                 continue;
             }
@@ -1918,6 +1950,223 @@ fn matmul_packed_in(
         None => Ok(()),
     }
 }
+
+/// What makes a part's activation row from a finished output in [`attn_out_ffn`]: `(x, acts)`
+/// (a norm of `x` and its quantization, the same bits on every thread).
+pub type FillFrom<'a> = dyn Fn(&[f32], &mut QuantizedActs) -> Result<(), QuantError> + Sync + 'a;
+
+/// One token's attention output projection and SwiGLU FFN, on packed matrices: the
+/// residual stream `x` (`d` values) gets `x += wo · att` ([`Epilogue::Accumulate`]), then
+/// `x += down · (silu(gate · x̂) · up · x̂)` with `x̂` the activation row `fill` makes from the
+/// new `x` (its norm, quantized). The same bits as [`matmul_packed_then`] of `wo`, then
+/// [`matmul_packed_each`] of gate and up with [`Epilogue::SwiGluQ8`], then
+/// [`matmul_packed_then`] of down.
+///
+/// One job of three stages ([`pool::run_stages`](crate::kernels::pool::run_stages)) instead
+/// of three jobs: part *i* of each stage is thread *i*'s share of its matrices (`wo`'s rows;
+/// gate's and up's blocks, with their SwiGLU and down-input blocks; down's rows), and the
+/// threads meet at a barrier between stages, each making its own `x̂` into `part_acts[i]`.
+pub struct AttnOutFfn<'a> {
+    pub wo: &'a PackedMatrix,
+    /// `wo`'s input: the attention output, Q8_0.
+    pub att: &'a QuantizedActs,
+    pub x: &'a mut [f32],
+    pub fill: &'a FillFrom<'a>,
+    /// One per compute thread.
+    pub part_acts: &'a mut [QuantizedActs],
+    pub gate: &'a PackedMatrix,
+    pub up: &'a PackedMatrix,
+    pub down: &'a PackedMatrix,
+    /// gate's and up's outputs and `silu(gate) · up`, `n_ff` values each.
+    pub gate_out: &'a mut [f32],
+    pub up_out: &'a mut [f32],
+    pub h: &'a mut [f32],
+    /// down's input: `h` quantized (Q8_0), written block by block by the parts.
+    pub next: &'a mut QuantizedActs,
+    /// A fourth stage after down (the next layer's Q/K/V): `out_m = W_m · x̂'` for each
+    /// matrix, with `x̂'` the row its `fill` makes from the final `x`, in the same
+    /// `part_acts`.
+    pub then: Option<ThenStage<'a>>,
+}
+
+/// [`AttnOutFfn::then`]: up to [`MAX_PACKED_JOBS`] matrices of `d` columns on one row made
+/// from the final `x`, each into its own output (the same bits as [`matmul_packed_each`]).
+pub struct ThenStage<'a> {
+    pub mats: [Option<(&'a PackedMatrix, &'a mut [f32])>; MAX_PACKED_JOBS],
+    pub fill: &'a FillFrom<'a>,
+}
+
+/// Run [`AttnOutFfn`].
+pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
+    let path = crate::kernels::active();
+    let threads = crate::kernels::pool::threads().max(1);
+    let (d, dff) = (f.x.len(), f.gate_out.len());
+    let len = |what: &'static str, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(QuantError::Len {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    len("attention-output matrix rows", d, f.wo.rows)?;
+    check_acts(GgmlType::Q4_0, f.att, f.wo.cols)?;
+    len("gate columns", d, f.gate.cols)?;
+    len("up columns", d, f.up.cols)?;
+    len("down rows", d, f.down.rows)?;
+    len("up rows", dff, f.up.rows)?;
+    len("gate rows", dff, f.gate.rows)?;
+    len("down columns", dff, f.down.cols)?;
+    len("up output", dff, f.up_out.len())?;
+    len("SwiGLU output", dff, f.h.len())?;
+    len(
+        "per-part activation rows (at least)",
+        threads,
+        f.part_acts.len().min(threads),
+    )?;
+    len(
+        "FFN rows (a multiple of 32)",
+        dff.next_multiple_of(q8::QK8_0),
+        dff,
+    )?;
+    len(
+        "FFN input (whole blocks)",
+        d.next_multiple_of(q4_0::QK4_0),
+        d,
+    )?;
+    // The fourth stage's matrices: each with its output pointer, checked.
+    let mut then: [Option<(&PackedMatrix, SendPtr)>; MAX_PACKED_JOBS] = [None; MAX_PACKED_JOBS];
+    let then_fill = f.then.as_ref().map(|t| t.fill);
+    if let Some(t) = f.then {
+        for (m, o) in t.mats.into_iter().zip(&mut then) {
+            if let Some((p, out)) = m {
+                len("next matrix columns", d, p.cols)?;
+                len("next matrix output", p.rows, out.len())?;
+                *o = Some((p, SendPtr(out.as_mut_ptr())));
+            }
+        }
+    }
+    f.next.prepare_q8_0(dff)?;
+    let (y, dd, ss) = f.next.q8_0_mut();
+    let q8 = Q8Out {
+        blocks: y.as_mut_ptr(),
+        scales: dd.as_mut_ptr(),
+        qsums: ss.as_mut_ptr(),
+    };
+    let next: *const QuantizedActs = f.next;
+    let next = NextActs(next);
+    let (x, g, u, h) = (
+        SendPtr(f.x.as_mut_ptr()),
+        SendPtr(f.gate_out.as_mut_ptr()),
+        SendPtr(f.up_out.as_mut_ptr()),
+        SendPtr(f.h.as_mut_ptr()),
+    );
+    let parts = PartActs(f.part_acts.as_mut_ptr());
+    let failed = std::sync::OnceLock::new();
+    const BLOCK_TILES: usize = q8::QK8_0 / q4_0x8::TILE_ROWS;
+    let rows = |m: &PackedMatrix, i: usize| share(m.rows / q4_0x8::TILE_ROWS, i, threads);
+    let stages = if then_fill.is_some() { 4 } else { 3 };
+    crate::kernels::pool::run_stages(stages, &|stage, i| {
+        // (The wrappers whole, not their raw-pointer fields: they are what is `Sync`.)
+        let (q8, parts, next) = (&q8, &parts, &next);
+        if failed.get().is_some() {
+            return;
+        }
+        match stage {
+            0 => {
+                let r = rows(f.wo, i);
+                // SAFETY: rows `8·r` of `x` (`d = wo.rows` long, checked): parts get disjoint
+                // shares `r`, and nothing else reads or writes `x` in this stage.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
+                };
+                gemv_range(path, f.wo, r.start, f.att, o, true);
+            }
+            1 => {
+                // SAFETY: `x` is written only in stages 0 and 2; the barrier before this
+                // stage ordered every stage-0 write before this read.
+                let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
+                // SAFETY: `i < threads ≤ part_acts.len()` (checked) and each part index runs
+                // once per stage: the only reference to this element while it lives.
+                let a = unsafe { &mut *parts.0.add(i) };
+                if let Err(e) = (f.fill)(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
+                    let _ = failed.set(e);
+                    return;
+                }
+                let r = share(dff / q8::QK8_0 * BLOCK_TILES, i, threads);
+                let (k0, k1) = (r.start / BLOCK_TILES, r.end / BLOCK_TILES);
+                let (r0, r1) = (k0 * q8::QK8_0, k1 * q8::QK8_0);
+                // SAFETY: rows `r0..r1` of gate's, up's and h's outputs (`dff` long, checked)
+                // and blocks `k0..k1` of down's input (`prepare_q8_0(dff)`: `dff / 32`
+                // blocks, scales and sums padded further), all taken from `&mut` before the
+                // job: parts get disjoint block ranges, and nothing else touches them in this
+                // stage (down reads the blocks in the next, after the barrier).
+                let (go, uo, hh, yb, yd, ys) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(g.get().add(r0), r1 - r0),
+                        std::slice::from_raw_parts_mut(u.get().add(r0), r1 - r0),
+                        std::slice::from_raw_parts_mut(h.get().add(r0), r1 - r0),
+                        std::slice::from_raw_parts_mut(q8.blocks.add(k0), k1 - k0),
+                        std::slice::from_raw_parts_mut(q8.scales.add(k0), k1 - k0),
+                        std::slice::from_raw_parts_mut(q8.qsums.add(k0), k1 - k0),
+                    )
+                };
+                gemv_range(path, f.gate, r.start, a, go, false);
+                gemv_range(path, f.up, r.start, a, uo, false);
+                crate::kernels::act::swiglu(path, go, uo, hh);
+                quantize_q8_0_blocks(hh, yb, yd, ys);
+            }
+            3 => {
+                // SAFETY: as in stage 1: `x`'s last writes (stage 2) are ordered before this
+                // read by the barrier.
+                let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
+                // SAFETY: as in stage 1 (this part's element; stage 2 does not touch it).
+                let a = unsafe { &mut *parts.0.add(i) };
+                let Some(fill) = then_fill else { return };
+                if let Err(e) = fill(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
+                    let _ = failed.set(e);
+                    return;
+                }
+                for (m, o) in then.iter().flatten() {
+                    let r = rows(m, i);
+                    // SAFETY: rows `8·r` of this matrix's own output (`m.rows` long, checked):
+                    // disjoint shares, and nothing else touches the output in this job.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(o.get().add(8 * r.start), 8 * r.len())
+                    };
+                    gemv_range(path, m, r.start, a, o, false);
+                }
+            }
+            2 => {
+                // SAFETY: down's input was written, block by block, in stage 1 only (through
+                // the pointers taken above); the barrier ordered those writes before these
+                // reads, and no `&mut` to it lives now.
+                let nx = unsafe { &*next.0 };
+                let r = rows(f.down, i);
+                // SAFETY: as in stage 0: disjoint shares of `x`'s rows; stage 1's reads of
+                // `x` are over (barrier).
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
+                };
+                gemv_range(path, f.down, r.start, nx, o, true);
+            }
+            _ => {}
+        }
+    });
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// [`attn_out_ffn`]'s down input, read by the parts of its last stage.
+struct NextActs(*const QuantizedActs);
+// SAFETY: only dereferenced (shared) by the parts of one `run_stages` job, after the stage
+// that writes its blocks (see the SAFETY note at its use); `QuantizedActs` is `Sync`.
+unsafe impl Sync for NextActs {}
 
 /// Embedding lookup: dequantize row `row` of the table `w` (whole rows of `n_cols` elements of
 /// type `ty`) into `out` (`n_cols` elements).

@@ -1464,7 +1464,11 @@ fn prop_matmul_packed_each_equals_one_shared_row() {
     let mut rng = Rng(0x9a27_ac75_eac4_2026);
     let ty = GgmlType::Q4_0;
     let threads = crate::kernels::pool::threads();
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Bits of values that must all be finite (a NaN would equal a NaN).
+    let bits = |v: &[f32]| {
+        assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
     for &(n_rows, n_cols) in &[(32usize, 64usize), (96, 608), (1536, 96)] {
         let mut matrix = || {
             let w: Vec<u8> = (0..n_rows)
@@ -1610,5 +1614,183 @@ fn q8_0_parts_equal_one_whole_row() {
     for (len, part) in [(64, 0), (64, 48), (96, 64), (64, 16)] {
         let e = a.q8_0_parts(len, part).err().expect("refused");
         assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+/// [`attn_out_ffn`] (one job of three or four stages) gives the bits of the separate calls:
+/// `wo` accumulated into `x`, gate and up on the row made from the new `x` with the SwiGLU
+/// epilogue, down accumulated into `x`, then (fourth stage) each next matrix on the row made
+/// from the final `x`; for several sizes of the residual and FFN rows, on the active path.
+/// Mismatched lengths are one-line errors, and nothing runs.
+#[test]
+fn prop_attn_out_ffn_equals_the_separate_calls() {
+    let mut rng = Rng(0xa770_0ff1_2026_1124);
+    let ty = GgmlType::Q4_0;
+    let threads = crate::kernels::pool::threads().max(1);
+    // Bits of values that must all be finite (a NaN would equal a NaN).
+    let bits = |v: &[f32]| {
+        assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    // Values of a realistic size, so the whole chain stays finite.
+    let tame = |rng: &mut Rng, n: usize, sd: f32, mean: f32| -> Vec<f32> {
+        (0..n).map(|_| mean + sd * rng.normal()).collect()
+    };
+    for &(d, dff, with_then) in &[
+        (64usize, 32usize, false),
+        (96, 160, true),
+        (576, 1536, true),
+    ] {
+        let mut matrix = |rows: usize, cols: usize| {
+            let v = tame(&mut rng, rows * cols, 0.05, 0.0);
+            let mut w = vec![0u8; rows * cols / 32 * 18];
+            quantize_row(ty, &v, &mut w).unwrap();
+            PackedMatrix::pack_q4_0(&w, rows, cols).unwrap()
+        };
+        let (wo, gate, up, down) = (matrix(d, d), matrix(dff, d), matrix(dff, d), matrix(d, dff));
+        let (n1, n2) = (matrix(d, d), matrix(24, d));
+        let mut att = QuantizedActs::new();
+        att.quantize_for(ty, &tame(&mut rng, d, 1.0, 0.0)).unwrap();
+        let x0 = tame(&mut rng, d, 1.0, 0.0);
+        let (s1, s2) = (tame(&mut rng, d, 0.1, 1.0), tame(&mut rng, d, 0.1, 1.0));
+        let scaled = |s: &[f32]| {
+            let s = s.to_vec();
+            move |x: &[f32], a: &mut QuantizedActs| {
+                a.quantize_made_for(ty, x.len(), |row| {
+                    row.iter_mut()
+                        .zip(x.iter().zip(&s))
+                        .for_each(|(r, (x, s))| *r = x * s)
+                })
+            }
+        };
+        let (fill1, fill2) = (scaled(&s1), scaled(&s2));
+
+        // The separate calls.
+        let mut want_x = x0.clone();
+        matmul_packed_then(
+            &mut [(&wo, &mut want_x)],
+            std::slice::from_ref(&att),
+            Epilogue::Accumulate,
+        )
+        .unwrap();
+        let mut a1 = QuantizedActs::new();
+        fill1(&want_x, &mut a1).unwrap();
+        let (mut g, mut u, mut h) = (vec![0.0; dff], vec![0.0; dff], vec![0.0; dff]);
+        let mut next = vec![QuantizedActs::new()];
+        matmul_packed_then(
+            &mut [(&gate, &mut g), (&up, &mut u)],
+            std::slice::from_ref(&a1),
+            Epilogue::SwiGluQ8 {
+                h: &mut h,
+                next: &mut next,
+            },
+        )
+        .unwrap();
+        matmul_packed_then(&mut [(&down, &mut want_x)], &next, Epilogue::Accumulate).unwrap();
+        let mut a2 = QuantizedActs::new();
+        fill2(&want_x, &mut a2).unwrap();
+        let (mut w1, mut w2) = (vec![0.0; d], vec![0.0; 24]);
+        matmul_packed_then(
+            &mut [(&n1, &mut w1), (&n2, &mut w2)],
+            std::slice::from_ref(&a2),
+            Epilogue::Store,
+        )
+        .unwrap();
+
+        // One job.
+        let mut x = x0.clone();
+        let (mut g2, mut u2, mut h2) = (
+            vec![f32::NAN; dff],
+            vec![f32::NAN; dff],
+            vec![f32::NAN; dff],
+        );
+        let mut next2 = random_acts(&mut rng, GgmlType::Q4_1, 1, 64).remove(0);
+        let mut part_acts = vec![QuantizedActs::new(); threads];
+        let (mut o1, mut o2) = (vec![f32::NAN; d], vec![f32::NAN; 24]);
+        let then = with_then.then(|| ThenStage {
+            mats: [
+                Some((&n1, &mut o1[..])),
+                Some((&n2, &mut o2[..])),
+                None,
+                None,
+            ],
+            fill: &fill2,
+        });
+        attn_out_ffn(AttnOutFfn {
+            wo: &wo,
+            att: &att,
+            x: &mut x,
+            fill: &fill1,
+            part_acts: &mut part_acts,
+            gate: &gate,
+            up: &up,
+            down: &down,
+            gate_out: &mut g2,
+            up_out: &mut u2,
+            h: &mut h2,
+            next: &mut next2,
+            then,
+        })
+        .unwrap();
+        let what = format!("d {d}, n_ff {dff}");
+        assert_eq!(bits(&x), bits(&want_x), "{what}: x");
+        assert_eq!(
+            (bits(&g2), bits(&u2), bits(&h2)),
+            (bits(&g), bits(&u), bits(&h)),
+            "{what}: FFN rows"
+        );
+        assert_eq!(next2.bytes(), next[0].bytes(), "{what}: down's input");
+        if with_then {
+            assert_eq!(
+                (bits(&o1), bits(&o2)),
+                (bits(&w1), bits(&w2)),
+                "{what}: next matrices"
+            );
+        }
+    }
+
+    // Wrong lengths: refused before anything runs.
+    let m = |rows, cols| {
+        PackedMatrix::pack_q4_0(&vec![0u8; rows * cols / 32 * 18], rows, cols).unwrap()
+    };
+    let (w64, w32x64, w64x32) = (m(64, 64), m(32, 64), m(64, 32));
+    let att = random_acts(&mut rng, ty, 1, 64).remove(0);
+    let fill = |x: &[f32], a: &mut QuantizedActs| a.quantize_for(ty, x);
+    for case in 0..4 {
+        let x0 = vec![1.0f32; 64];
+        let mut x = if case == 0 { vec![1.0; 32] } else { x0.clone() };
+        let mut part_acts =
+            vec![QuantizedActs::new(); if case == 1 { threads - 1 } else { threads }];
+        let (mut g, mut u, mut h) = (
+            vec![0.0; 32],
+            vec![0.0; 32],
+            vec![0.0; if case == 2 { 31 } else { 32 }],
+        );
+        let mut o = vec![0.0; 63];
+        let mut next = QuantizedActs::new();
+        let then = (case == 3).then(|| ThenStage {
+            mats: [Some((&w64, &mut o[..])), None, None, None],
+            fill: &fill,
+        });
+        let e = attn_out_ffn(AttnOutFfn {
+            wo: &w64,
+            att: &att,
+            x: &mut x,
+            fill: &fill,
+            part_acts: &mut part_acts,
+            gate: &w32x64,
+            up: &w32x64,
+            down: &w64x32,
+            gate_out: &mut g,
+            up_out: &mut u,
+            h: &mut h,
+            next: &mut next,
+            then,
+        })
+        .expect_err("refused");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        if case > 0 {
+            assert_eq!(x, x0, "case {case}: x changed");
+        }
     }
 }

@@ -54,6 +54,35 @@ fn swiglu_one(g: f32, u: f32) -> f32 {
     g / (1.0 + exp(-g)) * u
 }
 
+/// RoPE on adjacent pairs (llama's): `x` holds dims `first..first + x.len()` of rows of
+/// heads `head_dim` long; the pair `(2i, 2i + 1)` of a head turns by `cos[i]`, `sin[i]`,
+/// `x0·cos - x1·sin` and `x0·sin + x1·cos` (the model's per-head rotation, the same float
+/// operations), and dims of a head past `2·cos.len()` stay as they are. For a matmul part's
+/// own rows of the key projection: its rows come in whole pairs.
+///
+/// # Panics
+/// If `first` or `x.len()` is odd, `head_dim` is 0 or odd, or `sin` is shorter than `cos`.
+pub fn rope_adjacent(x: &mut [f32], first: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    assert!(
+        first.is_multiple_of(2)
+            && x.len().is_multiple_of(2)
+            && head_dim > 0
+            && head_dim.is_multiple_of(2)
+            && sin.len() >= cos.len(),
+        "rope: dims {first}+{} of heads of {head_dim}, {} angles",
+        x.len(),
+        cos.len()
+    );
+    for (k, p) in x.chunks_exact_mut(2).enumerate() {
+        let i = (first + 2 * k) % head_dim / 2;
+        if i < cos.len() {
+            let (x0, x1) = (p[0], p[1]);
+            p[0] = x0 * cos[i] - x1 * sin[i];
+            p[1] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
 /// The scalar reference: `out[i] = silu(gate[i]) · up[i]`.
 ///
 /// # Panics

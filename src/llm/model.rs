@@ -103,6 +103,9 @@ pub struct State {
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
+    /// One token's next-layer queries, computed in the job that still reads `q` (then
+    /// swapped with it).
+    q2: Vec<f32>,
     /// Attention scratch, one per part of the attention job: KV head `h` (its group of
     /// query heads) of the tokens `c·ATT_TOKENS..(c+1)·ATT_TOKENS` of a batch at index
     /// `c·n_head_kv + h` (the parts run on the compute threads in parallel).
@@ -494,6 +497,7 @@ impl Model {
             x: vec![0.0; MAX_BATCH * c.n_embd],
             xn: vec![0.0; MAX_BATCH * c.n_embd],
             q: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
+            q2: vec![0.0; c.n_head * c.head_dim],
             heads: (0..c.n_head_kv * MAX_BATCH.div_ceil(ATT_TOKENS))
                 .map(|_| {
                     let gd = c.n_head / c.n_head_kv * c.head_dim;
@@ -733,7 +737,9 @@ impl Model {
 
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let mut qkv_ready = false;
+        // One token: this layer's Q, K and V (and, with `kv_ready`, its KV cache row) were
+        // computed by the layer before's last job; the logits by the last layer's.
+        let (mut qkv_ready, mut kv_ready, mut logits_ready) = (false, false, false);
         for (li, l) in self.layers.iter().enumerate() {
             #[cfg(feature = "pool-stats")]
             let mut clock = std::time::Instant::now();
@@ -790,32 +796,38 @@ impl Model {
             // RoPE on each token's k, then k and v into the f16 cache at the token's position:
             // the batch's tokens spread over the compute threads. (q's RoPE runs in the
             // attention job below, on each head's own copy.)
-            let (cos, sin) = (&st.rope_cos, &st.rope_sin);
-            pool::for_each_chunk_mut(&mut st.kk[..nb * kv_dim], kv_dim, &|b, k| {
-                let (cos, sin) = (&cos[b * half..][..half], &sin[b * half..][..half]);
-                for h in k.chunks_exact_mut(c.head_dim) {
-                    rope(h, cos, sin, c.rope_neox);
-                }
-            });
-            let (kk, vv) = (&st.kk, &st.vv);
-            let cached = st.n_past * kv_dim..(st.n_past + nb) * kv_dim;
-            pool::for_each_chunk_mut2(
-                &mut st.k[li][cached.clone()],
-                kv_dim,
-                &mut st.v[li][cached],
-                kv_dim,
-                &|b, kc, vc| {
-                    kc.convert_from_f32_slice(&kk[b * kv_dim..(b + 1) * kv_dim]);
-                    vc.convert_from_f32_slice(&vv[b * kv_dim..(b + 1) * kv_dim]);
-                },
-            );
+            if !std::mem::take(&mut kv_ready) {
+                let (cos, sin) = (&st.rope_cos, &st.rope_sin);
+                pool::for_each_chunk_mut(&mut st.kk[..nb * kv_dim], kv_dim, &|b, k| {
+                    let (cos, sin) = (&cos[b * half..][..half], &sin[b * half..][..half]);
+                    for h in k.chunks_exact_mut(c.head_dim) {
+                        rope(h, cos, sin, c.rope_neox);
+                    }
+                });
+                let (kk, vv) = (&st.kk, &st.vv);
+                let cached = st.n_past * kv_dim..(st.n_past + nb) * kv_dim;
+                pool::for_each_chunk_mut2(
+                    &mut st.k[li][cached.clone()],
+                    kv_dim,
+                    &mut st.v[li][cached],
+                    kv_dim,
+                    &|b, kc, vc| {
+                        kc.convert_from_f32_slice(&kk[b * kv_dim..(b + 1) * kv_dim]);
+                        vc.convert_from_f32_slice(&vv[b * kv_dim..(b + 1) * kv_dim]);
+                    },
+                );
+            }
 
             lap!(clock, 1);
             // attention per token and head over positions 0..=pos (causal): one job per
             // layer, a part per KV head (its group of query heads, which share each cached
             // key and value row's load in the grouped kernels) and group of ATT_TOKENS
             // tokens, each with its own scratch
-            let (kc, vc) = (&st.k[li], &st.v[li]);
+            // (This layer's cache read-only; the next layer's, whose row at this position the
+            // last job of this layer may write, apart.)
+            let (k_here, k_next) = st.k.split_at_mut(li + 1);
+            let (v_here, v_next) = st.v.split_at_mut(li + 1);
+            let (kc, vc) = (&k_here[li], &v_here[li]);
             let kv = KvOps::for_path(crate::kernels::active());
             let (n_kv, hd, n_past, neox) = (c.n_head_kv, c.head_dim, st.n_past, c.rope_neox);
             let gd = group * hd;
@@ -851,6 +863,107 @@ impl Model {
                 l.wo.packed
                     .filter(|_| nb == 1 && gd.is_multiple_of(32) && n_kv <= MAX_KV_HEADS_FUSED);
             if let Some(wo) = wo_packed {
+                if let (Some(g), Some(u), Some(dn)) =
+                    (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
+                {
+                    // The attention, wo, the whole FFN and the next layer's Q/K/V (or the
+                    // output matrix) as one job of stages.
+                    if st.part_acts.len() < pool::threads() {
+                        // Only when the thread count grew after the state was made.
+                        st.part_acts
+                            .resize_with(pool::threads(), QuantizedActs::new);
+                    }
+                    let (eps, ty) = (c.rms_eps, l.w_gate.ty);
+                    let fill = |x: &[f32], a: &mut QuantizedActs| {
+                        a.quantize_made_for(ty, d, |row| rms_norm(x, &l.ffn_norm, eps, row))
+                    };
+                    // The next layer's Q, K and V where they are packed and have no biases,
+                    // their RoPE'd keys and values into the cache (llama's RoPE).
+                    let next = self.layers.get(li + 1);
+                    let next_qkv = next
+                        .filter(|n| n.bq.is_none() && n.bk.is_none() && n.bv.is_none())
+                        .and_then(|n| Some((n.wq.packed?, n.wk.packed?, n.wv.packed?)));
+                    let next_norm = next.map_or(&self.output_norm, |n| &n.attn_norm);
+                    let fill_next = |x: &[f32], a: &mut QuantizedActs| {
+                        a.quantize_made_for(ty, d, |row| rms_norm(x, next_norm, eps, row))
+                    };
+                    let row = n_past * kv_dim..(n_past + 1) * kv_dim;
+                    let then = match (next_qkv, k_next.first_mut(), v_next.first_mut()) {
+                        (Some((q, k, v)), Some(kn), Some(vn)) => Some(quants::ThenStage {
+                            mats: [
+                                Some((&self.packed[q], &mut st.q2[..dq])),
+                                Some((&self.packed[k], &mut st.kk[..kv_dim])),
+                                Some((&self.packed[v], &mut st.vv[..kv_dim])),
+                                None,
+                            ],
+                            fill: &fill_next,
+                            kv: (!neox).then(|| quants::KvRows {
+                                k: 1,
+                                v: 2,
+                                k_row: &mut kn[row.clone()],
+                                v_row: &mut vn[row],
+                                head_dim: hd,
+                                cos: &cos[..half],
+                                sin: &sin[..half],
+                            }),
+                        }),
+                        // The last layer: the logits, where the output matrix is packed.
+                        _ if next.is_none() && want_logits && self.output.packed.is_some() => {
+                            Some(quants::ThenStage {
+                                mats: [
+                                    Some((
+                                        &self.packed[self.output.packed.unwrap_or(0)],
+                                        &mut st.logits[..],
+                                    )),
+                                    None,
+                                    None,
+                                    None,
+                                ],
+                                fill: &fill_next,
+                                kv: None,
+                            })
+                        }
+                        _ => None,
+                    };
+                    let chained = then.as_ref().map(|t| (t.mats[1].is_some(), t.kv.is_some()));
+                    let attend_q8 = |j: usize, hs: &mut HeadScratch, q: &mut quants::Q8Part| {
+                        attend(j, hs);
+                        q.quantize(&hs.out[..gd]);
+                    };
+                    quants::attn_out_ffn(
+                        quants::AttnOutFfn {
+                            wo: &self.packed[wo],
+                            att: &mut st.acts[0],
+                            x: &mut st.x[..d],
+                            fill: &fill,
+                            part_acts: &mut st.part_acts,
+                            gate: &self.packed[g],
+                            up: &self.packed[u],
+                            down: &self.packed[dn],
+                            gate_out: &mut st.gate[..c.n_ff],
+                            up_out: &mut st.up[..c.n_ff],
+                            h: &mut st.ffn_out[..c.n_ff],
+                            next: &mut st.ffn_acts[0],
+                            then,
+                        },
+                        Some(quants::PreStage {
+                            items: &mut st.heads[..n_kv],
+                            part_len: gd,
+                            f: &attend_q8,
+                        }),
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    match chained {
+                        Some((true, kv)) => {
+                            std::mem::swap(&mut st.q, &mut st.q2);
+                            (qkv_ready, kv_ready) = (true, kv);
+                        }
+                        Some((false, _)) => logits_ready = true,
+                        None => {}
+                    }
+                    lap!(clock, 5);
+                    continue;
+                }
                 let mut items: [(Option<&mut HeadScratch>, Option<quants::Q8Part>);
                     MAX_KV_HEADS_FUSED] = std::array::from_fn(|_| (None, None));
                 let q8 = st.acts[0]
@@ -866,56 +979,6 @@ impl Model {
                     }
                 });
                 lap!(clock, 2);
-                if let (Some(g), Some(u), Some(dn)) =
-                    (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
-                {
-                    // wo and the whole FFN as one job of three stages.
-                    if st.part_acts.len() < pool::threads() {
-                        // Only when the thread count grew after the state was made.
-                        st.part_acts
-                            .resize_with(pool::threads(), QuantizedActs::new);
-                    }
-                    let (eps, ty, norm) = (c.rms_eps, l.w_gate.ty, &l.ffn_norm);
-                    let fill = |x: &[f32], a: &mut QuantizedActs| {
-                        a.quantize_made_for(ty, d, |row| rms_norm(x, norm, eps, row))
-                    };
-                    // The next layer's Q, K and V in a fourth stage, where they are packed.
-                    let next = self.layers.get(li + 1);
-                    let next_qkv =
-                        next.and_then(|n| Some((n.wq.packed?, n.wk.packed?, n.wv.packed?)));
-                    let next_norm = next.map_or(&l.attn_norm, |n| &n.attn_norm);
-                    let fill_next = |x: &[f32], a: &mut QuantizedActs| {
-                        a.quantize_made_for(ty, d, |row| rms_norm(x, next_norm, eps, row))
-                    };
-                    let then = next_qkv.map(|(q, k, v)| quants::ThenStage {
-                        mats: [
-                            Some((&self.packed[q], &mut st.q[..dq])),
-                            Some((&self.packed[k], &mut st.kk[..kv_dim])),
-                            Some((&self.packed[v], &mut st.vv[..kv_dim])),
-                            None,
-                        ],
-                        fill: &fill_next,
-                    });
-                    qkv_ready = then.is_some();
-                    quants::attn_out_ffn(quants::AttnOutFfn {
-                        wo: &self.packed[wo],
-                        att: &st.acts[0],
-                        x: &mut st.x[..d],
-                        fill: &fill,
-                        part_acts: &mut st.part_acts,
-                        gate: &self.packed[g],
-                        up: &self.packed[u],
-                        down: &self.packed[dn],
-                        gate_out: &mut st.gate[..c.n_ff],
-                        up_out: &mut st.up[..c.n_ff],
-                        h: &mut st.ffn_out[..c.n_ff],
-                        next: &mut st.ffn_acts[0],
-                        then,
-                    })
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    lap!(clock, 5);
-                    continue;
-                }
                 quants::matmul_packed_then(
                     &mut [(&self.packed[wo], &mut st.x[..d])],
                     &st.acts[..1],
@@ -958,6 +1021,9 @@ impl Model {
         st.n_past += nb;
         if !want_logits {
             return Ok(None);
+        }
+        if logits_ready {
+            return Ok(Some(&st.logits));
         }
         let lastx = &st.x[(nb - 1) * d..nb * d];
         let normed = self.matmul_normed(

@@ -1962,14 +1962,16 @@ pub type FillFrom<'a> = dyn Fn(&[f32], &mut QuantizedActs) -> Result<(), QuantEr
 /// [`matmul_packed_each`] of gate and up with [`Epilogue::SwiGluQ8`], then
 /// [`matmul_packed_then`] of down.
 ///
-/// One job of three stages ([`pool::run_stages`](crate::kernels::pool::run_stages)) instead
-/// of three jobs: part *i* of each stage is thread *i*'s share of its matrices (`wo`'s rows;
+/// One job of stages ([`pool::run_stages`](crate::kernels::pool::run_stages)) instead of a
+/// job per matmul: part *i* of each stage is thread *i*'s share of its matrices (`wo`'s rows;
 /// gate's and up's blocks, with their SwiGLU and down-input blocks; down's rows), and the
 /// threads meet at a barrier between stages, each making its own `x̂` into `part_acts[i]`.
+/// Optionally a stage before (a [`PreStage`] that writes `att`: the attention) and one after
+/// ([`ThenStage`]: the next layer's Q/K/V and their KV cache rows, or the output matrix).
 pub struct AttnOutFfn<'a> {
     pub wo: &'a PackedMatrix,
-    /// `wo`'s input: the attention output, Q8_0.
-    pub att: &'a QuantizedActs,
+    /// `wo`'s input: the attention output, Q8_0 (written by the [`PreStage`] if there is one).
+    pub att: &'a mut QuantizedActs,
     pub x: &'a mut [f32],
     pub fill: &'a FillFrom<'a>,
     /// One per compute thread.
@@ -1983,8 +1985,8 @@ pub struct AttnOutFfn<'a> {
     pub h: &'a mut [f32],
     /// down's input: `h` quantized (Q8_0), written block by block by the parts.
     pub next: &'a mut QuantizedActs,
-    /// A fourth stage after down (the next layer's Q/K/V): `out_m = W_m · x̂'` for each
-    /// matrix, with `x̂'` the row its `fill` makes from the final `x`, in the same
+    /// A stage after down (the next layer's Q/K/V, or the output matrix): `out_m = W_m · x̂'`
+    /// for each matrix, with `x̂'` the row its `fill` makes from the final `x`, in the same
     /// `part_acts`.
     pub then: Option<ThenStage<'a>>,
 }
@@ -1994,10 +1996,43 @@ pub struct AttnOutFfn<'a> {
 pub struct ThenStage<'a> {
     pub mats: [Option<(&'a PackedMatrix, &'a mut [f32])>; MAX_PACKED_JOBS],
     pub fill: &'a FillFrom<'a>,
+    /// Two of the matrices' outputs (keys and values) also go, as f16, into a KV cache row,
+    /// the keys turned by [`act::rope_adjacent`](crate::kernels::act::rope_adjacent) first:
+    /// each part its own rows, as the model's serial RoPE and cache write would.
+    pub kv: Option<KvRows<'a>>,
 }
 
-/// Run [`AttnOutFfn`].
-pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
+/// [`ThenStage::kv`].
+pub struct KvRows<'a> {
+    /// Indices into [`ThenStage::mats`].
+    pub k: usize,
+    pub v: usize,
+    /// The cache rows (as long as the K and V outputs).
+    pub k_row: &'a mut [half::f16],
+    pub v_row: &'a mut [half::f16],
+    pub head_dim: usize,
+    /// The token's RoPE angles.
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// A stage before [`AttnOutFfn`]'s first matmul that writes its input `att`: item `j` of
+/// `items`, with `att`'s values `j·part_len..(j + 1)·part_len` to quantize (whole Q8_0
+/// blocks), goes to part `j % threads`. At most [`MAX_PRE_ITEMS`] items.
+pub struct PreStage<'a, T> {
+    pub items: &'a mut [T],
+    pub part_len: usize,
+    pub f: &'a (dyn Fn(usize, &mut T, &mut Q8Part<'_>) + Sync),
+}
+
+/// Most items of a [`PreStage`] (their activation blocks' pointers are on the stack).
+pub const MAX_PRE_ITEMS: usize = 16;
+
+/// Run [`AttnOutFfn`], after `pre` if given.
+pub fn attn_out_ffn<T: Send>(
+    f: AttnOutFfn<'_>,
+    pre: Option<PreStage<'_, T>>,
+) -> Result<(), QuantError> {
     let path = crate::kernels::active();
     let threads = crate::kernels::pool::threads().max(1);
     let (d, dff) = (f.x.len(), f.gate_out.len());
@@ -2013,7 +2048,6 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
         }
     };
     len("attention-output matrix rows", d, f.wo.rows)?;
-    check_acts(GgmlType::Q4_0, f.att, f.wo.cols)?;
     len("gate columns", d, f.gate.cols)?;
     len("up columns", d, f.up.cols)?;
     len("down rows", d, f.down.rows)?;
@@ -2037,9 +2071,10 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
         d.next_multiple_of(q4_0::QK4_0),
         d,
     )?;
-    // The fourth stage's matrices: each with its output pointer, checked.
+    // The last stage's matrices: each with its output pointer, checked; its KV rows.
     let mut then: [Option<(&PackedMatrix, SendPtr)>; MAX_PACKED_JOBS] = [None; MAX_PACKED_JOBS];
     let then_fill = f.then.as_ref().map(|t| t.fill);
+    let mut kv = None;
     if let Some(t) = f.then {
         for (m, o) in t.mats.into_iter().zip(&mut then) {
             if let Some((p, out)) = m {
@@ -2048,7 +2083,69 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
                 *o = Some((p, SendPtr(out.as_mut_ptr())));
             }
         }
+        if let Some(r) = t.kv {
+            let rows = |j: usize| then.get(j).copied().flatten().map_or(0, |m| m.0.rows);
+            len("KV cache key row", rows(r.k), r.k_row.len())?;
+            len("KV cache value row", rows(r.v), r.v_row.len())?;
+            if r.k == r.v || rows(r.k) == 0 || rows(r.v) == 0 {
+                return Err(QuantError::Len {
+                    what: "KV cache rows: two distinct matrices of the stage",
+                    expected: 2,
+                    got: usize::from(rows(r.k) > 0) + usize::from(rows(r.v) > 0 && r.k != r.v),
+                });
+            }
+            if r.head_dim == 0 || !r.head_dim.is_multiple_of(2) || r.sin.len() < r.cos.len() {
+                return Err(QuantError::Len {
+                    what: "RoPE head size (even) and angles",
+                    expected: r.head_dim.next_multiple_of(2).max(2),
+                    got: r.head_dim,
+                });
+            }
+            kv = Some((
+                r.k,
+                r.v,
+                F16Ptr(r.k_row.as_mut_ptr()),
+                F16Ptr(r.v_row.as_mut_ptr()),
+                r.head_dim,
+                r.cos,
+                r.sin,
+            ));
+        }
     }
+    // The stage before: its items, and the blocks of `att` each writes.
+    let mut pre_blocks = [None; MAX_PRE_ITEMS];
+    let pre = match pre {
+        Some(p) => {
+            len(
+                "pre-stage items (at most)",
+                MAX_PRE_ITEMS,
+                p.items.len().max(MAX_PRE_ITEMS),
+            )?;
+            len(
+                "pre-stage parts' values (all of wo's columns)",
+                f.wo.cols,
+                p.items.len() * p.part_len,
+            )?;
+            let parts = f.att.q8_0_parts(f.wo.cols, p.part_len)?;
+            for (b, q) in pre_blocks.iter_mut().zip(parts) {
+                *b = Some(Q8Out {
+                    blocks: q.y.as_mut_ptr(),
+                    scales: q.d.as_mut_ptr(),
+                    qsums: q.s.as_mut_ptr(),
+                });
+            }
+            Some((
+                ItemsPtr(p.items.as_mut_ptr()),
+                p.items.len(),
+                p.part_len,
+                p.f,
+            ))
+        }
+        None => {
+            check_acts(GgmlType::Q4_0, f.att, f.wo.cols)?;
+            None
+        }
+    };
     f.next.prepare_q8_0(dff)?;
     let (y, dd, ss) = f.next.q8_0_mut();
     let q8 = Q8Out {
@@ -2056,8 +2153,7 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
         scales: dd.as_mut_ptr(),
         qsums: ss.as_mut_ptr(),
     };
-    let next: *const QuantizedActs = f.next;
-    let next = NextActs(next);
+    let (att, next) = (ActsPtr(f.att), ActsPtr(f.next));
     let (x, g, u, h) = (
         SendPtr(f.x.as_mut_ptr()),
         SendPtr(f.gate_out.as_mut_ptr()),
@@ -2068,26 +2164,74 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
     let failed = std::sync::OnceLock::new();
     const BLOCK_TILES: usize = q8::QK8_0 / q4_0x8::TILE_ROWS;
     let rows = |m: &PackedMatrix, i: usize| share(m.rows / q4_0x8::TILE_ROWS, i, threads);
-    let stages = if then_fill.is_some() { 4 } else { 3 };
-    crate::kernels::pool::run_stages(stages, &|stage, i| {
+    #[derive(Clone, Copy)]
+    enum Stage {
+        Pre,
+        Wo,
+        GateUp,
+        Down,
+        Then,
+    }
+    let mut stages = [Stage::Wo; 5];
+    let mut n = 0;
+    for (s, on) in [
+        (Stage::Pre, pre.is_some()),
+        (Stage::Wo, true),
+        (Stage::GateUp, true),
+        (Stage::Down, true),
+        (Stage::Then, then_fill.is_some()),
+    ] {
+        if on {
+            stages[n] = s;
+            n += 1;
+        }
+    }
+    crate::kernels::pool::run_stages(n, &|stage, i| {
         // (The wrappers whole, not their raw-pointer fields: they are what is `Sync`.)
-        let (q8, parts, next) = (&q8, &parts, &next);
+        let (q8, parts, att, next, pre, pre_blocks, kv) =
+            (&q8, &parts, &att, &next, &pre, &pre_blocks, &kv);
         if failed.get().is_some() {
             return;
         }
-        match stage {
-            0 => {
+        match stages[stage] {
+            Stage::Pre => {
+                let Some((items, n_items, part_len, pf)) = pre else {
+                    return;
+                };
+                for j in (i..*n_items).step_by(threads) {
+                    // SAFETY: item `j < items.len()` goes to part `j % threads` alone, once,
+                    // and only in this stage: the only reference to it while it lives.
+                    let item = unsafe { &mut *items.0.add(j) };
+                    let Some(b) = pre_blocks[j] else { continue };
+                    let nb = part_len / q8::QK8_0;
+                    // SAFETY: blocks `j·nb..(j + 1)·nb` of `att` (taken from `&mut` above by
+                    // `q8_0_parts`, disjoint per item), written only here, read after the
+                    // barrier that ends this stage.
+                    let mut q = unsafe {
+                        Q8Part {
+                            y: std::slice::from_raw_parts_mut(b.blocks, nb),
+                            d: std::slice::from_raw_parts_mut(b.scales, nb),
+                            s: std::slice::from_raw_parts_mut(b.qsums, nb),
+                        }
+                    };
+                    pf(j, item, &mut q);
+                }
+            }
+            Stage::Wo => {
+                // SAFETY: `att` is written only in the stage before (or before the job); the
+                // barrier ordered those writes before this read, and no `&mut` to it lives.
+                let a = unsafe { &*att.0 };
                 let r = rows(f.wo, i);
                 // SAFETY: rows `8·r` of `x` (`d = wo.rows` long, checked): parts get disjoint
                 // shares `r`, and nothing else reads or writes `x` in this stage.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
                 };
-                gemv_range(path, f.wo, r.start, f.att, o, true);
+                gemv_range(path, f.wo, r.start, a, o, true);
             }
-            1 => {
-                // SAFETY: `x` is written only in stages 0 and 2; the barrier before this
-                // stage ordered every stage-0 write before this read.
+            Stage::GateUp => {
+                // SAFETY: `x` is written only in the `wo` and down stages; the barrier before
+                // this stage ordered every `wo` write before this read.
                 let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
                 // SAFETY: `i < threads ≤ part_acts.len()` (checked) and each part index runs
                 // once per stage: the only reference to this element while it lives.
@@ -2119,18 +2263,36 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
                 crate::kernels::act::swiglu(path, go, uo, hh);
                 quantize_q8_0_blocks(hh, yb, yd, ys);
             }
-            3 => {
-                // SAFETY: as in stage 1: `x`'s last writes (stage 2) are ordered before this
-                // read by the barrier.
+            Stage::Down => {
+                // SAFETY: down's input was written, block by block, in the stage before only
+                // (through the pointers taken above); the barrier ordered those writes before
+                // these reads, and no `&mut` to it lives now.
+                let nx = unsafe { &*next.0 };
+                let r = rows(f.down, i);
+                // SAFETY: as in the `wo` stage: disjoint shares of `x`'s rows; the gate/up
+                // stage's reads of `x` are over (barrier).
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
+                };
+                gemv_range(path, f.down, r.start, nx, o, true);
+            }
+            Stage::Then => {
+                // SAFETY: as in the gate/up stage: `x`'s last writes (down) are ordered before
+                // this read by the barrier.
                 let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
-                // SAFETY: as in stage 1 (this part's element; stage 2 does not touch it).
+                // SAFETY: as in the gate/up stage (this part's element; down does not touch
+                // it).
                 let a = unsafe { &mut *parts.0.add(i) };
                 let Some(fill) = then_fill else { return };
                 if let Err(e) = fill(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
                     let _ = failed.set(e);
                     return;
                 }
-                for (m, o) in then.iter().flatten() {
+                for (j, (m, o)) in then
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, m)| Some((j, (*m)?)))
+                {
                     let r = rows(m, i);
                     // SAFETY: rows `8·r` of this matrix's own output (`m.rows` long, checked):
                     // disjoint shares, and nothing else touches the output in this job.
@@ -2138,22 +2300,24 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
                         std::slice::from_raw_parts_mut(o.get().add(8 * r.start), 8 * r.len())
                     };
                     gemv_range(path, m, r.start, a, o, false);
+                    let Some((k, v, k_row, v_row, hd, cos, sin)) = *kv else {
+                        continue;
+                    };
+                    if j == k {
+                        crate::kernels::act::rope_adjacent(o, 8 * r.start, hd, cos, sin);
+                    }
+                    if j == k || j == v {
+                        let row = if j == k { k_row } else { v_row };
+                        // SAFETY: the same rows `8·r` of the cache row (as long as this
+                        // matrix's output, checked), taken from `&mut` before the job:
+                        // disjoint shares, and nothing else touches the row in this job.
+                        let c = unsafe {
+                            std::slice::from_raw_parts_mut(row.0.add(8 * r.start), 8 * r.len())
+                        };
+                        half::slice::HalfFloatSliceExt::convert_from_f32_slice(c, o);
+                    }
                 }
             }
-            2 => {
-                // SAFETY: down's input was written, block by block, in stage 1 only (through
-                // the pointers taken above); the barrier ordered those writes before these
-                // reads, and no `&mut` to it lives now.
-                let nx = unsafe { &*next.0 };
-                let r = rows(f.down, i);
-                // SAFETY: as in stage 0: disjoint shares of `x`'s rows; stage 1's reads of
-                // `x` are over (barrier).
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
-                };
-                gemv_range(path, f.down, r.start, nx, o, true);
-            }
-            _ => {}
         }
     });
     match failed.into_inner() {
@@ -2162,11 +2326,26 @@ pub fn attn_out_ffn(f: AttnOutFfn<'_>) -> Result<(), QuantError> {
     }
 }
 
-/// [`attn_out_ffn`]'s down input, read by the parts of its last stage.
-struct NextActs(*const QuantizedActs);
+/// A `QuantizedActs` of [`attn_out_ffn`] read by the parts of a stage after the one that
+/// writes its blocks.
+struct ActsPtr(*const QuantizedActs);
 // SAFETY: only dereferenced (shared) by the parts of one `run_stages` job, after the stage
-// that writes its blocks (see the SAFETY note at its use); `QuantizedActs` is `Sync`.
-unsafe impl Sync for NextActs {}
+// that writes its blocks (see the SAFETY notes at its uses); `QuantizedActs` is `Sync`.
+unsafe impl Sync for ActsPtr {}
+
+/// [`PreStage::items`]' base, handed out one item per part.
+struct ItemsPtr<T>(*mut T);
+// SAFETY: each item goes to one part of one stage (see the SAFETY note at its use), and
+// `T: Send` lets it be used on that part's thread.
+unsafe impl<T: Send> Sync for ItemsPtr<T> {}
+
+/// A KV cache row of [`attn_out_ffn`], written by each part in its own rows.
+#[derive(Clone, Copy)]
+struct F16Ptr(*mut half::f16);
+// SAFETY: only used to write disjoint row ranges of one `&mut [f16]` in one stage.
+unsafe impl Send for F16Ptr {}
+// SAFETY: as above.
+unsafe impl Sync for F16Ptr {}
 
 /// Embedding lookup: dequantize row `row` of the table `w` (whole rows of `n_cols` elements of
 /// type `ty`) into `out` (`n_cols` elements).

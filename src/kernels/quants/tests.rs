@@ -1617,13 +1617,17 @@ fn q8_0_parts_equal_one_whole_row() {
     }
 }
 
-/// [`attn_out_ffn`] (one job of three or four stages) gives the bits of the separate calls:
-/// `wo` accumulated into `x`, gate and up on the row made from the new `x` with the SwiGLU
-/// epilogue, down accumulated into `x`, then (fourth stage) each next matrix on the row made
-/// from the final `x`; for several sizes of the residual and FFN rows, on the active path.
-/// Mismatched lengths are one-line errors, and nothing runs.
+/// [`attn_out_ffn`] (one job of stages) gives the bits of the separate steps: a
+/// [`PreStage`] whose items quantize their parts of `wo`'s input (against one quantization of
+/// the whole row), `wo` accumulated into `x`, gate and up on the row made from the new `x`
+/// with the SwiGLU epilogue, down accumulated into `x`, then each next matrix on the row made
+/// from the final `x`, two of them (keys with llama's RoPE, values) also into f16 cache rows
+/// (against the rotation written out per head here); for several sizes of the residual and
+/// FFN rows, with and without the first and last stages, on the active path. Mismatched
+/// lengths are one-line errors, and nothing runs.
 #[test]
-fn prop_attn_out_ffn_equals_the_separate_calls() {
+fn prop_attn_out_ffn_equals_the_separate_steps() {
+    use half::f16;
     let mut rng = Rng(0xa770_0ff1_2026_1124);
     let ty = GgmlType::Q4_0;
     let threads = crate::kernels::pool::threads().max(1);
@@ -1636,10 +1640,12 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
     let tame = |rng: &mut Rng, n: usize, sd: f32, mean: f32| -> Vec<f32> {
         (0..n).map(|_| mean + sd * rng.normal()).collect()
     };
-    for &(d, dff, with_then) in &[
-        (64usize, 32usize, false),
-        (96, 160, true),
-        (576, 1536, true),
+    let (hd, kv_rows) = (16usize, 48usize);
+    for &(d, dff, with_pre, with_then) in &[
+        (64usize, 32usize, false, false),
+        (96, 160, true, true),
+        (576, 1536, true, true),
+        (192, 64, false, true),
     ] {
         let mut matrix = |rows: usize, cols: usize| {
             let v = tame(&mut rng, rows * cols, 0.05, 0.0);
@@ -1648,11 +1654,14 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
             PackedMatrix::pack_q4_0(&w, rows, cols).unwrap()
         };
         let (wo, gate, up, down) = (matrix(d, d), matrix(dff, d), matrix(dff, d), matrix(d, dff));
-        let (n1, n2) = (matrix(d, d), matrix(24, d));
+        let (n1, nk, nv) = (matrix(d, d), matrix(kv_rows, d), matrix(kv_rows, d));
+        let att_values = tame(&mut rng, d, 1.0, 0.0);
         let mut att = QuantizedActs::new();
-        att.quantize_for(ty, &tame(&mut rng, d, 1.0, 0.0)).unwrap();
+        att.quantize_for(ty, &att_values).unwrap();
         let x0 = tame(&mut rng, d, 1.0, 0.0);
         let (s1, s2) = (tame(&mut rng, d, 0.1, 1.0), tame(&mut rng, d, 0.1, 1.0));
+        let angles = tame(&mut rng, hd / 2 - 2, 1.0, 0.0);
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
         let scaled = |s: &[f32]| {
             let s = s.to_vec();
             move |x: &[f32], a: &mut QuantizedActs| {
@@ -1665,14 +1674,16 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
         };
         let (fill1, fill2) = (scaled(&s1), scaled(&s2));
 
-        // The separate calls.
+        // The separate steps.
         let mut want_x = x0.clone();
-        matmul_packed_then(
-            &mut [(&wo, &mut want_x)],
-            std::slice::from_ref(&att),
-            Epilogue::Accumulate,
-        )
-        .unwrap();
+        let wo_job = |x: &mut [f32]| {
+            matmul_packed_then(
+                &mut [(&wo, x)],
+                std::slice::from_ref(&att),
+                Epilogue::Accumulate,
+            )
+        };
+        wo_job(&mut want_x).unwrap();
         let mut a1 = QuantizedActs::new();
         fill1(&want_x, &mut a1).unwrap();
         let (mut g, mut u, mut h) = (vec![0.0; dff], vec![0.0; dff], vec![0.0; dff]);
@@ -1689,13 +1700,27 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
         matmul_packed_then(&mut [(&down, &mut want_x)], &next, Epilogue::Accumulate).unwrap();
         let mut a2 = QuantizedActs::new();
         fill2(&want_x, &mut a2).unwrap();
-        let (mut w1, mut w2) = (vec![0.0; d], vec![0.0; 24]);
+        let (mut w1, mut wk, mut wv) = (vec![0.0; d], vec![0.0; kv_rows], vec![0.0; kv_rows]);
         matmul_packed_then(
-            &mut [(&n1, &mut w1), (&n2, &mut w2)],
+            &mut [(&n1, &mut w1), (&nk, &mut wk), (&nv, &mut wv)],
             std::slice::from_ref(&a2),
             Epilogue::Store,
         )
         .unwrap();
+        // llama's RoPE, head by head, then f16.
+        let mut roped = wk.clone();
+        for head in roped.chunks_exact_mut(hd) {
+            for i in 0..cos.len() {
+                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = x0 * cos[i] - x1 * sin[i];
+                head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+        let f16s = |v: &[f32]| {
+            v.iter()
+                .map(|&x| f16::from_f32(x).to_bits())
+                .collect::<Vec<_>>()
+        };
 
         // One job.
         let mut x = x0.clone();
@@ -1705,34 +1730,66 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
             vec![f32::NAN; dff],
         );
         let mut next2 = random_acts(&mut rng, GgmlType::Q4_1, 1, 64).remove(0);
+        let mut att2 = if with_pre {
+            random_acts(&mut rng, GgmlType::Q4_1, 1, 64).remove(0)
+        } else {
+            att.clone()
+        };
         let mut part_acts = vec![QuantizedActs::new(); threads];
-        let (mut o1, mut o2) = (vec![f32::NAN; d], vec![f32::NAN; 24]);
+        let (mut o1, mut ok, mut ov) = (
+            vec![f32::NAN; d],
+            vec![f32::NAN; kv_rows],
+            vec![f32::NAN; kv_rows],
+        );
+        let (mut k_row, mut v_row) = (vec![f16::NAN; kv_rows], vec![f16::NAN; kv_rows]);
         let then = with_then.then(|| ThenStage {
             mats: [
                 Some((&n1, &mut o1[..])),
-                Some((&n2, &mut o2[..])),
-                None,
+                Some((&nk, &mut ok[..])),
+                Some((&nv, &mut ov[..])),
                 None,
             ],
             fill: &fill2,
+            kv: Some(KvRows {
+                k: 1,
+                v: 2,
+                k_row: &mut k_row,
+                v_row: &mut v_row,
+                head_dim: hd,
+                cos: &cos,
+                sin: &sin,
+            }),
         });
-        attn_out_ffn(AttnOutFfn {
-            wo: &wo,
-            att: &att,
-            x: &mut x,
-            fill: &fill1,
-            part_acts: &mut part_acts,
-            gate: &gate,
-            up: &up,
-            down: &down,
-            gate_out: &mut g2,
-            up_out: &mut u2,
-            h: &mut h2,
-            next: &mut next2,
-            then,
-        })
+        // The pre stage: three parts of wo's input (as many as the KV heads), each item its
+        // values.
+        let mut items: Vec<Vec<f32>> = att_values.chunks(d / 3).map(|c| c.to_vec()).collect();
+        let pre_f = |_: usize, item: &mut Vec<f32>, q: &mut Q8Part| q.quantize(item);
+        let pre = with_pre.then(|| PreStage {
+            items: &mut items[..],
+            part_len: d / 3,
+            f: &pre_f,
+        });
+        attn_out_ffn(
+            AttnOutFfn {
+                wo: &wo,
+                att: &mut att2,
+                x: &mut x,
+                fill: &fill1,
+                part_acts: &mut part_acts,
+                gate: &gate,
+                up: &up,
+                down: &down,
+                gate_out: &mut g2,
+                up_out: &mut u2,
+                h: &mut h2,
+                next: &mut next2,
+                then,
+            },
+            pre,
+        )
         .unwrap();
         let what = format!("d {d}, n_ff {dff}");
+        assert_eq!(att2.bytes(), att.bytes(), "{what}: wo's input");
         assert_eq!(bits(&x), bits(&want_x), "{what}: x");
         assert_eq!(
             (bits(&g2), bits(&u2), bits(&h2)),
@@ -1742,9 +1799,18 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
         assert_eq!(next2.bytes(), next[0].bytes(), "{what}: down's input");
         if with_then {
             assert_eq!(
-                (bits(&o1), bits(&o2)),
-                (bits(&w1), bits(&w2)),
+                (bits(&o1), bits(&ov)),
+                (bits(&w1), bits(&wv)),
                 "{what}: next matrices"
+            );
+            assert_eq!(bits(&ok), bits(&roped), "{what}: keys, turned");
+            assert_eq!(
+                f16s(&roped),
+                k_row.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                f16s(&wv),
+                v_row.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
     }
@@ -1754,10 +1820,10 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
         PackedMatrix::pack_q4_0(&vec![0u8; rows * cols / 32 * 18], rows, cols).unwrap()
     };
     let (w64, w32x64, w64x32) = (m(64, 64), m(32, 64), m(64, 32));
-    let att = random_acts(&mut rng, ty, 1, 64).remove(0);
     let fill = |x: &[f32], a: &mut QuantizedActs| a.quantize_for(ty, x);
-    for case in 0..4 {
+    for case in 0..6 {
         let x0 = vec![1.0f32; 64];
+        let mut att = random_acts(&mut rng, ty, 1, 64).remove(0);
         let mut x = if case == 0 { vec![1.0; 32] } else { x0.clone() };
         let mut part_acts =
             vec![QuantizedActs::new(); if case == 1 { threads - 1 } else { threads }];
@@ -1766,27 +1832,54 @@ fn prop_attn_out_ffn_equals_the_separate_calls() {
             vec![0.0; 32],
             vec![0.0; if case == 2 { 31 } else { 32 }],
         );
-        let mut o = vec![0.0; 63];
+        let (mut o, mut o2) = (vec![0.0; if case == 3 { 63 } else { 64 }], vec![0.0; 64]);
+        let mut k_row = vec![half::f16::ZERO; 64];
         let mut next = QuantizedActs::new();
-        let then = (case == 3).then(|| ThenStage {
-            mats: [Some((&w64, &mut o[..])), None, None, None],
+        let then = (case == 3 || case == 4).then(|| ThenStage {
+            mats: [
+                Some((&w64, &mut o[..])),
+                Some((&w64, &mut o2[..])),
+                None,
+                None,
+            ],
             fill: &fill,
+            // Case 4: the keys and values the same matrix.
+            kv: (case == 4).then(|| KvRows {
+                k: 0,
+                v: 0,
+                k_row: &mut k_row,
+                v_row: &mut [],
+                head_dim: 8,
+                cos: &[],
+                sin: &[],
+            }),
         });
-        let e = attn_out_ffn(AttnOutFfn {
-            wo: &w64,
-            att: &att,
-            x: &mut x,
-            fill: &fill,
-            part_acts: &mut part_acts,
-            gate: &w32x64,
-            up: &w32x64,
-            down: &w64x32,
-            gate_out: &mut g,
-            up_out: &mut u,
-            h: &mut h,
-            next: &mut next,
-            then,
-        })
+        let mut items = [(); 3];
+        let pre_f = |_: usize, _: &mut (), _: &mut Q8Part| {};
+        // Case 5: parts that do not cover wo's input.
+        let pre = (case == 5).then(|| PreStage {
+            items: &mut items[..],
+            part_len: 32,
+            f: &pre_f,
+        });
+        let e = attn_out_ffn(
+            AttnOutFfn {
+                wo: &w64,
+                att: &mut att,
+                x: &mut x,
+                fill: &fill,
+                part_acts: &mut part_acts,
+                gate: &w32x64,
+                up: &w32x64,
+                down: &w64x32,
+                gate_out: &mut g,
+                up_out: &mut u,
+                h: &mut h,
+                next: &mut next,
+                then,
+            },
+            pre,
+        )
         .expect_err("refused");
         assert!(!e.to_string().contains('\n'), "{e}");
         if case > 0 {

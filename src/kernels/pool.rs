@@ -68,17 +68,20 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 
 /// Call `f(stage, part)` for every `part in 0..threads()` of every `stage in 0..stages`,
 /// where every part of a stage starts only after every part of the stage before has returned
-/// (their writes visible to it): one job, part `i` of every stage on thread `i`, with a
-/// barrier between stages instead of a hand-off of a new job (the threads meet once, each
-/// waiting for the other's arrival, where a job's end and the next one's start cost two
-/// crossings one after the other, with the caller's serial work between them). With one
-/// thread, or inside a part of another job, the stages run one after the other on this
-/// thread, each part in turn.
+/// (their writes visible to it): one job, part `i` of every stage at home on thread `i`, with
+/// a barrier between stages instead of a hand-off of a new job (the threads meet once, each
+/// waiting for the others, where a job's end and the next one's start cost two crossings
+/// one after the other, with the caller's serial work between them). With one thread, or
+/// inside a part of another job, the stages run one after the other on this thread, each
+/// part in turn.
 ///
-/// Deadlock-free: part `i` is at home on thread `i` and every thread claims its home part
-/// (the calling thread runs others' parts only after its own has returned), so every part
-/// reaches every barrier. A panic in a part opens the barriers for the others (their later
-/// stages are skipped) and is re-raised like [`run`]'s.
+/// A thread done with its part of a stage takes any part of that stage nobody has claimed
+/// yet (a thread the OS has not run since the stage opened: more compute threads than
+/// free cores), so the job never waits for a thread that is not running, only for parts
+/// under way. So `f` must not depend on which thread runs a part. A panic in a part opens
+/// the barriers for the others (the later stages are skipped) and is re-raised like
+/// [`run`]'s. More than [`STAGE_THREADS`] threads or [`STAGE_FLAGS`] stages: a job per
+/// stage instead.
 pub fn run_stages(stages: usize, f: &(dyn Fn(usize, usize) + Sync)) {
     let n = threads();
     if n <= 1 || IN_PART.get() {
@@ -87,37 +90,59 @@ pub fn run_stages(stages: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         }
         return;
     }
-    let bar = StageBarrier {
-        arrived: Line(AtomicUsize::new(0)),
+    if n > STAGE_THREADS || stages > STAGE_FLAGS {
+        for k in 0..stages {
+            run(n, &|i| f(k, i));
+        }
+        return;
+    }
+    let job = Stages {
+        done: Line(AtomicUsize::new(0)),
+        claimed: [const { AtomicBool::new(false) }; STAGE_THREADS * STAGE_FLAGS],
         poisoned: AtomicBool::new(false),
     };
     run(n, &|i| {
         for k in 0..stages {
-            if k > 0 && !bar.wait(k * n) {
+            if k > 0 && !job.wait(k * n) {
                 return;
             }
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(k, i))) {
-                bar.poisoned.store(true, Release);
-                std::panic::resume_unwind(p);
+            // This thread's own part, then any of the stage's parts nobody has claimed.
+            for j in (0..n).map(|j| (i + j) % n) {
+                let c = &job.claimed[j * STAGE_FLAGS + k];
+                if c.load(Relaxed) || c.swap(true, Acquire) {
+                    continue;
+                }
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(k, j))) {
+                    job.poisoned.store(true, Release);
+                    std::panic::resume_unwind(p);
+                }
+                job.done.fetch_add(1, Release);
             }
         }
     });
 }
 
-/// [`run_stages`]' barrier: arrivals counted over the whole job (the barrier before stage
-/// `k` opens at `k · threads`), so it needs no reset between stages.
-struct StageBarrier {
-    arrived: Line<AtomicUsize>,
+/// Most threads and stages [`run_stages`] runs as one job (its claim flags are on the stack:
+/// part `j`'s of every stage in a 64-byte line of their own, so the threads' claims of
+/// their own parts do not contend for one line).
+pub const STAGE_THREADS: usize = 16;
+pub const STAGE_FLAGS: usize = 64;
+
+/// [`run_stages`]' shared state: parts done over the whole job (stage `k` opens when `k ·
+/// threads` are), so it needs no reset between stages, and a claim flag per part.
+#[repr(align(128))]
+struct Stages {
+    done: Line<AtomicUsize>,
+    claimed: [AtomicBool; STAGE_THREADS * STAGE_FLAGS],
     poisoned: AtomicBool,
 }
 
-impl StageBarrier {
-    /// Arrive, then wait until `target` parts have arrived: `true`, or `false` if a part
-    /// panicked (the stages after it must not run).
+impl Stages {
+    /// Wait until `target` parts are done: `true`, or `false` if a part panicked (the stages
+    /// after it must not run).
     fn wait(&self, target: usize) -> bool {
-        self.arrived.fetch_add(1, AcqRel);
         let mut spins = 0u32;
-        while self.arrived.load(Acquire) < target {
+        while self.done.load(Acquire) < target {
             if self.poisoned.load(Acquire) {
                 return false;
             }
@@ -125,7 +150,7 @@ impl StageBarrier {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
-                // A thread descheduled by the OS: give it the core.
+                // A part under way on a thread the OS took the core from: give it back.
                 thread::yield_now();
             }
         }

@@ -497,7 +497,7 @@ impl Model {
             x: vec![0.0; MAX_BATCH * c.n_embd],
             xn: vec![0.0; MAX_BATCH * c.n_embd],
             q: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
-            q2: vec![0.0; c.n_head * c.head_dim],
+            q2: vec![0.0; MAX_BATCH * c.n_head * c.head_dim],
             heads: (0..c.n_head_kv * MAX_BATCH.div_ceil(ATT_TOKENS))
                 .map(|_| {
                     let gd = c.n_head / c.n_head_kv * c.head_dim;
@@ -1256,17 +1256,23 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut paths = vec![root.join("tests/golden/llm/tiny-llama-kq.gguf")];
         paths.extend(crate::llm::gguf::test_support::test_model_path());
+        // The tuned CoT model (Q4_0): its matrices are packed, so one token runs the jobs
+        // of stages (`quants::attn_out_ffn`) and a batch the separate steps.
+        let tuned = root.join("models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf");
+        if tuned.is_file() {
+            paths.push(tuned);
+        }
         for path in paths {
             let m = Model::load(&path).unwrap();
             let n_vocab = m.cfg.n_vocab as u32;
             let prompt: Vec<u32> = (0..MAX_BATCH as u32 + 9)
                 .map(|i| (i * 7919 + 3) % n_vocab)
                 .collect();
-            let mut a = m.new_state(128);
+            let mut a = m.new_state(256);
             for (i, &t) in prompt.iter().enumerate() {
                 m.forward(&mut a, t, i + 1 == prompt.len()).unwrap();
             }
-            let mut b = m.new_state(128);
+            let mut b = m.new_state(256);
             m.prefill(&mut b, &prompt[..5], false).unwrap();
             m.prefill(&mut b, &prompt[5..], true).unwrap();
             let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -1279,6 +1285,26 @@ mod tests {
             let la = bits(m.forward(&mut a, 42, true).unwrap().unwrap());
             let lb = bits(m.forward(&mut b, 42, true).unwrap().unwrap());
             assert_eq!(la, lb, "{}: next step after prefill", path.display());
+            // A whole batch on a state that has just run single tokens (whose one-token
+            // steps swap buffers around: after an odd and an even number of them), against
+            // the same tokens one by one.
+            for round in 0..2u32 {
+                m.forward(&mut a, 7 + round, false).unwrap();
+                m.forward(&mut b, 7 + round, false).unwrap();
+                let more: Vec<u32> = (0..MAX_BATCH as u32)
+                    .map(|i| (i * 104_729 + 11 + round) % n_vocab)
+                    .collect();
+                m.prefill(&mut a, &more, true).unwrap();
+                for (i, &t) in more.iter().enumerate() {
+                    m.forward(&mut b, t, i + 1 == more.len()).unwrap();
+                }
+                assert_eq!(
+                    bits(a.logits()),
+                    bits(b.logits()),
+                    "{}: a batch after single tokens",
+                    path.display()
+                );
+            }
         }
     }
 }

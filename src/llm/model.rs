@@ -143,8 +143,9 @@ pub mod phases {
     use std::time::Instant;
 
     /// The phases in layer order; each runs from the end of the one before. (One token on
-    /// packed matrices: `wo`, the FFN and the next layer's Q/K/V are one job, counted as
-    /// `ffn`; `norm+qkv` is then layer 0's alone, `copy+wo` and `ffn-norm` are empty.)
+    /// packed matrices: the attention, `wo`, the FFN and the next layer's Q/K/V and cache
+    /// row are one job, counted as `ffn`; `norm+qkv` and `rope+kv-cache` are then layer 0's
+    /// alone, `attention`, `copy+wo` and `ffn-norm` empty.)
     pub const NAMES: [&str; 6] = [
         "norm+qkv",
         "rope+kv-cache",

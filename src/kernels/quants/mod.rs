@@ -38,10 +38,11 @@
 //! job, on the rows each thread computed: the same bits as the separate steps. Its
 //! [`matmul_packed_each`] fuses the step before: each part makes its own copy of the one
 //! activation row (a norm and its quantization, through [`FillActs`]) at the job's start.
-//! [`attn_out_ffn`] runs one token's attention output projection, SwiGLU FFN and the next
-//! layer's Q/K/V as one job of stages with barriers between them
-//! ([`pool::run_stages`](crate::kernels::pool::run_stages)), where separate jobs would hand
-//! the work out again after every matmul.
+//! [`attn_out_ffn`] runs one token's layer as one job of stages with barriers between them
+//! ([`pool::run_stages`](crate::kernels::pool::run_stages)): a stage the caller supplies
+//! (the attention, writing the output projection's input), the output projection, the
+//! SwiGLU FFN, and the next layer's Q/K/V with its KV cache row (or the output matrix),
+//! where separate jobs would hand the work out again after every matmul.
 
 use std::fmt;
 use std::sync::Arc;

@@ -597,7 +597,7 @@ impl Model {
         &self,
         x: &[f32],
         norm: &[f32],
-        part_acts: &mut Vec<QuantizedActs>,
+        part_acts: &mut [QuantizedActs],
         jobs: &mut [(&Weight, &mut [f32])],
         epilogue: Epilogue<'_>,
     ) -> Option<Result<()>> {
@@ -610,10 +610,6 @@ impl Model {
         for ((w, o), p) in jobs.iter_mut().zip(&mut packed) {
             // (Every `packed` is `Some`: checked above.)
             *p = (&self.packed[w.packed.unwrap_or(0)], &mut **o);
-        }
-        if part_acts.len() < pool::threads() {
-            // Only when the thread count grew after the state was made.
-            part_acts.resize_with(pool::threads(), QuantizedActs::new);
         }
         let eps = self.cfg.rms_eps;
         let fill = |a: &mut QuantizedActs| {
@@ -736,6 +732,12 @@ impl Model {
             }
         }
 
+        if st.part_acts.len() < pool::threads() {
+            // A row per compute thread; grows only if the thread count grew after the state
+            // was made.
+            st.part_acts
+                .resize_with(pool::threads(), QuantizedActs::new);
+        }
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         // One token: this layer's Q, K and V (and, with `kv_ready`, its KV cache row) were
@@ -869,11 +871,6 @@ impl Model {
                 {
                     // The attention, wo, the whole FFN and the next layer's Q/K/V (or the
                     // output matrix) as one job of stages.
-                    if st.part_acts.len() < pool::threads() {
-                        // Only when the thread count grew after the state was made.
-                        st.part_acts
-                            .resize_with(pool::threads(), QuantizedActs::new);
-                    }
                     let (eps, ty) = (c.rms_eps, l.w_gate.ty);
                     let fill = |x: &[f32], a: &mut QuantizedActs| {
                         a.quantize_made_for(ty, d, |row| rms_norm(x, &l.ffn_norm, eps, row))

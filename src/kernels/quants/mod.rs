@@ -2194,6 +2194,33 @@ pub fn attn_out_ffn<T: Send>(
         if failed.get().is_some() {
             return;
         }
+        // `x += m · a` on this part's share of `m`'s rows (the `wo` and down stages).
+        let accumulate_into_x = |m: &PackedMatrix, a: &QuantizedActs| {
+            let r = rows(m, i);
+            // SAFETY: rows `8·r` of `x` (`d = m.rows` long, checked): parts get disjoint
+            // shares `r`, and no other stage's access to `x` overlaps this one (the barriers).
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len()) };
+            gemv_range(path, m, r.start, a, o, true);
+        };
+        // This part's own row made by `fill` from `x` (the gate/up and last stages), or
+        // `None` after recording the error.
+        let own_row = |fill: &FillFrom<'_>| {
+            // SAFETY: `x` is written only in the `wo` and down stages; the barrier before
+            // this stage ordered their writes before this read.
+            let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
+            // SAFETY: `i < threads ≤ part_acts.len()` (checked) and each part index runs
+            // once per stage, and only the gate/up and last stages touch the element: the
+            // only reference to it while it lives.
+            let a = unsafe { &mut *parts.0.add(i) };
+            match fill(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
+                Ok(()) => Some(a),
+                Err(e) => {
+                    let _ = failed.set(e);
+                    None
+                }
+            }
+        };
         match stages[stage] {
             Stage::Pre => {
                 let Some((items, n_items, part_len, pf)) = pre else {
@@ -2221,26 +2248,10 @@ pub fn attn_out_ffn<T: Send>(
             Stage::Wo => {
                 // SAFETY: `att` is written only in the stage before (or before the job); the
                 // barrier ordered those writes before this read, and no `&mut` to it lives.
-                let a = unsafe { &*att.0 };
-                let r = rows(f.wo, i);
-                // SAFETY: rows `8·r` of `x` (`d = wo.rows` long, checked): parts get disjoint
-                // shares `r`, and nothing else reads or writes `x` in this stage.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
-                };
-                gemv_range(path, f.wo, r.start, a, o, true);
+                accumulate_into_x(f.wo, unsafe { &*att.0 });
             }
             Stage::GateUp => {
-                // SAFETY: `x` is written only in the `wo` and down stages; the barrier before
-                // this stage ordered every `wo` write before this read.
-                let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
-                // SAFETY: `i < threads ≤ part_acts.len()` (checked) and each part index runs
-                // once per stage: the only reference to this element while it lives.
-                let a = unsafe { &mut *parts.0.add(i) };
-                if let Err(e) = (f.fill)(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
-                    let _ = failed.set(e);
-                    return;
-                }
+                let Some(a) = own_row(f.fill) else { return };
                 let r = share(dff / q8::QK8_0 * BLOCK_TILES, i, threads);
                 let (k0, k1) = (r.start / BLOCK_TILES, r.end / BLOCK_TILES);
                 let (r0, r1) = (k0 * q8::QK8_0, k1 * q8::QK8_0);
@@ -2268,27 +2279,12 @@ pub fn attn_out_ffn<T: Send>(
                 // SAFETY: down's input was written, block by block, in the stage before only
                 // (through the pointers taken above); the barrier ordered those writes before
                 // these reads, and no `&mut` to it lives now.
-                let nx = unsafe { &*next.0 };
-                let r = rows(f.down, i);
-                // SAFETY: as in the `wo` stage: disjoint shares of `x`'s rows; the gate/up
-                // stage's reads of `x` are over (barrier).
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(x.get().add(8 * r.start), 8 * r.len())
-                };
-                gemv_range(path, f.down, r.start, nx, o, true);
+                accumulate_into_x(f.down, unsafe { &*next.0 });
             }
             Stage::Then => {
-                // SAFETY: as in the gate/up stage: `x`'s last writes (down) are ordered before
-                // this read by the barrier.
-                let xs = unsafe { std::slice::from_raw_parts(x.get(), d) };
-                // SAFETY: as in the gate/up stage (this part's element; down does not touch
-                // it).
-                let a = unsafe { &mut *parts.0.add(i) };
-                let Some(fill) = then_fill else { return };
-                if let Err(e) = fill(xs, a).and_then(|()| check_acts(GgmlType::Q4_0, a, d)) {
-                    let _ = failed.set(e);
+                let Some(a) = then_fill.and_then(own_row) else {
                     return;
-                }
+                };
                 for (j, (m, o)) in then
                     .iter()
                     .enumerate()

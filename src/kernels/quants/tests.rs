@@ -544,6 +544,21 @@ fn random_acts(rng: &mut Rng, ty: GgmlType, n: usize, cols: usize) -> Vec<Quanti
         .collect()
 }
 
+/// A random Q4_0 matrix of `rows × cols`, packed ([`random_row`] per row).
+fn random_packed(rng: &mut Rng, rows: usize, cols: usize) -> PackedMatrix {
+    let w: Vec<u8> = (0..rows)
+        .flat_map(|_| random_row(rng, GgmlType::Q4_0, cols))
+        .collect();
+    PackedMatrix::pack_q4_0(&w, rows, cols).unwrap()
+}
+
+/// The bits of values that must all be finite: a NaN would compare equal to a NaN, so a
+/// test comparing bits would pass on an overflow.
+fn finite_bits(v: &[f32]) -> Vec<u32> {
+    assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// A random row of weight type `ty` with `n` elements (quantized from random floats, or random
 /// valid bytes for the k-quants).
 fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
@@ -1294,13 +1309,10 @@ fn prop_matmul_packed_epilogues_equal_the_unfused_steps() {
     let ty = GgmlType::Q4_0;
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for &(n_rows, n_cols) in &[(32usize, 32usize), (64, 576), (96, 608), (1536, 64)] {
-        let mut matrix = || {
-            let w: Vec<u8> = (0..n_rows)
-                .flat_map(|_| random_row(&mut rng, ty, n_cols))
-                .collect();
-            PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap()
-        };
-        let (gate, up) = (matrix(), matrix());
+        let (gate, up) = (
+            random_packed(&mut rng, n_rows, n_cols),
+            random_packed(&mut rng, n_rows, n_cols),
+        );
         for n_acts in [1, 2, 3, 5, 9] {
             let acts = random_acts(&mut rng, ty, n_acts, n_cols);
             let x0 = random_values(&mut rng, n_rows * n_acts, 8);
@@ -1464,19 +1476,12 @@ fn prop_matmul_packed_each_equals_one_shared_row() {
     let mut rng = Rng(0x9a27_ac75_eac4_2026);
     let ty = GgmlType::Q4_0;
     let threads = crate::kernels::pool::threads();
-    // Bits of values that must all be finite (a NaN would equal a NaN).
-    let bits = |v: &[f32]| {
-        assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    };
+    let bits = finite_bits;
     for &(n_rows, n_cols) in &[(32usize, 64usize), (96, 608), (1536, 96)] {
-        let mut matrix = || {
-            let w: Vec<u8> = (0..n_rows)
-                .flat_map(|_| random_row(&mut rng, ty, n_cols))
-                .collect();
-            PackedMatrix::pack_q4_0(&w, n_rows, n_cols).unwrap()
-        };
-        let (gate, up) = (matrix(), matrix());
+        let (gate, up) = (
+            random_packed(&mut rng, n_rows, n_cols),
+            random_packed(&mut rng, n_rows, n_cols),
+        );
         let x = random_values(&mut rng, n_cols, 32);
         let scale = random_values(&mut rng, n_cols, 8);
         // What every part makes: a row computed from two others (as a norm would be).
@@ -1631,11 +1636,7 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
     let mut rng = Rng(0xa770_0ff1_2026_1124);
     let ty = GgmlType::Q4_0;
     let threads = crate::kernels::pool::threads().max(1);
-    // Bits of values that must all be finite (a NaN would equal a NaN).
-    let bits = |v: &[f32]| {
-        assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    };
+    let bits = finite_bits;
     // Values of a realistic size, so the whole chain stays finite.
     let tame = |rng: &mut Rng, n: usize, sd: f32, mean: f32| -> Vec<f32> {
         (0..n).map(|_| mean + sd * rng.normal()).collect()

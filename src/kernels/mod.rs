@@ -41,6 +41,27 @@ pub fn active() -> KernelPath {
     })
 }
 
+/// Ask the cache hierarchy for the line holding `line`'s first byte, into L2: a hint that
+/// neither faults nor waits (`prefetcht1` on x86_64, `prfm pldl2keep` on aarch64).
+#[inline(always)]
+pub fn prefetch_l2(line: &[u8]) {
+    let p = line.as_ptr();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is SSE (every x86_64 baseline) and never faults, whatever the
+    // address (here inside `line`, or the dangling start of an empty slice).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.cast())
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `prfm` is a hint in every AArch64 baseline: it never faults and writes no
+    // register, flag or memory.
+    unsafe {
+        core::arch::asm!("prfm pldl2keep, [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
+}
+
 static ACTIVE: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
 
 /// Choose the kernel path before the first matmul (a benchmark child, a test). Returns

@@ -83,6 +83,17 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 /// [`run`]'s. More than [`STAGE_THREADS`] threads or [`STAGE_FLAGS`] stages: a job per
 /// stage instead.
 pub fn run_stages(stages: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    run_stages_ahead(stages, f, &|_, _| &[]);
+}
+
+/// [`run_stages`], where a thread waiting at the barrier before stage `k` asks the caches for
+/// `ahead(k, i)` (the first bytes its part `i` of stage `k` will read), a line per spin, so a
+/// memory-bound job keeps the memory busy while its threads wait for each other.
+pub fn run_stages_ahead<'a>(
+    stages: usize,
+    f: &(dyn Fn(usize, usize) + Sync),
+    ahead: &'a (dyn Fn(usize, usize) -> &'a [u8] + Sync),
+) {
     let n = threads();
     if n <= 1 || IN_PART.get() {
         for k in 0..stages {
@@ -103,7 +114,7 @@ pub fn run_stages(stages: usize, f: &(dyn Fn(usize, usize) + Sync)) {
     };
     run(n, &|i| {
         for k in 0..stages {
-            if k > 0 && !job.wait(k * n) {
+            if k > 0 && !job.wait(k * n, ahead(k, i)) {
                 return;
             }
             // This thread's own part, then any of the stage's parts nobody has claimed.
@@ -140,13 +151,16 @@ struct Stages {
 impl Stages {
     /// Wait until `target` parts are done: `true`, or `false` if a part panicked (the stages
     /// after it must not run).
-    fn wait(&self, target: usize) -> bool {
+    fn wait(&self, target: usize, ahead: &[u8]) -> bool {
         let mut spins = 0u32;
+        let mut lines = ahead.chunks(64);
         while self.done.load(Acquire) < target {
             if self.poisoned.load(Acquire) {
                 return false;
             }
-            if spins < SPIN_LIMIT {
+            if let Some(l) = lines.next() {
+                crate::kernels::prefetch_l2(l);
+            } else if spins < SPIN_LIMIT {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
@@ -749,6 +763,32 @@ mod tests {
             assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
             assert_eq!(order.len(), 3 * n);
         });
+    }
+
+    #[test]
+    fn a_thread_asks_for_its_next_parts_bytes_before_each_barrier() {
+        let n = threads().max(1);
+        let buf = vec![7u8; 1 << 16];
+        for stages in 1..5 {
+            let asked: Vec<AtomicUsize> = (0..stages * n).map(|_| AtomicUsize::new(0)).collect();
+            let ran = AtomicUsize::new(0);
+            run_stages_ahead(
+                stages,
+                &|_, _| {
+                    ran.fetch_add(1, Relaxed);
+                },
+                &|k, i| {
+                    asked[k * n + i].fetch_add(1, Relaxed);
+                    &buf[(k * 4096).min(buf.len())..]
+                },
+            );
+            assert_eq!(ran.load(Relaxed), stages * n);
+            // With one thread there is no barrier to wait at, so nothing is asked for.
+            let want = |k: usize| usize::from(k > 0 && n > 1);
+            for (j, a) in asked.iter().enumerate() {
+                assert_eq!(a.load(Relaxed), want(j / n), "stage {} part {}", j / n, j % n);
+            }
+        }
     }
 
     #[test]

@@ -402,6 +402,13 @@ fn bench_llm_json_has_every_field() {
     assert_eq!(r["decode_tokens"], 3);
     assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
     assert!(r["bytes_per_token"].as_u64().unwrap() > 0);
+    // One probe per decode run; the roofline's bandwidth is the faster of the plain and the
+    // prefetching passes, so never below the plain one.
+    let all = r["bandwidth_model_size_gbs_runs"].as_array().unwrap();
+    let plain = r["bandwidth_model_size_plain_gbs_runs"].as_array().unwrap();
+    assert_eq!((all.len(), plain.len()), (1, 1), "{r}");
+    let (a, p) = (all[0].as_f64().unwrap(), plain[0].as_f64().unwrap());
+    assert!(p > 0.0 && a >= p, "probe {a} GB/s, plain reads {p}");
     let shapes = r["shapes"].as_array().unwrap();
     assert!(!shapes.is_empty());
     for s in shapes {

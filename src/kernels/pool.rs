@@ -786,7 +786,13 @@ mod tests {
             // With one thread there is no barrier to wait at, so nothing is asked for.
             let want = |k: usize| usize::from(k > 0 && n > 1);
             for (j, a) in asked.iter().enumerate() {
-                assert_eq!(a.load(Relaxed), want(j / n), "stage {} part {}", j / n, j % n);
+                assert_eq!(
+                    a.load(Relaxed),
+                    want(j / n),
+                    "stage {} part {}",
+                    j / n,
+                    j % n
+                );
             }
         }
     }

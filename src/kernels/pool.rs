@@ -114,9 +114,13 @@ pub fn run_stages_ahead<'a>(
     };
     run(n, &|i| {
         for k in 0..stages {
+            #[cfg(feature = "pool-stats")]
+            let t0 = stats::now();
             if k > 0 && !job.wait(k * n, ahead(k, i)) {
                 return;
             }
+            #[cfg(feature = "pool-stats")]
+            stats::barrier(k, i, stats::now() - t0);
             // This thread's own part, then any of the stage's parts nobody has claimed.
             for j in (0..n).map(|j| (i + j) % n) {
                 let c = &job.claimed[j * STAGE_FLAGS + k];
@@ -568,21 +572,47 @@ pub mod stats {
         }
     }
 
+    /// Nanoseconds thread `i < 4` waited at the barrier before stage `k < 8` of a
+    /// `run_stages` job.
+    static BARRIER: [[AtomicU64; 8]; 4] = [const { [const { AtomicU64::new(0) }; 8] }; 4];
+
+    pub(super) fn barrier(k: usize, i: usize, ns: u64) {
+        if let Some(w) = BARRIER.get(i).and_then(|b| b.get(k)) {
+            w.fetch_add(ns, Relaxed);
+        }
+    }
+
     /// The sums since the last call, as one line, and start over.
     pub fn take() -> String {
+        let waits: Vec<String> = BARRIER
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let w: Vec<u64> = b.iter().map(|a| a.swap(0, Relaxed)).collect();
+                w.iter().any(|&x| x > 0).then(|| {
+                    let ms: Vec<String> = w
+                        .iter()
+                        .map(|&x| format!("{:.2}", x as f64 / 1e6))
+                        .collect();
+                    format!("thread {i} {}", ms.join("/"))
+                })
+            })
+            .collect();
         let v: [u64; 7] = std::array::from_fn(|i| SUMS[i].swap(0, Relaxed));
         LAST_END.store(0, Relaxed);
         let ms = |ns: u64| ns as f64 / 1e6;
         format!(
             "{} jobs; caller: between jobs {:.2} ms, own parts {:.2} ms, waiting {:.2} ms; \
-             workers: parts {:.2} ms in {} runs, publish-to-claim {:.2} ms",
+             workers: parts {:.2} ms in {} runs, publish-to-claim {:.2} ms; stage barrier \
+             waits ms per stage: {}",
             v[3],
             ms(v[0]),
             ms(v[1]),
             ms(v[2]),
             ms(v[4]),
             v[5],
-            ms(v[6])
+            ms(v[6]),
+            waits.join(", ")
         )
     }
 }

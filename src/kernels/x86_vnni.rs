@@ -354,6 +354,62 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
     unsafe { gemv_q4_0x8_tiles!(tile, x, nb, y, yd, ysum, out) }
 }
 
+/// How far ahead of a tile pair's start the decode run of pairs
+/// ([`gemv2_q4_0x8_q8_0_tiles`]) prefetches, in bytes: one linear stream, 288 bytes (a block
+/// of both tiles) per step, on past the run's end into the thread's next share. Measured with
+/// `expllm bench --stage llm --kernels avx512-vnni --threads N` on the 2-vCPU EPYC (5–8
+/// alternating rounds, decode against the one-tile kernel): 1 thread 8 KiB 1.060, **12 KiB
+/// 1.094**, 16 KiB 1.055, 24 KiB 1.039; 2 threads 8 KiB 1.072, **12 KiB 1.106**, 16 KiB
+/// 1.106. The pair kernel with the one-tile kernel's prefetch instead (a burst of a pair's
+/// lines 4 KiB ahead at its start) ran 0.864 at 1 thread, and with none 0.648: a core that
+/// streams two tiles at once from DRAM needs its misses issued early and evenly.
+pub(super) const GEMV2_PREFETCH: usize = 12 << 10;
+
+/// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers ([`tile2`], the body
+/// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
+/// byte of the one-tile body, prefetching [`GEMV2_PREFETCH`] bytes ahead. The same bits.
+///
+/// # Safety
+/// As [`gemm_q4_0x8_q8_0`].
+///
+/// # Panics
+/// As [`gemv_q4_0x8_q8_0_tiles`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemv2_q4_0x8_q8_0_tiles(
+    x: &[BlockQ4_0x8],
+    nb: usize,
+    y: &[BlockQ8_0],
+    yd: &[f32],
+    ysum: &[i32],
+    out: &mut [f32],
+) {
+    assert!(
+        nb > 0 && out.len().is_multiple_of(TILE_ROWS) && x.len() == nb * (out.len() / TILE_ROWS),
+        "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
+        x.len(),
+        nb,
+        out.len()
+    );
+    let (pairs, rest) = x.split_at(x.len() / (2 * nb) * (2 * nb));
+    let (outs, out_rest) = out.split_at_mut(pairs.len() / nb * TILE_ROWS);
+    // SAFETY: the features by this function's contract (`tile2` and `tile` need them).
+    unsafe {
+        for (p, o) in pairs
+            .chunks_exact(2 * nb)
+            .zip(outs.chunks_exact_mut(2 * TILE_ROWS))
+        {
+            // (The pair's tiles back to back: `tile2`'s linear prefetch needs that.)
+            let (x0, x1) = p.split_at(nb);
+            let [[r0], [r1]] = tile2::<1, GEMV2_PREFETCH>(x0, x1, [y], [yd], [ysum]);
+            o[..TILE_ROWS].copy_from_slice(&r0);
+            o[TILE_ROWS..].copy_from_slice(&r1);
+        }
+        if !rest.is_empty() {
+            gemv_q4_0x8_tiles!(tile, rest, nb, y, yd, ysum, out_rest);
+        }
+    }
+}
+
 /// Two Q4_0x8 tiles (16 weight rows: `x0`'s eight, then `x1`'s) × `A` Q8_0 activation rows
 /// on 512-bit registers: chunk `j` of both tiles in one `zmm` (`x0` in the low half), so each
 /// `vpdpbusd` against the activation bytes broadcast to 16 lanes serves 16 rows; the scales,
@@ -369,6 +425,26 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 /// If the tiles' or an activation row's block counts differ, or `yd`/`ysum` are shorter.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
+    x0: &[BlockQ4_0x8],
+    x1: &[BlockQ4_0x8],
+    y: [&[BlockQ8_0]; A],
+    yd: [&[f32]; A],
+    ysum: [&[i32]; A],
+) -> [[[f32; TILE_ROWS]; A]; 2] {
+    // SAFETY: the features by this function's contract, which is `tile2`'s.
+    unsafe { tile2::<A, 0>(x0, x1, y, yd, ysum) }
+}
+
+/// [`gemm2_q4_0x8_q8_0`]'s body, inlined into its callers: that kernel (`AHEAD` 0: each
+/// tile's stream prefetched 1 KiB ahead, enough for a GEMM's several activation rows per
+/// load), and the decode run of tile pairs [`gemv2_q4_0x8_q8_0_tiles`] (`AHEAD` > 0: one
+/// linear stream `AHEAD` bytes past `x0`'s start, 288 bytes per block step, for tiles that
+/// lie back to back, `x1` right after `x0`).
+///
+/// # Safety
+/// As [`gemm2_q4_0x8_q8_0`]: the CPU must have its features (every caller enables them).
+#[inline(always)]
+unsafe fn tile2<const A: usize, const AHEAD: usize>(
     x0: &[BlockQ4_0x8],
     x1: &[BlockQ4_0x8],
     y: [&[BlockQ8_0]; A],
@@ -399,12 +475,21 @@ pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
         let mut acc = [[_mm512_setzero_ps(); 8]; A];
         for i in 0..n {
             let (b0, b1) = (&x0[i], &x1[i]);
-            // Two streams at once: prefetch both, 1 KiB ahead (a prefetch never faults).
-            for b in [b0, b1] {
-                let ahead = (b as *const BlockQ4_0x8).cast::<i8>().wrapping_add(1024);
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+            if AHEAD == 0 {
+                // Two streams at once: prefetch both, 1 KiB ahead (a prefetch never faults).
+                for b in [b0, b1] {
+                    let ahead = (b as *const BlockQ4_0x8).cast::<i8>().wrapping_add(1024);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                }
+            } else {
+                // One stream: the 288 bytes `AHEAD` past this step's place in the pair.
+                const STEP: usize = 2 * std::mem::size_of::<BlockQ4_0x8>();
+                let ahead = x0.as_ptr().cast::<i8>().wrapping_add(AHEAD + STEP * i);
+                for line in 0..STEP.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
             }
             let c: [__m512i; 4] = core::array::from_fn(|j| {
                 _mm512_inserti64x4::<1>(_mm512_castsi256_si512(chunk(&b0.qs, j)), chunk(&b1.qs, j))
@@ -541,6 +626,40 @@ mod tests {
                 })*};
             }
             run!(1, 2, 3, 4);
+        }
+    }
+
+    /// The decode runs (pairs of tiles, and the one-tile run) against the reference per row:
+    /// runs of 1–7 tiles (an odd last tile included), every block count of `COUNTS`.
+    #[test]
+    fn gemv_runs_match_scalar() {
+        use crate::kernels::quants::q4_0x8;
+        if !have_vnni() {
+            return;
+        }
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        for iter in 0..7 * COUNTS.len() {
+            let (nb, tiles) = (COUNTS[iter % COUNTS.len()], 1 + iter % 7);
+            let rows = q4_0_row(&mut r, 8 * tiles * nb);
+            let mut packed = vec![bytemuck::Zeroable::zeroed(); tiles * nb];
+            q4_0x8::pack(&rows, 8 * tiles, nb, &mut packed);
+            let (ys, yd, ysum) = gemm_acts(&mut r, nb);
+            let (mut two, mut one) = (vec![f32::NAN; 8 * tiles], vec![f32::NAN; 8 * tiles]);
+            // SAFETY: VNNI checked above; the activation row has `nb` blocks and its scales
+            // and sums are padded to a multiple of 8.
+            unsafe {
+                gemv2_q4_0x8_q8_0_tiles(&packed, nb, &ys[0], &yd[0], &ysum[0], &mut two);
+                gemv_q4_0x8_q8_0_tiles(&packed, nb, &ys[0], &yd[0], &ysum[0], &mut one);
+            }
+            for row in 0..8 * tiles {
+                let want = q4_0::vec_dot_q4_0_q8_0(&rows[row * nb..(row + 1) * nb], &ys[0]);
+                for (what, got) in [("pairs", two[row]), ("one tile", one[row])] {
+                    assert!(
+                        same(got, want),
+                        "{what}: nb={nb} tiles={tiles} row {row}: {got:e} vs {want:e}"
+                    );
+                }
+            }
         }
     }
 

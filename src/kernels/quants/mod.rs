@@ -1470,7 +1470,7 @@ fn gemv_tiles(
             // activation row `nb` blocks of Q8_0, with padded scales and sums).
             P::Avx512Vnni => {
                 return unsafe {
-                    crate::kernels::x86_vnni::gemv_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
+                    crate::kernels::x86_vnni::gemv2_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
                 }
             }
             P::Avx2 => {

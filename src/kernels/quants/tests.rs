@@ -1622,6 +1622,59 @@ fn q8_0_parts_equal_one_whole_row() {
     }
 }
 
+/// Preparing Q8_0 activations that already are Q8_0 of that length leaves the blocks as
+/// they are (their writers rewrite every one) but zeroes a padding that is not zero; any
+/// other shape or type is prepared from scratch. Either way a part-by-part fill then equals
+/// the whole row's quantization.
+#[test]
+fn q8_0_prepared_again_keeps_its_blocks_and_zeroes_its_padding() {
+    let mut rng = Rng(0x9e9a_4e0a_2026_1124);
+    let (len, part) = (576usize, 192usize);
+    let x = random_values(&mut rng, len, 32);
+    let mut whole = QuantizedActs::new();
+    whole.quantize_for(GgmlType::Q4_0, &x).unwrap();
+    let mut a = QuantizedActs::new();
+    for p in a
+        .q8_0_parts(len, part)
+        .unwrap()
+        .collect::<Vec<_>>()
+        .iter_mut()
+    {
+        p.y.iter_mut().for_each(|b| b.qs = [7; 32]);
+    }
+    let before = a.bytes().to_vec();
+    // Padding scribbled on (what a buggy writer could leave).
+    let n = len / 32;
+    let (_, d, s) = a.q8_0_mut();
+    d[n..].fill(3.0);
+    s[n..].fill(-5);
+    let padded = d.len();
+    assert!(padded > n, "576 values: padding expected");
+    a.prepare_q8_0(len).unwrap();
+    assert_eq!(a.bytes(), &before[..], "blocks kept");
+    assert!(
+        a.scales()[n..].iter().all(|&v| v == 0.0),
+        "scales' padding zeroed"
+    );
+    assert!(
+        a.qsums()[n..].iter().all(|&v| v == 0),
+        "sums' padding zeroed"
+    );
+    // Another length: from scratch (zeros).
+    a.prepare_q8_0(2 * len).unwrap();
+    assert!(a.bytes().iter().all(|&b| b == 0) && a.len() == 2 * len);
+    // And filled part by part after a reuse, the whole row's quantization.
+    a.prepare_q8_0(len).unwrap();
+    for (i, p) in a.q8_0_parts(len, part).unwrap().enumerate() {
+        let mut p = p;
+        p.quantize(&x[i * part..(i + 1) * part]);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(a.bytes(), whole.bytes());
+    assert_eq!(bits(a.scales()), bits(whole.scales()));
+    assert_eq!(a.qsums(), whole.qsums());
+}
+
 /// [`attn_out_ffn`] (one job of stages) gives the bits of the separate steps: a
 /// [`PreStage`] whose items quantize their parts of `wo`'s input (against one quantization of
 /// the whole row), `wo` accumulated into `x`, gate and up on the row made from the new `x`

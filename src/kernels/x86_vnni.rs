@@ -1,8 +1,10 @@
 //! AVX-512 VNNI kernels for x86_64 ([`KernelPath::Avx512Vnni`](super::KernelPath::Avx512Vnni)):
 //! the Q4_0 × Q8_0, Q4_1 × Q8_1 and Q8_0 × Q8_0 dot products (the base SmolLM2's Q4_1 layer
 //! matrices and Q8_0 output matrix) and the Q4_0x8 GEMM on repacked weights
-//! ([`gemm_q4_0x8_q8_0`]: the tuned CoT model's matrices, decode; [`gemm2_q4_0x8_q8_0`]: two
-//! tiles per 512-bit register, prefill) with `vpdpbusd`. The path's other kernels (Q4_K, Q6_K, the Q8 activation quantizers) are
+//! ([`gemm2_q4_0x8_q8_0`]: two tiles per 512-bit register, the tuned CoT model's prefill;
+//! [`gemv2_q4_0x8_q8_0_tiles`]: the same body over a run of tile pairs, its decode, with one
+//! linear prefetch stream; [`gemm_q4_0x8_q8_0`]: one tile, for an odd one left over) with
+//! `vpdpbusd`. The path's other kernels (Q4_K, Q6_K, the Q8 activation quantizers) are
 //! [`super::x86`]'s AVX2 ones.
 //!
 //! Every function here is **bit-identical** to its scalar reference in [`super::quants`], as
@@ -365,7 +367,7 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 /// streams two tiles at once from DRAM needs its misses issued early and evenly.
 pub(super) const GEMV2_PREFETCH: usize = 12 << 10;
 
-/// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers ([`tile2`], the body
+/// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
 /// byte of the one-tile body, prefetching [`GEMV2_PREFETCH`] bytes ahead. The same bits.
 ///

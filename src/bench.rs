@@ -134,33 +134,35 @@ impl BandwidthProbe {
         Ok(BandwidthProbe { buf })
     }
 
-    /// GB/s: the best of 12 passes, each part summing its share of the buffer, 6 of them
-    /// plain reads and 6 prefetching [`PROBE_AHEAD`] bytes ahead, alternating
+    /// GB/s: the best of 15 passes, each part summing its share of the buffer, plain or
+    /// prefetching each of [`PROBE_AHEAD`]'s distances ahead, in turn
     /// ([`measure_each`](Self::measure_each)): the most this machine's memory gave.
     pub fn measure(&self) -> f64 {
         let (plain, ahead) = self.measure_each();
         plain.max(ahead)
     }
 
-    /// `(plain, prefetching)`: each the best of its 6 passes (alternating, so both see the
-    /// same minutes). Why both: on the 2-vCPU EPYC VM plain reads (what the hardware
-    /// prefetchers alone give, as a STREAM-like loop) reached 72–77 GB/s where the same loop
-    /// asking for the line 4 KiB ahead reached 89–97 GB/s in the same minutes; the decode
-    /// GEMV prefetches like that, so the plain figure alone understated the roofline by
-    /// ~20 % (BENCHMARKS, "eleventh session").
+    /// `(plain, prefetching)`: the best of 3 plain passes, and of 12 prefetching ones (3 per
+    /// distance), in turn so all see the same minutes. Why: on the 2-vCPU EPYC VM plain reads
+    /// (what the hardware prefetchers alone give, as a STREAM-like loop) reached 72–77 GB/s
+    /// where the same loop asking for the line 4 KiB ahead reached 89–97 GB/s in the same
+    /// minutes, and 8–12 KiB ahead ~4 % more at 2 threads and ~15 % more at 1 (44.5–44.9
+    /// against 48.9–52.2 GB/s); the decode GEMVs prefetch like that, so a plain probe
+    /// understates the roofline (BENCHMARKS, "eleventh session").
     pub fn measure_each(&self) -> (f64, f64) {
         let (buf, n) = (&self.buf, self.buf.len());
         let parts = pool::threads() * 4;
         let per = n.div_ceil(parts);
         let mut best = [0f64; 2];
-        for pass in 0..12 {
-            let ahead = pass % 2 == 1;
+        let distances = [0].into_iter().chain(PROBE_AHEAD);
+        for dist in distances.cycle().take(3 * (PROBE_AHEAD.len() + 1)) {
+            let ahead = dist > 0;
             let t = Instant::now();
             pool::run(parts, &|p| {
                 let s = &buf[(p * per).min(n)..((p + 1) * per).min(n)];
                 // Eight independent sums (a cache line) so the adds keep up with the loads.
                 let mut acc = [0u64; 8];
-                let step = PROBE_AHEAD / 8;
+                let step = dist / 8;
                 for (j, c) in s.chunks_exact(8).enumerate() {
                     if ahead {
                         let next = s.get(j * 8 + step..).unwrap_or(&[]);
@@ -180,9 +182,9 @@ impl BandwidthProbe {
     }
 }
 
-/// How far ahead the probe's prefetching passes ask for lines: the decode GEMV's distance
-/// (`kernels::x86::GEMV_PREFETCH`).
-pub const PROBE_AHEAD: usize = 4096;
+/// How far ahead the probe's prefetching passes ask for lines, in bytes: around the decode
+/// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH`).
+pub const PROBE_AHEAD: [usize; 4] = [4 << 10, 8 << 10, 12 << 10, 16 << 10];
 
 /// Benchmark the LLM stage with the kernel path and thread count already in force.
 pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> Result<LlmRun> {

@@ -2059,7 +2059,8 @@ pub const MAX_PRE_ITEMS: usize = 16;
 /// leaves the memory idle, and decode is memory-bound. Streaming its next share into L2 while
 /// it waits measured **+2.4–2.6 %** decode at 2 threads (16 alternating rounds, BENCHMARKS
 /// "eleventh session"), and a cap of 8 KiB nothing (0.993): the waits are long enough to
-/// matter only for the thread with less attention to do.
+/// matter only for the thread with less attention to do. With the pair GEMV
+/// (`x86_vnni::gemv2_q4_0x8_q8_0_tiles`), turning it off gave 0.982 (12 rounds).
 pub const STAGE_AHEAD_BYTES: usize = 256 << 10;
 
 /// Run [`AttnOutFfn`], after `pre` if given.

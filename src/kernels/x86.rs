@@ -386,6 +386,19 @@ pub(super) use gemm_q4_0x8;
 /// without, twice: median ratios 1.018 and 1.010; the whole decode, 20 rounds: 1.013).
 pub(super) const GEMV_PREFETCH: usize = 4096;
 
+/// A decode run's lengths (the GEMV kernels here and in `x86_vnni`): `x_len` blocks are
+/// `out_len / 8` tiles of `nb > 0` blocks each, and `out_len` whole tiles of outputs.
+///
+/// # Panics
+/// Otherwise, naming the three.
+#[track_caller]
+pub(super) fn check_gemv_run(x_len: usize, nb: usize, out_len: usize) {
+    assert!(
+        nb > 0 && out_len.is_multiple_of(TILE_ROWS) && x_len == nb * (out_len / TILE_ROWS),
+        "Q4_0x8 GEMV: {x_len} blocks of {nb} per tile for {out_len} outputs"
+    );
+}
+
 /// The body of the `gemv_q4_0x8_q8_0_tiles` kernels (here and in `x86_vnni`): check the
 /// lengths, then `$tile::<1>` (the module's inlined tile body) per tile of `nb` blocks, into
 /// eight outputs each, prefetching [`GEMV_PREFETCH`] bytes ahead. Expand inside an `unsafe`
@@ -394,15 +407,7 @@ macro_rules! gemv_q4_0x8_tiles {
     ($tile:ident, $x:expr, $nb:expr, $y:expr, $yd:expr, $ysum:expr, $out:expr) => {{
         let (x, nb, out): (&[BlockQ4_0x8], usize, &mut [f32]) = ($x, $nb, $out);
         let (y, yd, ysum): (&[BlockQ8_0], &[f32], &[i32]) = ($y, $yd, $ysum);
-        assert!(
-            nb > 0
-                && out.len().is_multiple_of(TILE_ROWS)
-                && x.len() == nb * (out.len() / TILE_ROWS),
-            "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
-            x.len(),
-            nb,
-            out.len()
-        );
+        $crate::kernels::x86::check_gemv_run(x.len(), nb, out.len());
         let (outs, _) = out.as_chunks_mut::<TILE_ROWS>();
         let tile_bytes = nb * std::mem::size_of::<BlockQ4_0x8>();
         for (t, o) in x.chunks_exact(nb).zip(outs) {

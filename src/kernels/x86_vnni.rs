@@ -385,13 +385,7 @@ pub unsafe fn gemv2_q4_0x8_q8_0_tiles(
     ysum: &[i32],
     out: &mut [f32],
 ) {
-    assert!(
-        nb > 0 && out.len().is_multiple_of(TILE_ROWS) && x.len() == nb * (out.len() / TILE_ROWS),
-        "Q4_0x8 GEMV: {} blocks of {} per tile for {} outputs",
-        x.len(),
-        nb,
-        out.len()
-    );
+    super::x86::check_gemv_run(x.len(), nb, out.len());
     let (pairs, rest) = x.split_at(x.len() / (2 * nb) * (2 * nb));
     let (outs, out_rest) = out.split_at_mut(pairs.len() / nb * TILE_ROWS);
     // SAFETY: the features by this function's contract (`tile2` and `tile` need them).
@@ -579,20 +573,25 @@ mod tests {
         check_gemm_q4_0x8!(gemm_q4_0x8_q8_0);
     }
 
+    /// `tiles` tiles of random Q4_0 rows (`nb` blocks each): the rows, and them packed.
+    fn random_tiles(r: &mut Rng, tiles: usize, nb: usize) -> (Vec<BlockQ4_0>, Vec<BlockQ4_0x8>) {
+        let rows = q4_0_row(r, 8 * tiles * nb);
+        let mut packed = vec![bytemuck::Zeroable::zeroed(); tiles * nb];
+        crate::kernels::quants::q4_0x8::pack(&rows, 8 * tiles, nb, &mut packed);
+        (rows, packed)
+    }
+
     /// The two-tile (zmm) GEMM against the reference per row (16 rows) and activation row,
     /// A = 1..4, every block count of `COUNTS` (tails included).
     #[test]
     fn gemm2_q4_0x8_matches_scalar() {
-        use crate::kernels::quants::q4_0x8;
         if !have_vnni() {
             return;
         }
         let mut r = Rng(0x2e11_0c8e_77aa_5678);
         for iter in 0..30 * COUNTS.len() {
             let nb = COUNTS[iter % COUNTS.len()];
-            let rows = q4_0_row(&mut r, 16 * nb);
-            let mut tiles = vec![bytemuck::Zeroable::zeroed(); 2 * nb];
-            q4_0x8::pack(&rows, 16, nb, &mut tiles);
+            let (rows, tiles) = random_tiles(&mut r, 2, nb);
             let (t0, t1) = tiles.split_at(nb);
             let (ys, yd, ysum) = gemm_acts(&mut r, nb);
             let check = |got: &[&[[f32; 8]]; 2]| {
@@ -635,16 +634,13 @@ mod tests {
     /// runs of 1–7 tiles (an odd last tile included), every block count of `COUNTS`.
     #[test]
     fn gemv_runs_match_scalar() {
-        use crate::kernels::quants::q4_0x8;
         if !have_vnni() {
             return;
         }
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         for iter in 0..7 * COUNTS.len() {
             let (nb, tiles) = (COUNTS[iter % COUNTS.len()], 1 + iter % 7);
-            let rows = q4_0_row(&mut r, 8 * tiles * nb);
-            let mut packed = vec![bytemuck::Zeroable::zeroed(); tiles * nb];
-            q4_0x8::pack(&rows, 8 * tiles, nb, &mut packed);
+            let (rows, packed) = random_tiles(&mut r, tiles, nb);
             let (ys, yd, ysum) = gemm_acts(&mut r, nb);
             let (mut two, mut one) = (vec![f32::NAN; 8 * tiles], vec![f32::NAN; 8 * tiles]);
             // SAFETY: VNNI checked above; the activation row has `nb` blocks and its scales

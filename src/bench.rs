@@ -78,6 +78,21 @@ pub struct LlmRun {
     /// probe just before it), so a swing of the memory system between runs does not pair a
     /// run with another moment's bandwidth.
     pub roofline_fraction: f64,
+    /// The decode kernel's own rate on weights in L2 ([`KernelProbe`]), GB/s, all threads:
+    /// the median of the probes taken just after each run's bandwidth probe; `None` when
+    /// nothing is packed.
+    #[serde(default)]
+    pub kernel_l2_gbs: Option<f64>,
+    /// Those probes, one per decode run, in order.
+    #[serde(default)]
+    pub kernel_l2_gbs_runs: Vec<f64>,
+    /// `kernel_l2_gbs · 1e9 / bytes_per_token`: the decode rate the kernel alone allows.
+    #[serde(default)]
+    pub compute_roof_tok_s: Option<f64>,
+    /// The median over decode runs of decode tok/s over the lower of that run's two roofs
+    /// (memory's and the kernel's).
+    #[serde(default)]
+    pub lower_roof_fraction: Option<f64>,
     /// The process's memory in transparent huge pages after the runs (the packed weights
     /// and the probe's buffer ask for them: `kernels::hugemem`), bytes; `None` where the OS
     /// does not say.
@@ -182,6 +197,90 @@ impl BandwidthProbe {
     }
 }
 
+/// The decode GEMV's own ceiling: each thread runs the decode kernel over [`KERNEL_PROBE_BYTES`]
+/// of its share of the model's largest packed matrix, over and over, so the weights stay in
+/// its L2 and memory is out of the picture (no barriers either: the parts run on their own).
+/// Why: on the 2-vCPU EPYC VM the memory sometimes gives ~105 GB/s while the host gives the
+/// VM a third less compute (prefill drops from ~2600 to ~1750 tok/s); then this probe shows
+/// whether the kernel, not memory, is the lower roof. Its rate × 1e9 / bytes per token is
+/// the decode rate the kernel alone would allow.
+pub struct KernelProbe<'m> {
+    m: &'m crate::kernels::quants::PackedMatrix,
+    /// The matrix's tiles.
+    all: usize,
+    act: QuantizedActs,
+    /// Tiles per part, and bytes per tile.
+    tiles: usize,
+    tile_bytes: usize,
+}
+
+/// Weight bytes per thread in [`KernelProbe`]'s passes: a quarter of the EPYC's and the
+/// Cortex-A76's L2 (1 MiB, 512 KiB), half of the Cortex-A72's.
+pub const KERNEL_PROBE_BYTES: usize = 256 << 10;
+
+impl<'m> KernelProbe<'m> {
+    /// The probe for `model` on the active kernel path, or `None` when nothing is packed (a
+    /// path or weight type without the repacked GEMV: the decode then runs other kernels).
+    pub fn new(model: &'m Model) -> Result<Option<KernelProbe<'m>>> {
+        use crate::kernels::quants::q4_0x8::{BlockQ4_0x8, TILE_ROWS};
+        let Some((rows, cols, m)) = model
+            .matrices()
+            .into_iter()
+            .filter_map(|(_, w)| model.packed(w).map(|p| (w.rows, w.cols, p)))
+            .max_by_key(|(r, c, _)| r * c)
+        else {
+            return Ok(None);
+        };
+        let tile_bytes = std::mem::size_of::<BlockQ4_0x8>() * cols / 32;
+        let threads = pool::threads().max(1);
+        let tiles = (KERNEL_PROBE_BYTES / tile_bytes).clamp(1, (rows / TILE_ROWS / threads).max(1));
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        let mut act = QuantizedActs::new();
+        act.quantize_for(GgmlType::Q4_0, &x)?;
+        Ok(Some(KernelProbe {
+            m,
+            all: rows / TILE_ROWS,
+            act,
+            tiles,
+            tile_bytes,
+        }))
+    }
+
+    /// GB/s of weights through the decode kernel, all threads together: the best of 5
+    /// passes of 200 repetitions each (~50 MB per thread per pass).
+    pub fn measure(&self) -> Result<f64> {
+        let threads = pool::threads().max(1);
+        let (all, path) = (self.all, kernels::active());
+        const REPS: usize = 200;
+        let failed = std::sync::OnceLock::new();
+        let mut best = 0f64;
+        for _ in 0..5 {
+            let t = Instant::now();
+            pool::run(threads, &|i| {
+                // Part `i` starts where its decode share starts (so the tiles lie as they do
+                // in decode), `self.tiles` tiles of it.
+                let t0 = crate::kernels::quants::share(all, i, threads).start;
+                let t0 = t0.min(all - self.tiles);
+                let mut out = vec![0f32; self.tiles * crate::kernels::quants::q4_0x8::TILE_ROWS];
+                if let Err(e) = crate::kernels::quants::gemv_tiles_repeated(
+                    path, self.m, t0, &self.act, REPS, &mut out,
+                ) {
+                    let _ = failed.set(e);
+                }
+                black_box(&out);
+            });
+            let dt = t.elapsed().as_secs_f64();
+            if let Some(e) = failed.get() {
+                anyhow::bail!("kernel probe: {e}");
+            }
+            best = best.max((threads * self.tiles * self.tile_bytes * REPS) as f64 / dt / 1e9);
+        }
+        Ok(best)
+    }
+}
+
 /// How far ahead the probe's prefetching passes ask for lines, in bytes: around the decode
 /// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH`).
 pub const PROBE_AHEAD: [usize; 4] = [4 << 10, 8 << 10, 12 << 10, 16 << 10];
@@ -197,6 +296,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     let bytes_per_token: u64 = mats.iter().map(|(_, w)| model.data(w).len() as u64).sum();
     progress("bandwidth probe");
     let probe = BandwidthProbe::new(bytes_per_token as usize)?;
+    let kernel_probe = KernelProbe::new(&model)?;
     let bw_256 = read_bandwidth(256 << 20)?;
 
     let mut prompt = Vec::new();
@@ -209,6 +309,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
 
     let mut st = model.new_state(prompt.len() + o.decode_tokens + 1);
     let (mut pre, mut dec, mut bws, mut plains) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut kernels_l2 = Vec::new();
     for r in 0..o.runs.max(1) {
         progress(&format!("run {}/{}", r + 1, o.runs.max(1)));
         st.reset();
@@ -220,6 +321,9 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         let (plain, ahead) = probe.measure_each();
         bws.push(plain.max(ahead));
         plains.push(plain);
+        if let Some(k) = &kernel_probe {
+            kernels_l2.push(k.measure()?);
+        }
         #[cfg(feature = "pool-stats")]
         {
             pool::stats::take();
@@ -250,6 +354,14 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
     let huge_page_bytes = hugemem::anon_huge_bytes();
     let roof = |bw: f64| bw * 1e9 / bytes_per_token as f64;
     let mut fractions: Vec<f64> = dec.iter().zip(&bws).map(|(d, &b)| d / roof(b)).collect();
+    let mut lower: Vec<f64> = dec
+        .iter()
+        .zip(&bws)
+        .zip(&kernels_l2)
+        .map(|((d, &b), &k)| d / roof(b.min(k)))
+        .collect();
+    let kernel_l2_runs = kernels_l2.clone();
+    let kernel_l2 = (!kernels_l2.is_empty()).then(|| median(&mut kernels_l2));
     let bandwidth_runs = bws.clone();
     let bw_model = median(&mut bws);
     let decode_tok_s = median(&mut dec);
@@ -276,6 +388,10 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         decode_tok_s,
         decode_tok_s_runs: decode_runs,
         roofline_fraction: median(&mut fractions),
+        kernel_l2_gbs: kernel_l2,
+        kernel_l2_gbs_runs: kernel_l2_runs,
+        compute_roof_tok_s: kernel_l2.map(roof),
+        lower_roof_fraction: (!lower.is_empty()).then(|| median(&mut lower)),
         huge_page_bytes,
         shapes,
     })
@@ -384,6 +500,22 @@ pub fn llm_table(runs: &[LlmRun]) -> String {
             r.threads,
             median(&mut plain)
         );
+    }
+    for r in runs {
+        if let (Some(k), Some(c), Some(f)) =
+            (r.kernel_l2_gbs, r.compute_roof_tok_s, r.lower_roof_fraction)
+        {
+            let _ = writeln!(
+                s,
+                "decode kernel on weights in L2 ({} {} thr): {:.1} GB/s = {:.1} tok/s, the \
+                 kernel's own roof; decode {:.0}% of the lower roof (medians over the runs)",
+                r.kernel,
+                r.threads,
+                k,
+                c,
+                f * 100.0
+            );
+        }
     }
     if let Some(b) = runs.iter().filter_map(|r| r.huge_page_bytes).max() {
         let _ = writeln!(

@@ -409,6 +409,14 @@ fn bench_llm_json_has_every_field() {
     assert_eq!((all.len(), plain.len()), (1, 1), "{r}");
     let (a, p) = (all[0].as_f64().unwrap(), plain[0].as_f64().unwrap());
     assert!(p > 0.0 && a >= p, "probe {a} GB/s, plain reads {p}");
+    // The scalar path packs nothing, so there is no kernel probe (and it says so).
+    assert!(r["kernel_l2_gbs"].is_null(), "{r}");
+    assert_eq!(
+        r["kernel_l2_gbs_runs"].as_array().map(Vec::len),
+        Some(0),
+        "{r}"
+    );
+    assert!(r["compute_roof_tok_s"].is_null() && r["lower_roof_fraction"].is_null());
     let shapes = r["shapes"].as_array().unwrap();
     assert!(!shapes.is_empty());
     for s in shapes {
@@ -425,6 +433,57 @@ fn bench_llm_json_has_every_field() {
             assert!(s.get(k).is_some(), "shape missing {k}: {s}");
         }
     }
+}
+
+/// On a packed model (the tuned Q4_0 CoT model, AVX2's repacked GEMV) the bench also runs the
+/// kernel probe: one per decode run, its roof is its rate over the bytes per token, and the
+/// fraction of the lower roof is never below the fraction of memory's roof. x86_64 only (under
+/// qemu the probe's passes would take minutes); skipped when the model is not fetched.
+#[test]
+fn bench_llm_reports_the_kernel_probe_on_a_packed_model() {
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf");
+    if !cfg!(target_arch = "x86_64") || !model.exists() {
+        eprintln!("skipped: x86_64 only, and {} must exist", model.display());
+        return;
+    }
+    let o = run(&[
+        "bench",
+        "--stage",
+        "llm",
+        "--model",
+        model.to_str().unwrap(),
+        "--kernels",
+        "avx2",
+        "--threads",
+        "1",
+        "--tokens",
+        "2",
+        "--prompt-tokens",
+        "2",
+        "--runs",
+        "2",
+        "--no-shapes",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("bench JSON");
+    let r = &v.as_array().unwrap()[0];
+    let k = r["kernel_l2_gbs"].as_f64().expect("kernel probe");
+    let runs = r["kernel_l2_gbs_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r}");
+    assert!(
+        k > 0.0 && runs.iter().all(|x| x.as_f64().unwrap() > 0.0),
+        "{r}"
+    );
+    let bytes = r["bytes_per_token"].as_f64().unwrap();
+    let roof = r["compute_roof_tok_s"].as_f64().unwrap();
+    assert!((roof - k * 1e9 / bytes).abs() <= 1e-6 * roof, "{r}");
+    let (lower, mem) = (
+        r["lower_roof_fraction"].as_f64().unwrap(),
+        r["roofline_fraction"].as_f64().unwrap(),
+    );
+    assert!(lower >= mem && mem > 0.0, "{r}");
 }
 
 #[test]

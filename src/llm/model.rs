@@ -457,6 +457,11 @@ impl Model {
         &self.file
     }
 
+    /// A weight's packed copy, if the active kernel path packed it.
+    pub fn packed(&self, w: &Weight) -> Option<&PackedMatrix> {
+        w.packed.map(|i| &self.packed[i])
+    }
+
     /// The bytes of a weight (a view into the mapped file).
     pub fn data(&self, w: &Weight) -> &[u8] {
         &self.file.bytes()[w.offset..w.offset + w.len]

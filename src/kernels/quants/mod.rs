@@ -1513,6 +1513,37 @@ fn gemv_tiles(
     }
 }
 
+/// The decode GEMV on `path` of `m`'s tiles `t..t + out.len() / 8` times `act`, `reps` times
+/// over, on the calling thread: the benchmark's kernel probe (`bench::KernelProbe`). Over a few
+/// hundred KB of tiles the weights stay in L2, so the rate is the kernel's own ceiling, not
+/// memory's. The same kernel and calls as a decode step's matmul on that share.
+///
+/// # Errors
+/// If `act` is not a Q8_0 row of `m.cols`, `out` is not whole tiles, or the tiles are not all
+/// in `m`.
+pub fn gemv_tiles_repeated(
+    path: crate::kernels::KernelPath,
+    m: &PackedMatrix,
+    t: usize,
+    act: &QuantizedActs,
+    reps: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    check_acts(GgmlType::Q4_0, act, m.cols)?;
+    let (tiles, all) = (out.len() / q4_0x8::TILE_ROWS, m.rows / q4_0x8::TILE_ROWS);
+    if !out.len().is_multiple_of(q4_0x8::TILE_ROWS) || tiles == 0 || t + tiles > all {
+        return Err(QuantError::Len {
+            what: "probe tiles (whole tiles inside the matrix)",
+            expected: all.saturating_sub(t) * q4_0x8::TILE_ROWS,
+            got: out.len(),
+        });
+    }
+    for _ in 0..reps {
+        gemv_range(path, m, t, act, out, false);
+    }
+    Ok(())
+}
+
 /// Decode: tiles `t..t + out.len() / 8` of `m` times the one activation row `act` (checked
 /// against `m`) into `out` (added to it when `accumulate`), a kernel call per run of tiles
 /// inside one share (a share's tiles are contiguous, not the next share's).

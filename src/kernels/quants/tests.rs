@@ -1130,6 +1130,65 @@ fn prop_matmul_packed_equals_the_scalar_reference_dot_bit_for_bit() {
     }
 }
 
+/// The bench's kernel probe runs the decode GEMV on a tile range: the same bits as the full
+/// packed matmul's rows there, whatever the repetitions, on every packing path; one-line errors
+/// for a range past the matrix, a partial tile and activations of the wrong length.
+#[test]
+fn gemv_tiles_repeated_is_the_matmul_on_its_tiles() {
+    let mut rng = Rng(0x6e77_1e5e_2026_1124);
+    let ty = GgmlType::Q4_0;
+    for &p in &packed_paths() {
+        for &(rows, cols) in &[(64usize, 576usize), (40, 96), (8, 32)] {
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(&mut rng, ty, cols))
+                .collect();
+            let Some(m) = PackedMatrix::pack(p, ty, &w, rows, cols).unwrap() else {
+                continue;
+            };
+            let mut acts = QuantizedActs::new();
+            acts.quantize_for(ty, &random_values(&mut rng, cols, 32))
+                .unwrap();
+            let mut full = vec![f32::NAN; rows];
+            matmul_packed_on(
+                p,
+                &mut [(&m, &mut full)],
+                std::slice::from_ref(&acts),
+                Epilogue::Store,
+            )
+            .unwrap();
+            let tiles = rows / 8;
+            for (t, k, reps) in [
+                (0, tiles, 1),
+                (tiles - 1, 1, 3),
+                (tiles / 2, tiles - tiles / 2, 2),
+            ] {
+                let mut out = vec![f32::NAN; 8 * k];
+                gemv_tiles_repeated(p, &m, t, &acts, reps, &mut out).unwrap();
+                for (r, (g, w)) in out.iter().zip(&full[8 * t..]).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{} {rows}x{cols} tiles {t}+{k} row {r}: {g:e} vs {w:e}",
+                        p.as_str()
+                    );
+                }
+            }
+            let mut out = vec![0f32; 16];
+            for e in [
+                gemv_tiles_repeated(p, &m, tiles - 1, &acts, 1, &mut out).unwrap_err(),
+                gemv_tiles_repeated(p, &m, 0, &acts, 1, &mut out[..4]).unwrap_err(),
+            ] {
+                assert!(e.to_string().contains("probe tiles"), "{e}");
+                assert!(!e.to_string().contains('\n'), "{e}");
+            }
+            let mut short = QuantizedActs::new();
+            short.quantize_for(ty, &vec![0.5; cols - 32]).unwrap();
+            let e = gemv_tiles_repeated(p, &m, 0, &short, 1, &mut out[..8]).unwrap_err();
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+}
+
 /// A [`PackArena`] packs each matrix, cut into 1–3 thread shares laid out share by share,
 /// with the same tiles as [`PackedMatrix::pack`]'s own copy (so the same products, whatever
 /// the shares against the pool's thread count: a kernel call then crosses no share), skips

@@ -93,6 +93,9 @@ pub struct LlmRun {
     /// (memory's and the kernel's).
     #[serde(default)]
     pub lower_roof_fraction: Option<f64>,
+    /// [`core_round_trip_ns`] after each run's probes, in order (empty with one thread).
+    #[serde(default)]
+    pub core_round_trip_ns_runs: Vec<f64>,
     /// The process's memory in transparent huge pages after the runs (the packed weights
     /// and the probe's buffer ask for them: `kernels::hugemem`), bytes; `None` where the OS
     /// does not say.
@@ -281,6 +284,73 @@ impl<'m> KernelProbe<'m> {
     }
 }
 
+/// The time a cache line takes from one compute thread's core to another's and back, ns:
+/// threads 0 and 1 of the pool hand a counter to each other 10 000 times, the median of 5
+/// passes; `None` with one thread, or if the two parts did not run at once (a part waits at
+/// most 100 ms for the other, so a pool that ran them one after the other cannot hang it).
+/// Why: on the 2-vCPU EPYC VM the minutes when memory is fast (~110–130 GB/s) are those
+/// when this is ~350–400 ns instead of ~80–140, and a decode step meets ~180 barriers and
+/// job hand-offs, each a few such trips.
+pub fn core_round_trip_ns() -> Option<f64> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+    use std::time::Duration;
+    if pool::threads() < 2 {
+        return None;
+    }
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const TRIPS: u64 = 10_000;
+    let flag = Line(AtomicU64::new(0));
+    let started = [AtomicBool::new(false), AtomicBool::new(false)];
+    let failed = AtomicBool::new(false);
+    let took = std::sync::Mutex::new(Duration::ZERO);
+    let mut passes = Vec::new();
+    for _ in 0..5 {
+        flag.0.store(0, Relaxed);
+        started.iter().for_each(|s| s.store(false, Relaxed));
+        pool::run(2, &|p| {
+            started[p].store(true, Release);
+            let t0 = Instant::now();
+            while !started[1 - p].load(Acquire) {
+                if failed.load(Relaxed) || t0.elapsed() > Duration::from_millis(100) {
+                    failed.store(true, Relaxed);
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            let t = Instant::now();
+            for i in 0..TRIPS {
+                // Part 0 turns 2i into 2i + 1, part 1 that into 2i + 2.
+                let (theirs, mine) = if p == 0 {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (2 * i + 1, 2 * i + 2)
+                };
+                let mut spins = 0u32;
+                while flag.0.load(Acquire) != theirs {
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(1 << 16)
+                        && (failed.load(Relaxed) || t.elapsed() > Duration::from_secs(1))
+                    {
+                        failed.store(true, Relaxed);
+                        return;
+                    }
+                }
+                flag.0.store(mine, Release);
+            }
+            if p == 0 {
+                *took.lock().unwrap_or_else(|e| e.into_inner()) = t.elapsed();
+            }
+        });
+        if failed.load(Relaxed) {
+            return None;
+        }
+        let d = *took.lock().unwrap_or_else(|e| e.into_inner());
+        passes.push(d.as_secs_f64() * 1e9 / TRIPS as f64);
+    }
+    Some(median(&mut passes))
+}
+
 /// How far ahead the probe's prefetching passes ask for lines, in bytes: around the decode
 /// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH`).
 pub const PROBE_AHEAD: [usize; 4] = [4 << 10, 8 << 10, 12 << 10, 16 << 10];
@@ -309,7 +379,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
 
     let mut st = model.new_state(prompt.len() + o.decode_tokens + 1);
     let (mut pre, mut dec, mut bws, mut plains) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut kernels_l2 = Vec::new();
+    let (mut kernels_l2, mut trips) = (Vec::new(), Vec::new());
     for r in 0..o.runs.max(1) {
         progress(&format!("run {}/{}", r + 1, o.runs.max(1)));
         st.reset();
@@ -324,6 +394,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         if let Some(k) = &kernel_probe {
             kernels_l2.push(k.measure()?);
         }
+        trips.extend(core_round_trip_ns());
         #[cfg(feature = "pool-stats")]
         {
             pool::stats::take();
@@ -388,6 +459,7 @@ pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> R
         decode_tok_s,
         decode_tok_s_runs: decode_runs,
         roofline_fraction: median(&mut fractions),
+        core_round_trip_ns_runs: trips,
         kernel_l2_gbs: kernel_l2,
         kernel_l2_gbs_runs: kernel_l2_runs,
         compute_roof_tok_s: kernel_l2.map(roof),
@@ -516,6 +588,20 @@ pub fn llm_table(runs: &[LlmRun]) -> String {
                 f * 100.0
             );
         }
+    }
+    for r in runs
+        .iter()
+        .filter(|r| !r.core_round_trip_ns_runs.is_empty())
+    {
+        let mut t = r.core_round_trip_ns_runs.clone();
+        let _ = writeln!(
+            s,
+            "cache line between the cores of threads 0 and 1 and back ({} {} thr): {:.0} ns \
+             (median over the runs)",
+            r.kernel,
+            r.threads,
+            median(&mut t)
+        );
     }
     if let Some(b) = runs.iter().filter_map(|r| r.huge_page_bytes).max() {
         let _ = writeln!(

@@ -417,6 +417,12 @@ fn bench_llm_json_has_every_field() {
         "{r}"
     );
     assert!(r["compute_roof_tok_s"].is_null() && r["lower_roof_fraction"].is_null());
+    // One thread: no other core to time a round trip to.
+    assert_eq!(
+        r["core_round_trip_ns_runs"].as_array().map(Vec::len),
+        Some(0),
+        "{r}"
+    );
     let shapes = r["shapes"].as_array().unwrap();
     assert!(!shapes.is_empty());
     for s in shapes {
@@ -436,7 +442,7 @@ fn bench_llm_json_has_every_field() {
 }
 
 /// On a packed model (the tuned Q4_0 CoT model, AVX2's repacked GEMV) the bench also runs the
-/// kernel probe: one per decode run, its roof is its rate over the bytes per token, and the
+/// kernel probe (and, on two threads, the cross-core round trip): one per decode run, its roof is its rate over the bytes per token, and the
 /// fraction of the lower roof is never below the fraction of memory's roof. x86_64 only (under
 /// qemu the probe's passes would take minutes); skipped when the model is not fetched.
 #[test]
@@ -456,7 +462,7 @@ fn bench_llm_reports_the_kernel_probe_on_a_packed_model() {
         "--kernels",
         "avx2",
         "--threads",
-        "1",
+        "2",
         "--tokens",
         "2",
         "--prompt-tokens",
@@ -484,6 +490,11 @@ fn bench_llm_reports_the_kernel_probe_on_a_packed_model() {
         r["roofline_fraction"].as_f64().unwrap(),
     );
     assert!(lower >= mem && mem > 0.0, "{r}");
+    // Two threads: a round trip per run, unless the two parts could not run at once (a busy
+    // machine), which the probe reports by leaving it out.
+    let trips = r["core_round_trip_ns_runs"].as_array().unwrap();
+    assert!(trips.len() <= 2, "{r}");
+    assert!(trips.iter().all(|t| t.as_f64().unwrap() > 0.0), "{r}");
 }
 
 #[test]

@@ -442,15 +442,25 @@ fn bench_llm_json_has_every_field() {
 }
 
 /// On a packed model (the tuned Q4_0 CoT model, AVX2's repacked GEMV) the bench also runs the
-/// kernel probe (and, on two threads, the cross-core round trip): one per decode run, its roof is its rate over the bytes per token, and the
-/// fraction of the lower roof is never below the fraction of memory's roof. x86_64 only (under
-/// qemu the probe's passes would take minutes); skipped when the model is not fetched.
+/// kernel probe (and, on two threads, the cross-core round trip): one per decode run, its
+/// roof is its rate over the bytes per token, and the fraction of the lower roof is never
+/// below the fraction of memory's roof. x86_64 with AVX2 only (under qemu the probe's passes
+/// would take minutes); skipped when the model is not fetched.
 #[test]
 fn bench_llm_reports_the_kernel_probe_on_a_packed_model() {
     let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct-ExpCoT.Q4_0.gguf");
-    if !cfg!(target_arch = "x86_64") || !model.exists() {
-        eprintln!("skipped: x86_64 only, and {} must exist", model.display());
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    if !avx2 || !model.exists() {
+        eprintln!(
+            "skipped: needs x86_64 with AVX2, FMA and F16C, and {}",
+            model.display()
+        );
         return;
     }
     let o = run(&[

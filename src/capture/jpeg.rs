@@ -12,8 +12,13 @@ use zune_jpeg::zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 /// Decode one JPEG into `rgb` (resized to `w*h*3`; its capacity is reused). Grayscale and CMYK
-/// JPEGs are converted to RGB. Errors are one line, fit for a log.
+/// JPEGs are converted to RGB. Errors are one line, fit for a log; a panic inside the decoder
+/// is one of them ([`no_panic`]).
 pub fn decode_jpeg_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
+    no_panic("JPEG", || decode_jpeg_unguarded(data, rgb))?
+}
+
+fn decode_jpeg_unguarded(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
     let opts = DecoderOptions::default()
         .set_max_width(MAX_DIM as usize)
         .set_max_height(MAX_DIM as usize)
@@ -41,6 +46,21 @@ pub fn decode_jpeg_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, Str
     })
 }
 
+/// Run a third-party decoder's step so that a panic inside it becomes a one-line error.
+///
+/// Defence in depth for hostile frames: `zune-jpeg` is safe Rust, but a crafted stream can
+/// still reach arithmetic that overflows (fuzzing found `dc_prediction * qt_table[0]` in
+/// `decode_mcu_block`). The shipped profiles build dependencies without overflow checks, so
+/// there it wraps into wrong pixels of a corrupt image; a debug build panics, and any other
+/// panic in the decoder (an `unwrap`, an index) must not take the capture thread down either.
+/// The buffer the closure wrote into holds garbage afterwards; callers drop the frame.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    // AssertUnwindSafe: the only state the closure mutates is the decoder (dropped right after)
+    // and the output buffer, which the caller treats as invalid on `Err`.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| format!("{what}: the decoder panicked on this input (frame dropped)"))
+}
+
 /// Decode a PNG (any bit depth / colour type) into packed RGB8. Alpha is dropped.
 pub fn decode_png_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
     let mut reader =
@@ -50,7 +70,7 @@ pub fn decode_png_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, Stri
     limits.max_image_height = Some(MAX_DIM);
     limits.max_alloc = Some(512 << 20);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("PNG: {e}"))?;
+    let img = no_panic("PNG", || reader.decode())?.map_err(|e| format!("PNG: {e}"))?;
     let img = img.into_rgb8();
     let (w, h) = img.dimensions();
     rgb.clear();
@@ -129,6 +149,81 @@ pub(crate) mod tests {
         }
         assert!(decode_jpeg_into(&bad, &mut rgb).is_err());
         assert!(decode_image_into(b"GIF89a....", &mut rgb).is_err());
+    }
+
+    /// A hand-built baseline JPEG (one 8×(8·blocks) grey component) whose DC prediction runs
+    /// past what `dc_prediction * qt_table[0]` can hold in an i32: a 16-bit quantisation table
+    /// of 65 535s, a DC Huffman table whose one code (`0`) means "category 11", and every
+    /// block's DC difference +2047 with an end-of-block AC code. After 17 blocks the
+    /// prediction is 34 799 and 34 799 × 65 535 > 2³¹. The same defect the CI fuzz run hit
+    /// (`fuzz/seeds/image/dc-overflow.jpg` is this file with 20 blocks).
+    pub fn dc_overflow_jpeg(blocks: u16) -> Vec<u8> {
+        let mut j = vec![0xFF, 0xD8];
+        // DQT: precision 1 (16-bit), table 0, all 65 535.
+        j.extend([0xFF, 0xDB, 0x00, 131, 0x10]);
+        j.extend(std::iter::repeat_n(0xFF, 128));
+        // SOF0: 8-bit samples, 8 high, 8·blocks wide, one component (id 1, 1×1, table 0).
+        let wide = (8 * blocks).to_be_bytes();
+        j.extend([
+            0xFF, 0xC0, 0x00, 11, 8, 0x00, 8, wide[0], wide[1], 1, 1, 0x11, 0,
+        ]);
+        // DHT: DC table 0 and AC table 0, each one 1-bit code: DC category 11, AC EOB.
+        for (class, symbol) in [(0x00u8, 11u8), (0x10, 0x00)] {
+            j.extend([0xFF, 0xC4, 0x00, 20, class, 1]);
+            j.extend([0u8; 15]);
+            j.push(symbol);
+        }
+        // SOS: one component, tables 0/0, spectral 0..63.
+        j.extend([0xFF, 0xDA, 0x00, 8, 1, 1, 0x00, 0, 63, 0]);
+        // Per block: DC code `0`, 11 one-bits (+2047), AC code `0` (EOB).
+        let mut bits = Vec::new();
+        for _ in 0..blocks {
+            bits.push(0u8);
+            bits.extend([1u8; 11]);
+            bits.push(0);
+        }
+        while bits.len() % 8 != 0 {
+            bits.push(1); // pad with one-bits, as the standard says
+        }
+        for byte in bits.chunks(8) {
+            let b = byte.iter().fold(0u8, |acc, &x| acc << 1 | x);
+            j.push(b);
+            if b == 0xFF {
+                j.push(0x00); // byte stuffing
+            }
+        }
+        j.extend([0xFF, 0xD9]);
+        j
+    }
+
+    #[test]
+    fn a_jpeg_that_overflows_the_decoders_arithmetic_is_no_panic() {
+        let mut rgb = Vec::new();
+        // 16 blocks stay in range: this stream decodes (proves the builder makes a JPEG the
+        // decoder walks to the end, so 20 blocks do reach the overflowing multiply).
+        let s = decode_jpeg_into(&dc_overflow_jpeg(16), &mut rgb).unwrap();
+        assert_eq!((s.width, s.height), (128, 8));
+        // 20 blocks: a debug build's overflow check panics inside zune-jpeg (caught: a one-line
+        // error); a release build wraps (a corrupt picture). Either way: no panic, and no
+        // multi-line error.
+        match decode_jpeg_into(&dc_overflow_jpeg(20), &mut rgb) {
+            Ok(s) => {
+                let overflow_checked = cfg!(debug_assertions);
+                assert!(!overflow_checked, "the overflow check did not fire");
+                assert_eq!(rgb.len(), (s.width * s.height * 3) as usize)
+            }
+            Err(e) => assert!(e.starts_with("JPEG: the decoder panicked") && !e.contains('\n')),
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_decoder_is_a_one_line_error() {
+        let r: Result<(), String> = no_panic("JPEG", || panic!("boom\nsecond line"));
+        assert_eq!(
+            r.unwrap_err(),
+            "JPEG: the decoder panicked on this input (frame dropped)"
+        );
+        assert_eq!(no_panic("PNG", || 7), Ok(7));
     }
 
     #[test]

@@ -352,7 +352,8 @@ pub fn core_round_trip_ns() -> Option<f64> {
 }
 
 /// How far ahead the probe's prefetching passes ask for lines, in bytes: around the decode
-/// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH`).
+/// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH_ALONE`
+/// and `GEMV2_PREFETCH_SHARED`).
 pub const PROBE_AHEAD: [usize; 4] = [4 << 10, 8 << 10, 12 << 10, 16 << 10];
 
 /// Benchmark the LLM stage with the kernel path and thread count already in force.

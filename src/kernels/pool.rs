@@ -52,6 +52,13 @@ pub fn threads() -> usize {
     }
 }
 
+/// The threads that run jobs now: the pool's workers and the caller, or 1 before any job
+/// started the pool (then every part runs on the caller). Never starts the pool, asks the OS
+/// or allocates, so a kernel may call it per call (the decode GEMV's prefetch distance does).
+pub fn running_threads() -> usize {
+    POOL.get().map_or(1, |p| p.workers.len() + 1)
+}
+
 /// Call `f(p)` for every `p in 0..parts`, on this thread and the pool's workers, and return
 /// when all have returned. Part `p < threads` runs on thread `p` (this thread is 0) unless
 /// that worker is late, when this thread runs it. With one thread (or one part), or inside a

@@ -357,19 +357,34 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 }
 
 /// How far ahead of a tile pair's start the decode run of pairs
-/// ([`gemv2_q4_0x8_q8_0_tiles`]) prefetches, in bytes: one linear stream, 288 bytes (a block
-/// of both tiles) per step, on past the run's end into the thread's next share. Measured with
-/// `expllm bench --stage llm --kernels avx512-vnni --threads N` on the 2-vCPU EPYC (5–8
-/// alternating rounds, decode against the one-tile kernel): 1 thread 8 KiB 1.060, **12 KiB
-/// 1.094**, 16 KiB 1.055, 24 KiB 1.039; 2 threads 8 KiB 1.072, **12 KiB 1.106**, 16 KiB
-/// 1.106. The pair kernel with the one-tile kernel's prefetch instead (a burst of a pair's
-/// lines 4 KiB ahead at its start) ran 0.864 at 1 thread, and with none 0.648: a core that
-/// streams two tiles at once from DRAM needs its misses issued early and evenly.
-pub(super) const GEMV2_PREFETCH: usize = 12 << 10;
+/// ([`gemv2_q4_0x8_q8_0_tiles`]) prefetches, in bytes, when its thread streams alone (one
+/// compute thread): one linear stream, 288 bytes (a block of both tiles) per step, on past the
+/// run's end into the thread's next share. Measured with `expllm bench --stage llm --kernels
+/// avx512-vnni --threads N` on the 2-vCPU EPYC (5–8 alternating rounds, decode against the
+/// one-tile kernel): 1 thread 8 KiB 1.060, **12 KiB 1.094**, 16 KiB 1.055, 24 KiB 1.039; 2
+/// threads 8 KiB 1.072, **12 KiB 1.106**, 16 KiB 1.106. The pair kernel with the one-tile
+/// kernel's prefetch instead (a burst of a pair's lines 4 KiB ahead at its start) ran 0.864 at
+/// 1 thread, and with none 0.648: a core that streams two tiles at once from DRAM needs its
+/// misses issued early and evenly.
+pub(super) const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
+
+/// [`GEMV2_PREFETCH_ALONE`] when two or more compute threads stream at once: with both cores
+/// reading, each miss likely waits longer (loaded latency), so a core needs more lines in
+/// flight.
+/// Measured 2026-11-24 (thirteenth session), `expllm bench --stage llm --kernels avx512-vnni
+/// --threads N`, medians of per-round decode ratios against 12 KiB, alternating rounds: at 2
+/// threads **16 KiB 1.051 and 1.050 in fast-memory minutes (8 and 9 rounds), 1.006 in slow
+/// ones (21)**; 20 KiB 1.018–1.063 fast (4 sets), 0.97 and 1.021 slow (5 and 21 rounds); 28 KiB
+/// 0.982 (8, fast). At 1 thread 16 KiB
+/// gave 0.957 and 20 KiB 0.947 (16 rounds, none faster), hence two distances. This build
+/// against one distance of 12 KiB: 1.026 at 2 threads (20 rounds; 1.010 slow, 1.031 fast),
+/// 1.005 at 1 (12). Only the prefetch differs: the same bits.
+pub(super) const GEMV2_PREFETCH_SHARED: usize = 16 << 10;
 
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
-/// byte of the one-tile body, prefetching [`GEMV2_PREFETCH`] bytes ahead. The same bits.
+/// byte of the one-tile body, prefetching `AHEAD` bytes ahead ([`GEMV2_PREFETCH_ALONE`] or
+/// [`GEMV2_PREFETCH_SHARED`]; `AHEAD` > 0). The same bits whatever `AHEAD`.
 ///
 /// # Safety
 /// As [`gemm_q4_0x8_q8_0`].
@@ -377,7 +392,7 @@ pub(super) const GEMV2_PREFETCH: usize = 12 << 10;
 /// # Panics
 /// As [`gemv_q4_0x8_q8_0_tiles`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemv2_q4_0x8_q8_0_tiles(
+pub unsafe fn gemv2_q4_0x8_q8_0_tiles<const AHEAD: usize>(
     x: &[BlockQ4_0x8],
     nb: usize,
     y: &[BlockQ8_0],
@@ -396,7 +411,7 @@ pub unsafe fn gemv2_q4_0x8_q8_0_tiles(
         {
             // (The pair's tiles back to back: `tile2`'s linear prefetch needs that.)
             let (x0, x1) = p.split_at(nb);
-            let [[r0], [r1]] = tile2::<1, GEMV2_PREFETCH>(x0, x1, [y], [yd], [ysum]);
+            let [[r0], [r1]] = tile2::<1, AHEAD>(x0, x1, [y], [yd], [ysum]);
             o[..TILE_ROWS].copy_from_slice(&r0);
             o[TILE_ROWS..].copy_from_slice(&r1);
         }
@@ -642,16 +657,25 @@ mod tests {
             let (nb, tiles) = (COUNTS[iter % COUNTS.len()], 1 + iter % 7);
             let (rows, packed) = random_tiles(&mut r, tiles, nb);
             let (ys, yd, ysum) = gemm_acts(&mut r, nb);
-            let (mut two, mut one) = (vec![f32::NAN; 8 * tiles], vec![f32::NAN; 8 * tiles]);
+            let n = 8 * tiles;
+            let (mut two, mut two_s, mut one) =
+                (vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]);
             // SAFETY: VNNI checked above; the activation row has `nb` blocks and its scales
             // and sums are padded to a multiple of 8.
             unsafe {
-                gemv2_q4_0x8_q8_0_tiles(&packed, nb, &ys[0], &yd[0], &ysum[0], &mut two);
-                gemv_q4_0x8_q8_0_tiles(&packed, nb, &ys[0], &yd[0], &ysum[0], &mut one);
+                let (y, d, s) = (&ys[0][..], &yd[0][..], &ysum[0][..]);
+                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_ALONE>(&packed, nb, y, d, s, &mut two);
+                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_SHARED>(&packed, nb, y, d, s, &mut two_s);
+                gemv_q4_0x8_q8_0_tiles(&packed, nb, y, d, s, &mut one);
             }
-            for row in 0..8 * tiles {
+            for row in 0..n {
                 let want = q4_0::vec_dot_q4_0_q8_0(&rows[row * nb..(row + 1) * nb], &ys[0]);
-                for (what, got) in [("pairs", two[row]), ("one tile", one[row])] {
+                let runs = [
+                    ("pairs", two[row]),
+                    ("pairs, shared prefetch", two_s[row]),
+                    ("one tile", one[row]),
+                ];
+                for (what, got) in runs {
                     assert!(
                         same(got, want),
                         "{what}: nb={nb} tiles={tiles} row {row}: {got:e} vs {want:e}"

@@ -1494,9 +1494,19 @@ fn gemv_tiles(
             // SAFETY: as for `gemm_tile`'s calls (the paths' features; `check_acts` made the
             // activation row `nb` blocks of Q8_0, with padded scales and sums).
             P::Avx512Vnni => {
+                use crate::kernels::x86_vnni::{
+                    gemv2_q4_0x8_q8_0_tiles as pairs, GEMV2_PREFETCH_ALONE as ALONE,
+                    GEMV2_PREFETCH_SHARED as SHARED,
+                };
+                // The prefetch distance for one streaming core or several (the pool's
+                // running threads): the same bits either way.
                 return unsafe {
-                    crate::kernels::x86_vnni::gemv2_q4_0x8_q8_0_tiles(x, nb, y, yd, ys, out)
-                }
+                    if crate::kernels::pool::running_threads() > 1 {
+                        pairs::<SHARED>(x, nb, y, yd, ys, out)
+                    } else {
+                        pairs::<ALONE>(x, nb, y, yd, ys, out)
+                    }
+                };
             }
             P::Avx2 => {
                 return unsafe {

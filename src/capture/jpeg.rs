@@ -53,12 +53,54 @@ fn decode_jpeg_unguarded(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, St
 /// `decode_mcu_block`). The shipped profiles build dependencies without overflow checks, so
 /// there it wraps into wrong pixels of a corrupt image; a debug build panics, and any other
 /// panic in the decoder (an `unwrap`, an index) must not take the capture thread down either.
-/// The buffer the closure wrote into holds garbage afterwards; callers drop the frame.
+/// The error carries the panic's first line; the buffer the closure wrote into holds garbage
+/// afterwards, and callers drop the frame.
+///
+/// While the closure runs, the process's panic hook stays silent on this thread (installed
+/// once, chained to the hook before it), so stderr gets our one line, not Rust's panic report.
+/// Not under `cfg(fuzzing)`: there libFuzzer's hook must see every panic and abort.
 fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    #[cfg(not(fuzzing))]
+    quiet::install();
+    let was = quiet::GUARDED.replace(true);
     // AssertUnwindSafe: the only state the closure mutates is the decoder (dropped right after)
     // and the output buffer, which the caller treats as invalid on `Err`.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|_| format!("{what}: the decoder panicked on this input (frame dropped)"))
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    quiet::GUARDED.set(was);
+    r.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .and_then(|m| m.lines().next())
+            .unwrap_or("no message");
+        format!("{what}: the decoder panicked on this input ({msg}); frame dropped")
+    })
+}
+
+/// The panic hook's silence inside [`no_panic`].
+mod quiet {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set while this thread runs a decoder under [`super::no_panic`].
+        pub(super) static GUARDED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Wrap the panic hook in force once: it reports every panic as before, except on a
+    /// thread inside [`super::no_panic`].
+    #[cfg(not(fuzzing))]
+    pub(super) fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let before = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !GUARDED.with(Cell::get) {
+                    before(info)
+                }
+            }));
+        });
+    }
 }
 
 /// Decode a PNG (any bit depth / colour type) into packed RGB8. Alpha is dropped.
@@ -221,9 +263,17 @@ pub(crate) mod tests {
         let r: Result<(), String> = no_panic("JPEG", || panic!("boom\nsecond line"));
         assert_eq!(
             r.unwrap_err(),
-            "JPEG: the decoder panicked on this input (frame dropped)"
+            "JPEG: the decoder panicked on this input (boom); frame dropped"
+        );
+        let n = 3;
+        let r: Result<(), String> = no_panic("PNG", || panic!("index {n} out of range"));
+        assert_eq!(
+            r.unwrap_err(),
+            "PNG: the decoder panicked on this input (index 3 out of range); frame dropped"
         );
         assert_eq!(no_panic("PNG", || 7), Ok(7));
+        // The hook's silence ends with the call, panic or not.
+        assert!(!quiet::GUARDED.with(std::cell::Cell::get));
     }
 
     #[test]

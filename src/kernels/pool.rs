@@ -134,10 +134,14 @@ pub fn run_stages_ahead<'a>(
                 if c.load(Relaxed) || c.swap(true, Acquire) {
                     continue;
                 }
+                #[cfg(feature = "pool-stats")]
+                let t0 = stats::now();
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(k, j))) {
                     job.poisoned.store(true, Release);
                     std::panic::resume_unwind(p);
                 }
+                #[cfg(feature = "pool-stats")]
+                stats::part(k, i, stats::now() - t0);
                 job.done.fetch_add(1, Release);
             }
         }
@@ -579,19 +583,30 @@ pub mod stats {
         }
     }
 
-    /// Nanoseconds thread `i < 4` waited at the barrier before stage `k < 8` of a
-    /// `run_stages` job.
-    static BARRIER: [[AtomicU64; 8]; 4] = [const { [const { AtomicU64::new(0) }; 8] }; 4];
+    /// Per thread `i < 4` and stage `k < 8` of a `run_stages` job, nanoseconds: waiting at
+    /// the barrier before the stage, and running the stage's parts (its own and any it took).
+    type PerStage = [[AtomicU64; 8]; 4];
+    static BARRIER: PerStage = [const { [const { AtomicU64::new(0) }; 8] }; 4];
+    static PART: PerStage = [const { [const { AtomicU64::new(0) }; 8] }; 4];
 
-    pub(super) fn barrier(k: usize, i: usize, ns: u64) {
-        if let Some(w) = BARRIER.get(i).and_then(|b| b.get(k)) {
+    fn add(t: &PerStage, k: usize, i: usize, ns: u64) {
+        if let Some(w) = t.get(i).and_then(|b| b.get(k)) {
             w.fetch_add(ns, Relaxed);
         }
     }
 
-    /// The sums since the last call, as one line, and start over.
-    pub fn take() -> String {
-        let waits: Vec<String> = BARRIER
+    pub(super) fn barrier(k: usize, i: usize, ns: u64) {
+        add(&BARRIER, k, i, ns);
+    }
+
+    pub(super) fn part(k: usize, i: usize, ns: u64) {
+        add(&PART, k, i, ns);
+    }
+
+    /// "thread 0 a/b/…, thread 1 …" in ms per stage, for the threads that have any; zeroes
+    /// the table.
+    fn per_stage(t: &PerStage) -> String {
+        let rows: Vec<String> = t
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
@@ -605,13 +620,19 @@ pub mod stats {
                 })
             })
             .collect();
+        rows.join(", ")
+    }
+
+    /// The sums since the last call, as one line, and start over.
+    pub fn take() -> String {
+        let (waits, parts) = (per_stage(&BARRIER), per_stage(&PART));
         let v: [u64; 7] = std::array::from_fn(|i| SUMS[i].swap(0, Relaxed));
         LAST_END.store(0, Relaxed);
         let ms = |ns: u64| ns as f64 / 1e6;
         format!(
             "{} jobs; caller: between jobs {:.2} ms, own parts {:.2} ms, waiting {:.2} ms; \
              workers: parts {:.2} ms in {} runs, publish-to-claim {:.2} ms; stage barrier \
-             waits ms per stage: {}",
+             waits ms per stage: {waits}; stage parts ms per stage: {parts}",
             v[3],
             ms(v[0]),
             ms(v[1]),
@@ -619,7 +640,6 @@ pub mod stats {
             ms(v[4]),
             v[5],
             ms(v[6]),
-            waits.join(", ")
         )
     }
 }

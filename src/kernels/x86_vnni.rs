@@ -370,15 +370,14 @@ pub(super) const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
 
 /// [`GEMV2_PREFETCH_ALONE`] when two or more compute threads stream at once: with both cores
 /// reading, each miss likely waits longer (loaded latency), so a core needs more lines in
-/// flight.
-/// Measured 2026-11-24 (thirteenth session), `expllm bench --stage llm --kernels avx512-vnni
-/// --threads N`, medians of per-round decode ratios against 12 KiB, alternating rounds: at 2
-/// threads **16 KiB 1.051 and 1.050 in fast-memory minutes (8 and 9 rounds), 1.006 in slow
-/// ones (21)**; 20 KiB 1.018–1.063 fast (4 sets), 0.97 and 1.021 slow (5 and 21 rounds); 28 KiB
-/// 0.982 (8, fast). At 1 thread 16 KiB
-/// gave 0.957 and 20 KiB 0.947 (16 rounds, none faster), hence two distances. This build
-/// against one distance of 12 KiB: 1.026 at 2 threads (20 rounds; 1.010 slow, 1.031 fast),
-/// 1.005 at 1 (12). Only the prefetch differs: the same bits.
+/// flight. Measured 2026-11-24 (thirteenth session), `expllm bench --stage llm --kernels
+/// avx512-vnni --threads N`, medians of per-round decode ratios against 12 KiB, alternating
+/// rounds: at 2 threads **16 KiB 1.051 and 1.050 in fast-memory minutes (8 and 9 rounds),
+/// 1.006 in slow ones (21)**; 20 KiB 1.018–1.063 fast (4 sets), 0.97 and 1.021 slow (5 and
+/// 21 rounds); 28 KiB 0.982 (8, fast). At 1 thread 16 KiB gave 0.957 and 20 KiB 0.947 (16
+/// rounds, none faster), hence two distances. This build against one distance of 12 KiB:
+/// 1.026 at 2 threads (20 rounds; 1.010 slow, 1.031 fast), 1.005 at 1 (12). Only the
+/// prefetch differs: the same bits.
 pub(super) const GEMV2_PREFETCH_SHARED: usize = 16 << 10;
 
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body

@@ -235,6 +235,41 @@ fn softmax_exp(x: &mut [f32]) -> f32 {
     (1.0 / sum) as f32
 }
 
+/// Ask for columns `cols` of cached rows `rows` (`stride` values apart) into L2, ahead of a
+/// layer's attention, each line once ([`prefetch_l2`](crate::kernels::prefetch_l2): a hint,
+/// never a fault or a wait). Rows or columns past the cache are left out. Why: a decode
+/// step's weights stream through every cache level, so by the time a layer's attention runs
+/// its keys and values are back in DRAM, and the score kernel's own prefetch (32 rows ahead)
+/// leaves it waiting on them; asked for during the stage before, they come while that stage
+/// streams its weights.
+pub fn prefetch_rows_l2(
+    cache: &[f16],
+    stride: usize,
+    cols: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) {
+    const LINE: usize = 64;
+    let cols = cols.start.min(stride)..cols.end.min(stride);
+    if cols.is_empty() {
+        return;
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(bits(cache));
+    let base = bytes.as_ptr() as usize;
+    for r in rows {
+        let Some(row) = bytes.get(2 * (r * stride + cols.start)..2 * (r * stride + cols.end))
+        else {
+            break;
+        };
+        // The lines the row's bytes touch, from the first line's start.
+        let skew = (base + 2 * (r * stride + cols.start)) % LINE;
+        let mut off = 0;
+        while off < row.len() {
+            crate::kernels::prefetch_l2(&row[off..]);
+            off += if off == 0 { LINE - skew } else { LINE };
+        }
+    }
+}
+
 /// `rows` rows of `len` values, `stride` apart, must fit in `have` values.
 fn check_rows(have: usize, stride: usize, len: usize, rows: usize) {
     if rows > 0 {
@@ -1641,6 +1676,23 @@ mod tests {
             axpy_f16_ref(&mut o2, w[p], row);
         }
         same_bits(&o, &o2, "weighted sum");
+    }
+
+    /// The L2 prefetch of cached rows is a hint: any row or column range, inside the cache
+    /// or past it, on any alignment, asks for lines and never panics or faults.
+    #[test]
+    fn prefetching_rows_never_panics() {
+        let cache = vec![f16::ONE; 10 * 24 + 7];
+        for start in [0, 1, 3] {
+            let c = &cache[start..];
+            for cols in [0..24, 5..17, 0..0, 20..40, 30..50] {
+                for rows in [0..10, 3..4, 0..0, 8..100, 50..60] {
+                    prefetch_rows_l2(c, 24, cols.clone(), rows);
+                }
+            }
+        }
+        prefetch_rows_l2(&[], 24, 0..24, 0..10);
+        prefetch_rows_l2(&cache, 0, 0..24, 0..10);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! cache. Must not tokenize or sample (see `tokenizer`, `generate`).
 
 use crate::kernels::act;
-use crate::kernels::kv::KvOps;
+use crate::kernels::kv::{self, KvOps};
 use crate::kernels::pool;
 use crate::kernels::quants::{self, Epilogue, PackArena, PackedMatrix, QuantizedActs};
 use crate::kernels::GgmlType;
@@ -24,6 +24,7 @@ use crate::llm::gguf::{GgufFile, TensorInfo};
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::ops::Range;
 use std::path::Path;
 
 /// Architectures we run.
@@ -194,6 +195,22 @@ struct HeadScratch {
     qh: Vec<f32>,
     scores: Vec<f32>,
     out: Vec<f32>,
+}
+
+/// A layer's KV cache `c` (rows of `len` values) cut before row `at`: the rows before it,
+/// read-only, and row `at` itself; `None`s without a cache or if it is shorter.
+fn split_row(
+    c: Option<&mut Vec<f16>>,
+    at: usize,
+    len: usize,
+) -> (Option<&[f16]>, Option<&mut [f16]>) {
+    match c {
+        Some(c) if c.len() >= (at + 1) * len => {
+            let (past, row) = c.split_at_mut(at * len);
+            (Some(&*past), Some(&mut row[..len]))
+        }
+        _ => (None, None),
+    }
 }
 
 /// Tokens per [`Model::forward_batch`] (prefill chunk); the state's buffers hold this many.
@@ -842,26 +859,46 @@ impl Model {
             let (cos, sin) = (&st.rope_cos, &st.rope_sin);
             let parts = n_kv * nb.div_ceil(ATT_TOKENS);
             let q_all = &st.q;
+            // Query heads `h0..h1` of one KV head (`kvh`) for token `b` of the batch, their
+            // outputs into `out` (heads side by side), with the scratch's `qh` and `scores`.
+            let heads = |b: usize,
+                         kvh: usize,
+                         h0: usize,
+                         h1: usize,
+                         qh: &mut [f32],
+                         scores: &mut [f32],
+                         out: &mut [f32]| {
+                let n = n_past + b + 1;
+                let (qh, out) = (&mut qh[..(h1 - h0) * hd], &mut out[..(h1 - h0) * hd]);
+                // the heads' q with RoPE at the token's position, then rounded to f16 as it
+                // meets the f16 keys, as in ggml.
+                qh.copy_from_slice(&q_all[b * dq + h0 * hd..][..(h1 - h0) * hd]);
+                for qh in qh.chunks_exact_mut(hd) {
+                    rope(qh, &cos[b * half..][..half], &sin[b * half..][..half], neox);
+                }
+                (kv.round_f16)(qh);
+                let scores = &mut scores[..(h1 - h0) * n];
+                (kv.scores_group)(qh, hd, &kc[kvh * hd..], kv_dim, scale, scores);
+                // The weights rounded to f16, as ggml's f16 V product does.
+                for s in scores.chunks_exact_mut(n) {
+                    (kv.softmax_f16)(s);
+                }
+                out.fill(0.0);
+                (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
+            };
             let attend = |i: usize, hs: &mut HeadScratch| {
                 let (t, kvh) = (i / n_kv, i % n_kv);
                 for (k, b) in (t * ATT_TOKENS..nb.min((t + 1) * ATT_TOKENS)).enumerate() {
-                    let n = n_past + b + 1;
-                    // the group's q with RoPE at the token's position, then rounded to f16 as
-                    // it meets the f16 keys, as in ggml.
-                    hs.qh.copy_from_slice(&q_all[b * dq + kvh * gd..][..gd]);
-                    for qh in hs.qh.chunks_exact_mut(hd) {
-                        rope(qh, &cos[b * half..][..half], &sin[b * half..][..half], neox);
-                    }
-                    (kv.round_f16)(&mut hs.qh);
-                    let scores = &mut hs.scores[..group * n];
-                    (kv.scores_group)(&hs.qh, hd, &kc[kvh * hd..], kv_dim, scale, scores);
-                    // The weights rounded to f16, as ggml's f16 V product does.
-                    for s in scores.chunks_exact_mut(n) {
-                        (kv.softmax_f16)(s);
-                    }
                     let out = &mut hs.out[k * gd..(k + 1) * gd];
-                    out.fill(0.0);
-                    (kv.weighted_sum_group)(out, hd, scores, &vc[kvh * hd..], kv_dim);
+                    heads(
+                        b,
+                        kvh,
+                        kvh * group,
+                        (kvh + 1) * group,
+                        &mut hs.qh,
+                        &mut hs.scores,
+                        out,
+                    );
                 }
             };
             // One token into a packed `wo` (Q8_0 input): each part quantizes its heads'
@@ -871,11 +908,16 @@ impl Model {
                 l.wo.packed
                     .filter(|_| nb == 1 && gd.is_multiple_of(32) && n_kv <= MAX_KV_HEADS_FUSED);
             if let Some(wo) = wo_packed {
-                if let (Some(g), Some(u), Some(dn)) =
-                    (l.w_gate.packed, l.w_up.packed, l.w_down.packed)
-                {
+                if let (Some(g), Some(u), Some(dn), true) = (
+                    l.w_gate.packed,
+                    l.w_up.packed,
+                    l.w_down.packed,
+                    hd.is_multiple_of(32),
+                ) {
                     // The attention, wo, the whole FFN and the next layer's Q/K/V (or the
-                    // output matrix) as one job of stages.
+                    // output matrix) as one job of stages. The attention in as many slices of
+                    // the query heads as there are threads (each a scratch of its own).
+                    let slices = pool::threads().clamp(1, c.n_head.min(st.heads.len()));
                     let (eps, ty) = (c.rms_eps, l.w_gate.ty);
                     let fill = |x: &[f32], a: &mut QuantizedActs| {
                         a.quantize_made_for(ty, d, |row| rms_norm(x, &l.ffn_norm, eps, row))
@@ -890,8 +932,32 @@ impl Model {
                     let fill_next = |x: &[f32], a: &mut QuantizedActs| {
                         a.quantize_made_for(ty, d, |row| rms_norm(x, next_norm, eps, row))
                     };
-                    let row = n_past * kv_dim..(n_past + 1) * kv_dim;
-                    let then = match (next_qkv, k_next.first_mut(), v_next.first_mut()) {
+                    // The next layer's cache: its rows before this token's (read by the
+                    // warm-up below) and this token's (written in the stage).
+                    let ((k_past, k_row), (v_past, v_row)) = (
+                        split_row(k_next.first_mut(), n_past, kv_dim),
+                        split_row(v_next.first_mut(), n_past, kv_dim),
+                    );
+                    // Each part asks for the next layer's cached keys and values of the query
+                    // heads it will attend (its slices' KV heads) into L2, as the stage that
+                    // computes that layer's Q/K/V starts: they arrive while it streams its
+                    // weights, instead of as misses in the attention.
+                    let threads = pool::threads().max(1);
+                    let warm = |i: usize| {
+                        let (Some(kp), Some(vp)) = (k_past, v_past) else {
+                            return;
+                        };
+                        for j in (i..slices).step_by(threads) {
+                            let u = quants::pre_slice(c.n_head, j, slices);
+                            if !u.is_empty() {
+                                // The KV heads of query heads `u`.
+                                let cols = u.start / group * hd..((u.end - 1) / group + 1) * hd;
+                                kv::prefetch_rows_l2(kp, kv_dim, cols.clone(), 0..n_past);
+                                kv::prefetch_rows_l2(vp, kv_dim, cols, 0..n_past);
+                            }
+                        }
+                    };
+                    let then = match (next_qkv, k_row, v_row) {
                         (Some((q, k, v)), Some(kn), Some(vn)) => Some(quants::ThenStage {
                             mats: [
                                 Some((&self.packed[q], &mut st.q2[..dq])),
@@ -900,11 +966,12 @@ impl Model {
                                 None,
                             ],
                             fill: &fill_next,
+                            warm: Some(&warm),
                             kv: (!neox).then(|| quants::KvRows {
                                 k: 1,
                                 v: 2,
-                                k_row: &mut kn[row.clone()],
-                                v_row: &mut vn[row],
+                                k_row: kn,
+                                v_row: vn,
                                 head_dim: hd,
                                 cos: &cos[..half],
                                 sin: &sin[..half],
@@ -923,16 +990,29 @@ impl Model {
                                     None,
                                 ],
                                 fill: &fill_next,
+                                warm: None,
                                 kv: None,
                             })
                         }
                         _ => None,
                     };
                     let chained = then.as_ref().map(|t| (t.mats[1].is_some(), t.kv.is_some()));
-                    let attend_q8 = |j: usize, hs: &mut HeadScratch, q: &mut quants::Q8Part| {
-                        attend(j, hs);
-                        q.quantize(&hs.out[..gd]);
-                    };
+                    // A slice of the query heads (one token), KV head by KV head, each run's
+                    // outputs quantized into its blocks of `wo`'s input.
+                    let attend_q8 =
+                        |u: Range<usize>, hs: &mut HeadScratch, q: &mut quants::Q8Part| {
+                            let mut h0 = u.start;
+                            while h0 < u.end {
+                                let kvh = h0 / group;
+                                let h1 = u.end.min((kvh + 1) * group);
+                                let out = &mut hs.out[..(h1 - h0) * hd];
+                                heads(0, kvh, h0, h1, &mut hs.qh, &mut hs.scores, out);
+                                let per = hd / 32;
+                                q.sub((h0 - u.start) * per..(h1 - u.start) * per)
+                                    .quantize(out);
+                                h0 = h1;
+                            }
+                        };
                     quants::attn_out_ffn(
                         quants::AttnOutFfn {
                             wo: &self.packed[wo],
@@ -950,8 +1030,9 @@ impl Model {
                             then,
                         },
                         Some(quants::PreStage {
-                            items: &mut st.heads[..n_kv],
-                            part_len: gd,
+                            items: &mut st.heads[..slices],
+                            units: c.n_head,
+                            unit_len: hd,
                             f: &attend_q8,
                         }),
                     )

@@ -598,6 +598,23 @@ impl Q8Part<'_> {
     pub fn quantize(&mut self, x: &[f32]) {
         quantize_q8_0_blocks(x, self.y, self.d, self.s);
     }
+
+    /// Its blocks (32 values each).
+    pub fn blocks(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Blocks `r` of this part (its values `32·r.start..32·r.end`) as a part of their own.
+    ///
+    /// # Panics
+    /// If `r` is not inside the part.
+    pub fn sub(&mut self, r: std::ops::Range<usize>) -> Q8Part<'_> {
+        Q8Part {
+            y: &mut self.y[r.clone()],
+            d: &mut self.d[r.clone()],
+            s: &mut self.s[r],
+        }
+    }
 }
 
 /// Quantize `x` into the Q8_0 blocks `y` (32 values each) and fill in what the kernels read
@@ -2063,6 +2080,11 @@ pub struct AttnOutFfn<'a> {
 pub struct ThenStage<'a> {
     pub mats: [Option<(&'a PackedMatrix, &'a mut [f32])>; MAX_PACKED_JOBS],
     pub fill: &'a FillFrom<'a>,
+    /// Run by each part `i` as the stage starts, before its row and its matrices: the model
+    /// asks for the next layer's cached keys and values there
+    /// ([`kv::prefetch_rows_l2`](crate::kernels::kv::prefetch_rows_l2)), so they arrive while
+    /// the stage streams its weights. Must not write what the stage reads or writes.
+    pub warm: Option<&'a (dyn Fn(usize) + Sync)>,
     /// Two of the matrices' outputs (keys and values) also go, as f16, into a KV cache row,
     /// the keys turned by [`act::rope_adjacent`](crate::kernels::act::rope_adjacent) first:
     /// each part its own rows, as the model's serial RoPE and cache write would.
@@ -2083,17 +2105,24 @@ pub struct KvRows<'a> {
     pub sin: &'a [f32],
 }
 
-/// A stage before [`AttnOutFfn`]'s first matmul that writes its input `att`: item `j` of
-/// `items`, with `att`'s values `j·part_len..(j + 1)·part_len` to quantize (whole Q8_0
-/// blocks), goes to part `j % threads`. At most [`MAX_PRE_ITEMS`] items.
+/// A stage before [`AttnOutFfn`]'s first matmul that writes its input `att`, `units` runs of
+/// `unit_len` values each (whole Q8_0 blocks; the attention: one query head each). Slice `j`
+/// of `items.len()` is the units `j·units/n..(j + 1)·units/n` (contiguous, as even as whole
+/// units allow); it runs on part `j % threads` with item `j`, and `f` quantizes its values
+/// into the slice's blocks. Why units, not one item per KV head: SmolLM2's 3 KV heads split
+/// 2 : 1 over 2 threads, its 9 query heads 4 : 5.
 pub struct PreStage<'a, T> {
     pub items: &'a mut [T],
-    pub part_len: usize,
-    pub f: &'a (dyn Fn(usize, &mut T, &mut Q8Part<'_>) + Sync),
+    pub units: usize,
+    pub unit_len: usize,
+    pub f: &'a (dyn Fn(std::ops::Range<usize>, &mut T, &mut Q8Part<'_>) + Sync),
 }
 
-/// Most items of a [`PreStage`] (their activation blocks' pointers are on the stack).
-pub const MAX_PRE_ITEMS: usize = 16;
+/// [`PreStage`]'s slice `j` of `n`: its units.
+pub fn pre_slice(units: usize, j: usize, n: usize) -> std::ops::Range<usize> {
+    let n = n.max(1);
+    j * units / n..(j + 1) * units / n
+}
 
 /// The most of a stage's weights a thread waiting at [`attn_out_ffn`]'s barrier before it
 /// prefetches (a quarter of the EPYC's and the Cortex-A76's L2). Why: a thread that waits
@@ -2150,6 +2179,7 @@ pub fn attn_out_ffn<T: Send>(
     // The last stage's matrices: each with its output pointer, checked; its KV rows.
     let mut then: [Option<(&PackedMatrix, SendPtr)>; MAX_PACKED_JOBS] = [None; MAX_PACKED_JOBS];
     let then_fill = f.then.as_ref().map(|t| t.fill);
+    let then_warm = f.then.as_ref().and_then(|t| t.warm);
     let mut kv = None;
     if let Some(t) = f.then {
         for (m, o) in t.mats.into_iter().zip(&mut then) {
@@ -2188,33 +2218,36 @@ pub fn attn_out_ffn<T: Send>(
             ));
         }
     }
-    // The stage before: its items, and the blocks of `att` each writes.
-    let mut pre_blocks = [None; MAX_PRE_ITEMS];
+    // The stage before: its items, and the blocks of `att` they write.
     let pre = match pre {
         Some(p) => {
-            len(
-                "pre-stage items (at most)",
-                MAX_PRE_ITEMS,
-                p.items.len().max(MAX_PRE_ITEMS),
-            )?;
-            len(
-                "pre-stage parts' values (all of wo's columns)",
-                f.wo.cols,
-                p.items.len() * p.part_len,
-            )?;
-            let parts = f.att.q8_0_parts(f.wo.cols, p.part_len)?;
-            for (b, q) in pre_blocks.iter_mut().zip(parts) {
-                *b = Some(Q8Out {
-                    blocks: q.y.as_mut_ptr(),
-                    scales: q.d.as_mut_ptr(),
-                    qsums: q.s.as_mut_ptr(),
+            if p.unit_len == 0 || !p.unit_len.is_multiple_of(q8::QK8_0) {
+                return Err(QuantError::Len {
+                    what: "pre-stage unit values (whole Q8_0 blocks)",
+                    expected: p.unit_len.next_multiple_of(q8::QK8_0).max(q8::QK8_0),
+                    got: p.unit_len,
                 });
             }
+            len(
+                "pre-stage values (all of wo's columns)",
+                f.wo.cols,
+                p.units * p.unit_len,
+            )?;
+            len("pre-stage items (at least one)", 1, p.items.len().min(1))?;
+            f.att.prepare_q8_0(f.wo.cols)?;
+            let (y, dd, ss) = f.att.q8_0_mut();
+            let blocks = Q8Out {
+                blocks: y.as_mut_ptr(),
+                scales: dd.as_mut_ptr(),
+                qsums: ss.as_mut_ptr(),
+            };
             Some((
                 ItemsPtr(p.items.as_mut_ptr()),
                 p.items.len(),
-                p.part_len,
+                p.units,
+                p.unit_len / q8::QK8_0,
                 p.f,
+                blocks,
             ))
         }
         None => {
@@ -2281,8 +2314,7 @@ pub fn attn_out_ffn<T: Send>(
     };
     let part = |stage: usize, i: usize| {
         // (The wrappers whole, not their raw-pointer fields: they are what is `Sync`.)
-        let (q8, parts, att, next, pre, pre_blocks, kv) =
-            (&q8, &parts, &att, &next, &pre, &pre_blocks, &kv);
+        let (q8, parts, att, next, pre, kv) = (&q8, &parts, &att, &next, &pre, &kv);
         if failed.get().is_some() {
             return;
         }
@@ -2315,26 +2347,30 @@ pub fn attn_out_ffn<T: Send>(
         };
         match stages[stage] {
             Stage::Pre => {
-                let Some((items, n_items, part_len, pf)) = pre else {
+                let Some((items, n_items, units, per, pf, b)) = pre else {
                     return;
                 };
                 for j in (i..*n_items).step_by(threads) {
+                    let u = pre_slice(*units, j, *n_items);
+                    if u.is_empty() {
+                        continue;
+                    }
                     // SAFETY: item `j < items.len()` goes to part `j % threads` alone, once,
                     // and only in this stage: the only reference to it while it lives.
                     let item = unsafe { &mut *items.0.add(j) };
-                    let Some(b) = pre_blocks[j] else { continue };
-                    let nb = part_len / q8::QK8_0;
-                    // SAFETY: blocks `j·nb..(j + 1)·nb` of `att` (taken from `&mut` above by
-                    // `q8_0_parts`, disjoint per item), written only here, read after the
-                    // barrier that ends this stage.
+                    let (b0, nb) = (u.start * per, u.len() * per);
+                    // SAFETY: blocks `b0..b0 + nb` of `att` (`units · per` blocks, prepared
+                    // above from `&mut`), the slice's own: slices are disjoint, and the
+                    // blocks are written only here and read after the barrier that ends this
+                    // stage.
                     let mut q = unsafe {
                         Q8Part {
-                            y: std::slice::from_raw_parts_mut(b.blocks, nb),
-                            d: std::slice::from_raw_parts_mut(b.scales, nb),
-                            s: std::slice::from_raw_parts_mut(b.qsums, nb),
+                            y: std::slice::from_raw_parts_mut(b.blocks.add(b0), nb),
+                            d: std::slice::from_raw_parts_mut(b.scales.add(b0), nb),
+                            s: std::slice::from_raw_parts_mut(b.qsums.add(b0), nb),
                         }
                     };
-                    pf(j, item, &mut q);
+                    pf(u, item, &mut q);
                 }
             }
             Stage::Wo => {
@@ -2374,6 +2410,9 @@ pub fn attn_out_ffn<T: Send>(
                 accumulate_into_x(f.down, unsafe { &*next.0 });
             }
             Stage::Then => {
+                if let Some(w) = then_warm {
+                    w(i);
+                }
                 let Some(a) = then_fill.and_then(own_row) else {
                     return;
                 };

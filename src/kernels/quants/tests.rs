@@ -1758,7 +1758,9 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
         (64usize, 32usize, false, false),
         (96, 160, true, true),
         (576, 1536, true, true),
+        (576, 1536, true, false),
         (192, 64, false, true),
+        (320, 96, true, false),
     ] {
         let mut matrix = |rows: usize, cols: usize| {
             let v = tame(&mut rng, rows * cols, 0.05, 0.0);
@@ -1855,6 +1857,13 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
             vec![f32::NAN; kv_rows],
         );
         let (mut k_row, mut v_row) = (vec![f16::NAN; kv_rows], vec![f16::NAN; kv_rows]);
+        // Every part warms once, as the last stage starts.
+        let warmed: Vec<std::sync::atomic::AtomicUsize> = (0..threads)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect();
+        let warm = |i: usize| {
+            warmed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         let then = with_then.then(|| ThenStage {
             mats: [
                 Some((&n1, &mut o1[..])),
@@ -1863,6 +1872,7 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
                 None,
             ],
             fill: &fill2,
+            warm: Some(&warm),
             kv: Some(KvRows {
                 k: 1,
                 v: 2,
@@ -1873,13 +1883,26 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
                 sin: &sin,
             }),
         });
-        // The pre stage: three parts of wo's input (as many as the KV heads), each item its
-        // values.
-        let mut items: Vec<Vec<f32>> = att_values.chunks(d / 3).map(|c| c.to_vec()).collect();
-        let pre_f = |_: usize, item: &mut Vec<f32>, q: &mut Q8Part| q.quantize(item);
+        // The pre stage: wo's input in units of 32 values (as query heads), in slices of
+        // contiguous units (as many as `slices`, some empty when there are more slices than
+        // units), each quantized in two pieces through `Q8Part::sub` (as the attention
+        // quantizes a slice KV head by KV head).
+        let units = d / 32;
+        let slices = [1, 2, 3, 5, units + 1][rng.below(5)];
+        let mut items = vec![0usize; slices];
+        let att_values = &att_values;
+        let pre_f = |u: std::ops::Range<usize>, item: &mut usize, q: &mut Q8Part| {
+            assert_eq!(q.blocks(), u.len(), "a slice's blocks");
+            *item += u.len();
+            let half = u.len() / 2;
+            let v = &att_values[u.start * 32..u.end * 32];
+            q.sub(0..half).quantize(&v[..half * 32]);
+            q.sub(half..u.len()).quantize(&v[half * 32..]);
+        };
         let pre = with_pre.then(|| PreStage {
             items: &mut items[..],
-            part_len: d / 3,
+            units,
+            unit_len: 32,
             f: &pre_f,
         });
         attn_out_ffn(
@@ -1902,6 +1925,22 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
         )
         .unwrap();
         let what = format!("d {d}, n_ff {dff}");
+        if with_pre {
+            assert_eq!(
+                items.iter().sum::<usize>(),
+                units,
+                "{what}: every unit once"
+            );
+        }
+        let warms: Vec<usize> = warmed
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(
+            warms,
+            vec![usize::from(with_then); threads],
+            "{what}: warm-ups per part"
+        );
         assert_eq!(att2.bytes(), att.bytes(), "{what}: wo's input");
         assert_eq!(bits(&x), bits(&want_x), "{what}: x");
         assert_eq!(
@@ -1934,7 +1973,7 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
     };
     let (w64, w32x64, w64x32) = (m(64, 64), m(32, 64), m(64, 32));
     let fill = |x: &[f32], a: &mut QuantizedActs| a.quantize_for(ty, x);
-    for case in 0..6 {
+    for case in 0..8 {
         let x0 = vec![1.0f32; 64];
         let mut att = random_acts(&mut rng, ty, 1, 64).remove(0);
         let mut x = if case == 0 { vec![1.0; 32] } else { x0.clone() };
@@ -1956,6 +1995,7 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
                 None,
             ],
             fill: &fill,
+            warm: None,
             // Case 4: the keys and values the same matrix.
             kv: (case == 4).then(|| KvRows {
                 k: 0,
@@ -1968,11 +2008,13 @@ fn prop_attn_out_ffn_equals_the_separate_steps() {
             }),
         });
         let mut items = [(); 3];
-        let pre_f = |_: usize, _: &mut (), _: &mut Q8Part| {};
-        // Case 5: parts that do not cover wo's input.
-        let pre = (case == 5).then(|| PreStage {
-            items: &mut items[..],
-            part_len: 32,
+        let pre_f = |_: std::ops::Range<usize>, _: &mut (), _: &mut Q8Part| {};
+        // Case 5: units that do not cover wo's input; 6: units that are not whole blocks;
+        // 7: no items.
+        let pre = (5..=7).contains(&case).then(|| PreStage {
+            items: &mut items[..if case == 7 { 0 } else { 3 }],
+            units: [3, 4, 2][case - 5],
+            unit_len: [32, 16, 32][case - 5],
             f: &pre_f,
         });
         let e = attn_out_ffn(

@@ -109,7 +109,8 @@ pub struct State {
     q2: Vec<f32>,
     /// Attention scratch, one per part of the attention job: KV head `h` (its group of
     /// query heads) of the tokens `c·ATT_TOKENS..(c+1)·ATT_TOKENS` of a batch at index
-    /// `c·n_head_kv + h` (the parts run on the compute threads in parallel).
+    /// `c·n_head_kv + h` (the parts run on the compute threads in parallel). One token in
+    /// the fused decode job: the first ones, one per slice of the query heads (a thread's).
     heads: Vec<HeadScratch>,
     kk: Vec<f32>,
     vv: Vec<f32>,
@@ -190,7 +191,8 @@ macro_rules! lap {
 
 /// One KV head's attention scratch for up to [`ATT_TOKENS`] tokens: its query heads' rows
 /// rounded through f16, their scores over the context (head by head), their outputs per
-/// token (heads side by side, as in the attention output).
+/// token (heads side by side, as in the attention output). In the fused decode job, one
+/// slice's: its query heads' run under each KV head in turn, in the same buffers.
 struct HeadScratch {
     qh: Vec<f32>,
     scores: Vec<f32>,

@@ -949,14 +949,11 @@ impl Model {
                         let (Some(kp), Some(vp)) = (k_past, v_past) else {
                             return;
                         };
-                        for j in (i..slices).step_by(threads) {
-                            let u = quants::pre_slice(c.n_head, j, slices);
-                            if !u.is_empty() {
-                                // The KV heads of query heads `u`.
-                                let cols = u.start / group * hd..((u.end - 1) / group + 1) * hd;
-                                kv::prefetch_rows_l2(kp, kv_dim, cols.clone(), 0..n_past);
-                                kv::prefetch_rows_l2(vp, kv_dim, cols, 0..n_past);
-                            }
+                        for (_, u) in quants::pre_slices(c.n_head, slices, i, threads) {
+                            // The KV heads of query heads `u`.
+                            let cols = u.start / group * hd..((u.end - 1) / group + 1) * hd;
+                            kv::prefetch_rows_l2(kp, kv_dim, cols.clone(), 0..n_past);
+                            kv::prefetch_rows_l2(vp, kv_dim, cols, 0..n_past);
                         }
                     };
                     let then = match (next_qkv, k_row, v_row) {

@@ -2118,10 +2118,20 @@ pub struct PreStage<'a, T> {
     pub f: &'a (dyn Fn(std::ops::Range<usize>, &mut T, &mut Q8Part<'_>) + Sync),
 }
 
-/// [`PreStage`]'s slice `j` of `n`: its units.
-pub fn pre_slice(units: usize, j: usize, n: usize) -> std::ops::Range<usize> {
-    let n = n.max(1);
-    j * units / n..(j + 1) * units / n
+/// The [`PreStage`] slices that part `i` of `threads` runs, of `n` slices over `units`: each
+/// slice `j ≡ i (mod threads)` with its units `j·units/n..(j + 1)·units/n`, empty ones left
+/// out. The one place that says which thread does which slice: [`attn_out_ffn`] runs them,
+/// and a caller that prepares for them (the model's K/V warm-up) asks here.
+pub fn pre_slices(
+    units: usize,
+    n: usize,
+    i: usize,
+    threads: usize,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    (i..n)
+        .step_by(threads.max(1))
+        .map(move |j| (j, j * units / n..(j + 1) * units / n))
+        .filter(|(_, u)| !u.is_empty())
 }
 
 /// The most of a stage's weights a thread waiting at [`attn_out_ffn`]'s barrier before it
@@ -2350,11 +2360,7 @@ pub fn attn_out_ffn<T: Send>(
                 let Some((items, n_items, units, per, pf, b)) = pre else {
                     return;
                 };
-                for j in (i..*n_items).step_by(threads) {
-                    let u = pre_slice(*units, j, *n_items);
-                    if u.is_empty() {
-                        continue;
-                    }
+                for (j, u) in pre_slices(*units, *n_items, i, threads) {
                     // SAFETY: item `j < items.len()` goes to part `j % threads` alone, once,
                     // and only in this stage: the only reference to it while it lives.
                     let item = unsafe { &mut *items.0.add(j) };

@@ -1279,6 +1279,36 @@ fn pack_arena_holds_the_same_tiles_as_single_packs() {
     }
 }
 
+/// [`pre_slices`]: over all parts, every unit once, in contiguous slices that differ by at
+/// most one unit; slice `j` on part `j % threads`; no empty slice handed out.
+#[test]
+fn pre_slices_cover_every_unit_once_evenly() {
+    for units in 0..20 {
+        for n in 1..12 {
+            for threads in 1..5 {
+                let mut seen = vec![0; units];
+                let mut lens = vec![];
+                for i in 0..threads {
+                    for (j, u) in pre_slices(units, n, i, threads) {
+                        assert_eq!(j % threads, i, "slice {j} on part {i}");
+                        assert!(!u.is_empty());
+                        lens.push(u.len());
+                        u.for_each(|k| seen[k] += 1);
+                    }
+                }
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{units} units, {n} slices, {threads}"
+                );
+                let (lo, hi) = (lens.iter().min(), lens.iter().max());
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    assert!(hi - lo <= 1, "{units} units in {n} slices: {lens:?}");
+                }
+            }
+        }
+    }
+}
+
 /// [`share`] cuts a matrix's tiles into contiguous, in-order shares that cover every tile
 /// once, in whole 32-row blocks where the tiles come in fours.
 #[test]

@@ -53,7 +53,7 @@ pub struct LlmRun {
     pub bytes_per_token: u64,
     /// Read bandwidth over a buffer of `bytes_per_token` (what decode streams), GB/s, with
     /// this run's thread count: the median of the probes taken just before each decode run
-    /// (each the best of 12 passes, plain and prefetching; [`BandwidthProbe`]).
+    /// (each the best of 18 passes, plain and prefetching; [`BandwidthProbe`]).
     pub bandwidth_model_size_gbs: f64,
     /// Those probes, one per decode run, in order.
     #[serde(default)]
@@ -152,7 +152,7 @@ impl BandwidthProbe {
         Ok(BandwidthProbe { buf })
     }
 
-    /// GB/s: the best of 15 passes, each part summing its share of the buffer, plain or
+    /// GB/s: the best of 18 passes, each part summing its share of the buffer, plain or
     /// prefetching each of [`PROBE_AHEAD`]'s distances ahead, in turn
     /// ([`measure_each`](Self::measure_each)): the most this machine's memory gave.
     pub fn measure(&self) -> f64 {
@@ -160,7 +160,7 @@ impl BandwidthProbe {
         plain.max(ahead)
     }
 
-    /// `(plain, prefetching)`: the best of 3 plain passes, and of 12 prefetching ones (3 per
+    /// `(plain, prefetching)`: the best of 3 plain passes, and of 15 prefetching ones (3 per
     /// distance), in turn so all see the same minutes. Why: on the 2-vCPU EPYC VM plain reads
     /// (what the hardware prefetchers alone give, as a STREAM-like loop) reached 72–77 GB/s
     /// where the same loop asking for the line 4 KiB ahead reached 89–97 GB/s in the same
@@ -353,8 +353,9 @@ pub fn core_round_trip_ns() -> Option<f64> {
 
 /// How far ahead the probe's prefetching passes ask for lines, in bytes: around the decode
 /// GEMVs' distances (`kernels::x86::GEMV_PREFETCH`, `kernels::x86_vnni::GEMV2_PREFETCH_ALONE`
-/// and `GEMV2_PREFETCH_SHARED`).
-pub const PROBE_AHEAD: [usize; 4] = [4 << 10, 8 << 10, 12 << 10, 16 << 10];
+/// and `GEMV2_PREFETCH_SHARED`'s two, 2 and 32 KiB), so the roofline is the most the memory
+/// gives to any of the ways decode asks for it.
+pub const PROBE_AHEAD: [usize; 5] = [4 << 10, 8 << 10, 12 << 10, 16 << 10, 32 << 10];
 
 /// Benchmark the LLM stage with the kernel path and thread count already in force.
 pub fn llm(model_path: &Path, o: &LlmBenchOptions, progress: &dyn Fn(&str)) -> Result<LlmRun> {

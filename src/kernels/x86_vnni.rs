@@ -368,22 +368,30 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 /// misses issued early and evenly.
 pub(super) const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
 
-/// [`GEMV2_PREFETCH_ALONE`] when two or more compute threads stream at once: with both cores
-/// reading, each miss likely waits longer (loaded latency), so a core needs more lines in
-/// flight. Measured 2026-11-24 (thirteenth session), `expllm bench --stage llm --kernels
-/// avx512-vnni --threads N`, medians of per-round decode ratios against 12 KiB, alternating
-/// rounds: at 2 threads **16 KiB 1.051 and 1.050 in fast-memory minutes (8 and 9 rounds),
-/// 1.006 in slow ones (21)**; 20 KiB 1.018–1.063 fast (4 sets), 0.97 and 1.021 slow (5 and
-/// 21 rounds); 28 KiB 0.982 (8, fast). At 1 thread 16 KiB gave 0.957 and 20 KiB 0.947 (16
-/// rounds, none faster), hence two distances. This build against one distance of 12 KiB:
-/// 1.026 at 2 threads (20 rounds; 1.010 slow, 1.031 fast), 1.005 at 1 (12). Only the
-/// prefetch differs: the same bits.
-pub(super) const GEMV2_PREFETCH_SHARED: usize = 16 << 10;
+/// The decode run of pairs' prefetch when two or more compute threads stream at once, in
+/// bytes ahead of a pair's step as for [`GEMV2_PREFETCH_ALONE`]: `(near, far)`, the stream
+/// asked into L1 (`prefetcht0`) `near` bytes ahead and into L2 (`prefetcht1`) `far` bytes
+/// ahead. With both cores reading, each miss waits longer (loaded latency), so a core needs
+/// more lines in flight; asked for in L1 that far ahead they fill half of a 32 KiB L1 (the
+/// Zen 4 VM's) and evict what the kernel still reads, asked for in L2 they do not.
+///
+/// Measured with `expllm bench --stage llm --kernels avx512-vnni --threads N`, medians of
+/// per-round decode ratios, alternating rounds (BENCHMARKS "fifteenth session"). On the Zen 4
+/// VM (2026-11-24, fifteenth session), 2 threads, `(2 KiB, 32 KiB)` against one L1 stream
+/// 16 KiB ahead: **1.100, 1.036, 1.121 and 1.034** (12, 16, 24 and 16 rounds; 11, 11, 20 and
+/// 13 faster); `(2, 24)` 1.044 and 1.113, `(1, 32)` 1.041 and 1.099, `(4, 64)` 1.084, `(2,
+/// 40)` and `(3, 28)` within 4 % of `(2, 32)`, `(0, 32)` (L2 only) 0.982 of it. At 1 thread
+/// the same two streams were slower (`(2, 32)` 0.885, `(2, 16)` 0.930, 12 rounds): one
+/// core alone keeps [`GEMV2_PREFETCH_ALONE`]. Before that (thirteenth session, Zen 5 VM):
+/// one L1 stream 16 KiB ahead against 12 KiB 1.051 and 1.050 in fast-memory minutes, 1.006 in
+/// slow ones, 28 KiB 0.982. Only the prefetch differs: the same bits.
+pub(super) const GEMV2_PREFETCH_SHARED: (usize, usize) = (2 << 10, 32 << 10);
 
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
-/// byte of the one-tile body, prefetching `AHEAD` bytes ahead ([`GEMV2_PREFETCH_ALONE`] or
-/// [`GEMV2_PREFETCH_SHARED`]; `AHEAD` > 0). The same bits whatever `AHEAD`.
+/// byte of the one-tile body, prefetching `AHEAD` bytes ahead into L1 and, if `FAR` > 0, `FAR`
+/// bytes ahead into L2 ([`GEMV2_PREFETCH_ALONE`] and 0, or [`GEMV2_PREFETCH_SHARED`]; `AHEAD`
+/// > 0). The same bits whatever the distances.
 ///
 /// # Safety
 /// As [`gemm_q4_0x8_q8_0`].
@@ -391,7 +399,7 @@ pub(super) const GEMV2_PREFETCH_SHARED: usize = 16 << 10;
 /// # Panics
 /// As [`gemv_q4_0x8_q8_0_tiles`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemv2_q4_0x8_q8_0_tiles<const AHEAD: usize>(
+pub unsafe fn gemv2_q4_0x8_q8_0_tiles<const AHEAD: usize, const FAR: usize>(
     x: &[BlockQ4_0x8],
     nb: usize,
     y: &[BlockQ8_0],
@@ -410,7 +418,7 @@ pub unsafe fn gemv2_q4_0x8_q8_0_tiles<const AHEAD: usize>(
         {
             // (The pair's tiles back to back: `tile2`'s linear prefetch needs that.)
             let (x0, x1) = p.split_at(nb);
-            let [[r0], [r1]] = tile2::<1, AHEAD>(x0, x1, [y], [yd], [ysum]);
+            let [[r0], [r1]] = tile2::<1, AHEAD, FAR>(x0, x1, [y], [yd], [ysum]);
             o[..TILE_ROWS].copy_from_slice(&r0);
             o[TILE_ROWS..].copy_from_slice(&r1);
         }
@@ -442,19 +450,20 @@ pub unsafe fn gemm2_q4_0x8_q8_0<const A: usize>(
     ysum: [&[i32]; A],
 ) -> [[[f32; TILE_ROWS]; A]; 2] {
     // SAFETY: the features by this function's contract, which is `tile2`'s.
-    unsafe { tile2::<A, 0>(x0, x1, y, yd, ysum) }
+    unsafe { tile2::<A, 0, 0>(x0, x1, y, yd, ysum) }
 }
 
 /// [`gemm2_q4_0x8_q8_0`]'s body, inlined into its callers: that kernel (`AHEAD` 0: each
 /// tile's stream prefetched 1 KiB ahead, enough for a GEMM's several activation rows per
 /// load), and the decode run of tile pairs [`gemv2_q4_0x8_q8_0_tiles`] (`AHEAD` > 0: one
-/// linear stream `AHEAD` bytes past `x0`'s start, 288 bytes per block step, for tiles that
-/// lie back to back, `x1` right after `x0`).
+/// linear stream `AHEAD` bytes past `x0`'s start into L1, and with `FAR` > 0 a second one
+/// `FAR` bytes past it into L2, 288 bytes per block step, for tiles that lie back to back,
+/// `x1` right after `x0`).
 ///
 /// # Safety
 /// As [`gemm2_q4_0x8_q8_0`]: the CPU must have its features (every caller enables them).
 #[inline(always)]
-unsafe fn tile2<const A: usize, const AHEAD: usize>(
+unsafe fn tile2<const A: usize, const AHEAD: usize, const FAR: usize>(
     x0: &[BlockQ4_0x8],
     x1: &[BlockQ4_0x8],
     y: [&[BlockQ8_0]; A],
@@ -499,6 +508,13 @@ unsafe fn tile2<const A: usize, const AHEAD: usize>(
                 let ahead = x0.as_ptr().cast::<i8>().wrapping_add(AHEAD + STEP * i);
                 for line in 0..STEP.div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
+                if FAR > 0 {
+                    // And the same 288 bytes `FAR` past it, into L2 only.
+                    let far = x0.as_ptr().cast::<i8>().wrapping_add(FAR + STEP * i);
+                    for line in 0..STEP.div_ceil(64) {
+                        _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64 * line));
+                    }
                 }
             }
             let c: [__m512i; 4] = core::array::from_fn(|j| {
@@ -663,8 +679,10 @@ mod tests {
             // and sums are padded to a multiple of 8.
             unsafe {
                 let (y, d, s) = (&ys[0][..], &yd[0][..], &ysum[0][..]);
-                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_ALONE>(&packed, nb, y, d, s, &mut two);
-                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_SHARED>(&packed, nb, y, d, s, &mut two_s);
+                const NEAR: usize = GEMV2_PREFETCH_SHARED.0;
+                const FAR: usize = GEMV2_PREFETCH_SHARED.1;
+                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_ALONE, 0>(&packed, nb, y, d, s, &mut two);
+                gemv2_q4_0x8_q8_0_tiles::<NEAR, FAR>(&packed, nb, y, d, s, &mut two_s);
                 gemv_q4_0x8_q8_0_tiles(&packed, nb, y, d, s, &mut one);
             }
             for row in 0..n {

@@ -1515,13 +1515,15 @@ fn gemv_tiles(
                     gemv2_q4_0x8_q8_0_tiles as pairs, GEMV2_PREFETCH_ALONE as ALONE,
                     GEMV2_PREFETCH_SHARED as SHARED,
                 };
-                // The prefetch distance for one streaming core or several (the pool's
+                // The prefetch distances for one streaming core or several (the pool's
                 // running threads): the same bits either way.
+                const NEAR: usize = SHARED.0;
+                const FAR: usize = SHARED.1;
                 return unsafe {
                     if crate::kernels::pool::running_threads() > 1 {
-                        pairs::<SHARED>(x, nb, y, yd, ys, out)
+                        pairs::<NEAR, FAR>(x, nb, y, yd, ys, out)
                     } else {
-                        pairs::<ALONE>(x, nb, y, yd, ys, out)
+                        pairs::<ALONE, 0>(x, nb, y, yd, ys, out)
                     }
                 };
             }

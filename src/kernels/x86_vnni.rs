@@ -389,9 +389,9 @@ pub(super) const GEMV2_PREFETCH_SHARED: (usize, usize) = (2 << 10, 32 << 10);
 
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
-/// byte of the one-tile body, prefetching `AHEAD` bytes ahead into L1 and, if `FAR` > 0, `FAR`
-/// bytes ahead into L2 ([`GEMV2_PREFETCH_ALONE`] and 0, or [`GEMV2_PREFETCH_SHARED`]; `AHEAD`
-/// > 0). The same bits whatever the distances.
+/// byte of the one-tile body, prefetching `AHEAD` bytes ahead into L1 (`AHEAD` must not be 0)
+/// and, unless `FAR` is 0, `FAR` bytes ahead into L2 ([`GEMV2_PREFETCH_ALONE`] and 0, or
+/// [`GEMV2_PREFETCH_SHARED`]). The same bits whatever the distances.
 ///
 /// # Safety
 /// As [`gemm_q4_0x8_q8_0`].

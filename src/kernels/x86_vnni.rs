@@ -366,7 +366,7 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 /// kernel's prefetch instead (a burst of a pair's lines 4 KiB ahead at its start) ran 0.864 at
 /// 1 thread, and with none 0.648: a core that streams two tiles at once from DRAM needs its
 /// misses issued early and evenly.
-pub(super) const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
+const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
 
 /// The decode run of pairs' prefetch when two or more compute threads stream at once, in
 /// bytes ahead of a pair's step as for [`GEMV2_PREFETCH_ALONE`]: `(near, far)`, the stream
@@ -385,7 +385,7 @@ pub(super) const GEMV2_PREFETCH_ALONE: usize = 12 << 10;
 /// core alone keeps [`GEMV2_PREFETCH_ALONE`]. Before that (thirteenth session, Zen 5 VM):
 /// one L1 stream 16 KiB ahead against 12 KiB 1.051 and 1.050 in fast-memory minutes, 1.006 in
 /// slow ones, 28 KiB 0.982. Only the prefetch differs: the same bits.
-pub(super) const GEMV2_PREFETCH_SHARED: (usize, usize) = (2 << 10, 32 << 10);
+const GEMV2_PREFETCH_SHARED: (usize, usize) = (2 << 10, 32 << 10);
 
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
@@ -424,6 +424,37 @@ pub unsafe fn gemv2_q4_0x8_q8_0_tiles<const AHEAD: usize, const FAR: usize>(
         }
         if !rest.is_empty() {
             gemv_q4_0x8_tiles!(tile, rest, nb, y, yd, ysum, out_rest);
+        }
+    }
+}
+
+/// [`gemv2_q4_0x8_q8_0_tiles`] with the prefetch distances for `streaming` compute threads
+/// reading at once: `GEMV2_PREFETCH_ALONE` for one, `GEMV2_PREFETCH_SHARED` for more. The
+/// one place that says which distances go with how many threads. The same bits either way.
+///
+/// # Safety
+/// As [`gemm_q4_0x8_q8_0`].
+///
+/// # Panics
+/// As [`gemv_q4_0x8_q8_0_tiles`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemv2_q4_0x8_q8_0_streaming(
+    streaming: usize,
+    x: &[BlockQ4_0x8],
+    nb: usize,
+    y: &[BlockQ8_0],
+    yd: &[f32],
+    ysum: &[i32],
+    out: &mut [f32],
+) {
+    const NEAR: usize = GEMV2_PREFETCH_SHARED.0;
+    const FAR: usize = GEMV2_PREFETCH_SHARED.1;
+    // SAFETY: the features by this function's contract, which is the kernel's.
+    unsafe {
+        if streaming > 1 {
+            gemv2_q4_0x8_q8_0_tiles::<NEAR, FAR>(x, nb, y, yd, ysum, out)
+        } else {
+            gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_ALONE, 0>(x, nb, y, yd, ysum, out)
         }
     }
 }
@@ -679,10 +710,8 @@ mod tests {
             // and sums are padded to a multiple of 8.
             unsafe {
                 let (y, d, s) = (&ys[0][..], &yd[0][..], &ysum[0][..]);
-                const NEAR: usize = GEMV2_PREFETCH_SHARED.0;
-                const FAR: usize = GEMV2_PREFETCH_SHARED.1;
-                gemv2_q4_0x8_q8_0_tiles::<GEMV2_PREFETCH_ALONE, 0>(&packed, nb, y, d, s, &mut two);
-                gemv2_q4_0x8_q8_0_tiles::<NEAR, FAR>(&packed, nb, y, d, s, &mut two_s);
+                gemv2_q4_0x8_q8_0_streaming(1, &packed, nb, y, d, s, &mut two);
+                gemv2_q4_0x8_q8_0_streaming(2, &packed, nb, y, d, s, &mut two_s);
                 gemv_q4_0x8_q8_0_tiles(&packed, nb, y, d, s, &mut one);
             }
             for row in 0..n {

@@ -1511,20 +1511,13 @@ fn gemv_tiles(
             // SAFETY: as for `gemm_tile`'s calls (the paths' features; `check_acts` made the
             // activation row `nb` blocks of Q8_0, with padded scales and sums).
             P::Avx512Vnni => {
-                use crate::kernels::x86_vnni::{
-                    gemv2_q4_0x8_q8_0_tiles as pairs, GEMV2_PREFETCH_ALONE as ALONE,
-                    GEMV2_PREFETCH_SHARED as SHARED,
-                };
-                // The prefetch distances for one streaming core or several (the pool's
-                // running threads): the same bits either way.
-                const NEAR: usize = SHARED.0;
-                const FAR: usize = SHARED.1;
+                // The prefetch distances for the pool's running threads: the same bits
+                // whatever the count.
+                let streaming = crate::kernels::pool::running_threads();
                 return unsafe {
-                    if crate::kernels::pool::running_threads() > 1 {
-                        pairs::<NEAR, FAR>(x, nb, y, yd, ys, out)
-                    } else {
-                        pairs::<ALONE, 0>(x, nb, y, yd, ys, out)
-                    }
+                    crate::kernels::x86_vnni::gemv2_q4_0x8_q8_0_streaming(
+                        streaming, x, nb, y, yd, ys, out,
+                    )
                 };
             }
             P::Avx2 => {

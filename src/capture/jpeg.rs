@@ -13,7 +13,7 @@ use zune_jpeg::JpegDecoder;
 
 /// Decode one JPEG into `rgb` (resized to `w*h*3`; its capacity is reused). Grayscale and CMYK
 /// JPEGs are converted to RGB. Errors are one line, fit for a log; a panic inside the decoder
-/// is one of them ([`no_panic`]).
+/// is one of them (`no_panic`).
 pub fn decode_jpeg_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<FrameSize, String> {
     no_panic("JPEG", || decode_jpeg_unguarded(data, rgb))?
 }

@@ -9,7 +9,7 @@
 //!
 //! Like ggml's thread pool the workers **spin** between jobs (a decode step is ~200 matmuls
 //! a few µs to a few hundred µs apart, far shorter than a futex wake-up), and **park** after
-//! [`SPIN_LIMIT`] idle spins so an idle daemon does not burn a core. Spawned once, on first
+//! `SPIN_LIMIT` idle spins so an idle daemon does not burn a core. Spawned once, on first
 //! use, with the count set by [`set_threads`] (board file / `--threads`), else the number of
 //! cores; never per call.
 

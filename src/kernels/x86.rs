@@ -13,7 +13,7 @@
 //!   (products ≤ 2·63·128, no saturation), signed 8-bit pairs through `madd_epi16`.
 //! * The float part uses the reference's f32 expression per block, without FMA contraction.
 //!   Q4_0/Q4_1/Q8_0 take eight blocks at a time: their exact i32 sums (one `hadd` tree for
-//!   the eight, [`block_sums_8`]) and F16C-converted scales give the eight block terms in one
+//!   the eight, `block_sums_8`) and F16C-converted scales give the eight block terms in one
 //!   vector, which is added to eight f32 lanes — the reference's block-striped order
 //!   ([`lane_total`]); the last `n % 8` blocks are added in scalar f32 to lanes `0..n % 8`.
 //!   Q4_K/Q6_K keep the reference's eight f32 lane sums (element `i` in lane `i % 8`) by
@@ -103,7 +103,7 @@ unsafe fn block_sums_8(v: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// [`block_sums_8`] before its last add: the eight blocks' sums of i32 lanes 0..4 (`lo`) and
+/// `block_sums_8` before its last add: the eight blocks' sums of i32 lanes 0..4 (`lo`) and
 /// of lanes 4..8 (`hi`), kept apart for kernels whose two halves are scaled differently
 /// ([`super::x86_vnni`]).
 #[inline]
@@ -124,7 +124,7 @@ pub(super) unsafe fn block_halves_8(v: &[__m256i; 8]) -> (__m256i, __m256i) {
 
 /// The shared skeleton of the Q4_0/Q4_1/Q8_0 kernels, in the block-striped order of
 /// [`lane_total`]. Per group of eight consecutive blocks: `$block(&x[k], &y[k])` gives block
-/// `k`'s i32 partial sums, [`block_sums_8`] their exact totals `s` (as f32), [`f16_pairs`] of
+/// `k`'s i32 partial sums, `block_sums_8` their exact totals `s` (as f32), [`f16_pairs`] of
 /// the weight blocks' first 32-bit words the scales `(dx, ex)` (the two f16 fields that start
 /// each block; `ex` is meaningless for one-scale blocks and unused), the activation scales
 /// `(dy, ey)` come from `$yd`/`$ys` (f32, one per block, zero-padded to a multiple of 8, as
@@ -541,7 +541,7 @@ pub unsafe fn gemv_q4_0x8_q8_0_tiles(
 }
 
 /// Q4_0 × Q8_0, bit-identical to [`super::quants::q4_0::vec_dot_q4_0_q8_0`]: per group of
-/// eight blocks the terms `(sumi · dx) · dy` in one vector ([`striped!`]). `yd`: the
+/// eight blocks the terms `(sumi · dx) · dy` in one vector (`striped!`). `yd`: the
 /// activation blocks' scales in f32, zero-padded to a multiple of 8
 /// ([`QuantizedActs::scales`]).
 ///
@@ -566,7 +566,7 @@ pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0], yd: &[f32]) ->
 }
 
 /// Q4_1 × Q8_1, bit-identical to [`super::quants::q4_1::vec_dot_q4_1_q8_1`]: eight terms
-/// `(dx · dy) · sumi + mx · sy` per vector ([`striped!`]). `yd`, `ys`: the activation blocks'
+/// `(dx · dy) · sumi + mx · sy` per vector (`striped!`). `yd`, `ys`: the activation blocks'
 /// `d` and `s` in f32, zero-padded to a multiple of 8 ([`QuantizedActs::scales`] /
 /// [`QuantizedActs::sums`]).
 ///
@@ -591,7 +591,7 @@ pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], yd: &[f32], ys
 }
 
 /// Q8_0 × Q8_0, bit-identical to [`super::quants::q8::vec_dot_q8_0_q8_0`]: eight terms
-/// `sumi · (dx · dy)` per vector ([`striped!`]); `yd` as for [`vec_dot_q4_0_q8_0`].
+/// `sumi · (dx · dy)` per vector (`striped!`); `yd` as for [`vec_dot_q4_0_q8_0`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.

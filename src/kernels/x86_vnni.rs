@@ -33,7 +33,7 @@
 //! | `vpand` with `[0x0f ×16 │ 0xf0 ×16]` | `[q0 … q15 │ 16·q16 … 16·q31]`, u8 ≤ 240 |
 //! | `vpdpbusd` into zero, with `y.qs` | lanes 0..4: `Σ q_e·y_e`, e < 16; lanes 4..8: `16·Σ q_e·y_e`, e ≥ 16 |
 //!
-//! Per eight blocks the `hadd` tree of [`block_halves_8`] sums each block's low four lanes
+//! Per eight blocks the `hadd` tree of `block_halves_8` sums each block's low four lanes
 //! (`lo`) and high four lanes (`hi`, a multiple of 16); `lo + (hi >> 4)` (arithmetic shift:
 //! an exact division of a multiple of 16, negative ones included) is `Σ q·y`, |·| ≤ 32·15·128.
 //! AVX2 needs a `srlv` to bring the high nibbles down and `maddubs` + `madd` to multiply and
@@ -49,7 +49,7 @@
 //!
 //! **Q8_0 × Q8_0** (both signed): `vpxor` with `0x80` turns each weight byte `x` into the u8
 //! `x + 128` (0..=255); `vpdpbusd` into zero with `y.qs` gives `Σ (x + 128)·y` in eight lanes;
-//! per eight blocks the [`block_halves_8`] total minus `128·Σ y` (`vpslld` 7, `vpsubd`) is
+//! per eight blocks the `block_halves_8` total minus `128·Σ y` (`vpslld` 7, `vpsubd`) is
 //! `Σ x·y` — exact for every i8, -128 included (unlike ggml's `sign_epi8` trick), with
 //! |Σ (x + 128)·y| ≤ 32·255·128 < 2^21. Two ALU instructions per block, against seven for
 //! AVX2's four `vpmovsxbw`, two `vpmaddwd` and an add.
@@ -390,8 +390,8 @@ const GEMV2_PREFETCH_SHARED: (usize, usize) = (2 << 10, 32 << 10);
 /// [`gemv_q4_0x8_q8_0_tiles`] two tiles at a time on 512-bit registers (`tile2`, the body
 /// of [`gemm2_q4_0x8_q8_0`]; an odd last tile on its own): half the instructions per weight
 /// byte of the one-tile body, prefetching `AHEAD` bytes ahead into L1 (`AHEAD` must not be 0)
-/// and, unless `FAR` is 0, `FAR` bytes ahead into L2 ([`GEMV2_PREFETCH_ALONE`] and 0, or
-/// [`GEMV2_PREFETCH_SHARED`]). The same bits whatever the distances.
+/// and, unless `FAR` is 0, `FAR` bytes ahead into L2 (`GEMV2_PREFETCH_ALONE` and 0, or
+/// `GEMV2_PREFETCH_SHARED`). The same bits whatever the distances.
 ///
 /// # Safety
 /// As [`gemm_q4_0x8_q8_0`].

@@ -3,7 +3,7 @@
 //! letterbox, and the face rect (rotation from the eye keypoints) expanded into the mesh ROI.
 //!
 //! Pure functions over the model's raw outputs (the network itself runs in
-//! [`super::net`]); checked against the intermediate goldens of `tests/golden/vision/`.
+//! `super::net`); checked against the intermediate goldens of `tests/golden/vision/`.
 
 use super::geometry::Rect;
 

@@ -1406,15 +1406,16 @@ impl PackArena {
 
 /// Activation rows per GEMM kernel call on `path` (the unpacked weight block serves this
 /// many), the best by measurement or instruction count: x86 4 (`cargo bench --bench kernels`:
-/// VNNI per row × activation 8.8–21 ns at 4 against 13–27 ns at 1); NEON + dotprod 2 and
-/// baseline NEON 1 (`scripts/neon-instruction-counts`: per row × block 6.4 at 2 against 7.9
-/// at 4 and 8.4 at 1 with dotprod; 15.0 at 1 against 18.8–22.7 for more on baseline NEON,
-/// whose 64 multiply-add instructions per activation row leave nothing to amortize).
+/// VNNI per row × activation 8.8–21 ns at 4 against 13–27 ns at 1); NEON + dotprod 3 and
+/// baseline NEON 1 (`scripts/neon-instruction-counts`, 2026-11-25: per row × block 5.4 at 3
+/// against 6.1 at 2, 7.6 at 4 and 8.0 at 1 with dotprod; 15.0 at 1 against 18.6–22.4 for more
+/// on baseline NEON, whose 64 multiply-add instructions per activation row leave nothing to
+/// amortize). Counts, not times: no aarch64 board has timed them.
 fn gemm_acts(path: crate::kernels::KernelPath) -> usize {
     use crate::kernels::KernelPath as P;
     match path {
         P::Neon => 1,
-        P::NeonDotprod | P::NeonI8mm => 2,
+        P::NeonDotprod | P::NeonI8mm => 3,
         _ => 4,
     }
 }

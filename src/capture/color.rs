@@ -2,9 +2,10 @@
 //!
 //! Owns the colour maths: the BT.601 matrix, limited/full range, chroma layouts and the
 //! length checks on every input plane. The fast paths call the `yuv` crate (SIMD, fixed
-//! point); [`reference`](mod@reference) holds plain scalar float formulas that serve as the test oracle and the
-//! bench baseline. Must not read files or devices, parse containers or know about frames
-//! beyond "planes in, RGB out": callers pass slices, this module only validates and converts.
+//! point); [`reference`](mod@reference) holds plain scalar float formulas that serve as the
+//! test oracle and the bench baseline. Must not read files or devices, parse containers or
+//! know about frames beyond "planes in, RGB out": callers pass slices, this module only
+//! validates and converts.
 //!
 //! # Matrix
 //!
@@ -22,11 +23,11 @@
 //! and for [`YuvRange::Full`] ("PC"/JPEG, 0..=255): `Y' = Y`, `Cb = U - 128`, `Cr = V - 128`.
 //! Results are rounded and clamped to 0..=255.
 //!
-//! Fast paths agree with [`reference`](mod@reference) within 2 levels per channel (planar) or 3 (YUYV,
-//! which the crate computes with 6 fractional bits) — see the tests. One known deviation: in
-//! [`YuvRange::Limited`] the crate's SIMD code clamps sub-black luma (Y < 16) to 16 *before*
-//! the matrix while its scalar row tail does not, so out-of-range Y < 16 with strong chroma
-//! can come out up to ~20 levels brighter than the formula. Legal input (Y >= 16) is unaffected.
+//! Fast paths agree with [`reference`](mod@reference) within 2 levels per channel (planar) or
+//! 3 (YUYV, which the crate computes with 6 fractional bits) — see the tests. One known
+//! deviation: in [`YuvRange::Limited`] the crate's SIMD code clamps sub-black luma (Y < 16)
+//! to 16 *before* the matrix while its scalar row tail does not, so out-of-range Y < 16 with
+//! strong chroma can come out up to ~20 levels brighter than the formula. Legal input (Y >= 16) is unaffected.
 //!
 //! Chroma is upsampled by replication (each chroma sample covers its 2x1 or 2x2 block of
 //! luma); chroma siting (JPEG/MPEG-2/PAL-DV) is ignored, as it shifts colour by under a pixel.
